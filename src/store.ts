@@ -1,0 +1,79 @@
+// The store interface: everything the lease protocol needs from etcd, NATS JetStream KV or SQLite, and nothing more.
+// A store knows keys, revisions, create-if-absent, compare-and-set, expiry and watch. It knows nothing of leases.
+//
+// Keys are logical and store-agnostic: "config" and "subnets/10.5.52.0-24". Each store maps them onto its own
+// layout (etcd: "<prefix>/config"; NATS and SQLite: see their files). Values are opaque bytes.
+//
+// Expiry is part of the contract: a record whose expiresAt has passed is absent for every reader of every method,
+// whether the server enforces TTLs (etcd) or the store does it by recorded time (SQLite, NATS 2.9).
+// When a record expires, watchers see a "delete" event for it (from the server, or synthesised by the store).
+
+export type Revision = number;
+
+export interface KV {
+  key: string;
+  value: Uint8Array;
+  /** Store revision of the last write to this key (etcd mod_revision, NATS sequence, SQLite row revision). */
+  revision: Revision;
+  /** Epoch milliseconds; null = never expires (a reservation, or the config). */
+  expiresAt: number | null;
+}
+
+export interface WriteOptions {
+  /** Time to live in milliseconds; absent = the record never expires. */
+  ttlMs?: number;
+}
+
+export type WatchEvent =
+  | { type: "put"; kv: KV }
+  /** The key is gone (deleted or expired). `revision` is the store revision of the deletion where known. */
+  | { type: "delete"; key: string; revision: Revision }
+  /**
+   * The store cannot say what happened since the last event (etcd compaction, NATS history loss, a gap).
+   * The consumer must list() again and diff; the watch continues on its own after this event
+   * from the revision the store resumed at.
+   */
+  | { type: "relist" };
+
+export interface ListResult {
+  items: KV[];
+  /** The store revision the list is consistent with; watch(prefix, revision) continues after it. */
+  revision: Revision;
+}
+
+export interface Store {
+  /** "sqlite" | "etcd" | "nats": for logs and messages. */
+  readonly kind: string;
+  /** Where it is: path or endpoint list, for logs and messages. */
+  readonly location: string;
+
+  get(key: string): Promise<KV | null>;
+  list(prefix: string): Promise<ListResult>;
+  /** Creates the key only if it is absent (or expired). Returns the new revision, or null if it exists. */
+  create(key: string, value: Uint8Array, opts?: WriteOptions): Promise<Revision | null>;
+  /**
+   * Compare-and-set: writes only if the key's current revision is `revision` and it has not expired.
+   * A new ttlMs replaces the old expiry; no ttlMs means the record never expires.
+   * Returns the new revision, or null on a mismatch (changed, deleted or expired meanwhile).
+   */
+  update(key: string, value: Uint8Array, revision: Revision, opts?: WriteOptions): Promise<Revision | null>;
+  /** Deletes the key only if its current revision is `revision`. Returns false on a mismatch. */
+  delete(key: string, revision: Revision): Promise<boolean>;
+  /**
+   * Every change under `prefix` after `afterRevision`, in store order, until `signal` aborts.
+   * Reconnects by itself and resumes where it left off; yields { type: "relist" } when it cannot.
+   */
+  watch(prefix: string, afterRevision: Revision, signal: AbortSignal): AsyncIterable<WatchEvent>;
+  close(): Promise<void>;
+}
+
+/** A store that cannot be reached (dead endpoint, refused connection): retried, and named in the message. */
+export class StoreUnavailableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "StoreUnavailableError";
+  }
+}
+
+export const CONFIG_KEY = "config";
+export const SUBNETS_PREFIX = "subnets/";
