@@ -1,0 +1,240 @@
+// The agent: `flannel-bin run`. Takes and keeps a lease, writes subnet.env, and turns peer leases into kernel state.
+// Data flows one way: store watch -> peer events -> backend -> desired state -> reconciler -> command queue -> kernel.
+
+import { writeFileSync, readFileSync } from "node:fs";
+import { consola } from "consola";
+import { createBackend } from "../backends/index.ts";
+import type { Backend } from "../backends/backend.ts";
+import { ConfigError, DEFAULT_CONFIG_EXAMPLE, type NetworkConfig, formatNetworkConfigSummary, parseNetworkConfig } from "./config.ts";
+import type { FlagValue } from "./flags.ts";
+import { serveHealth, type HealthState } from "./health.ts";
+import { chooseExternalInterface } from "./iface.ts";
+import { formatCIDR } from "./ipmath.ts";
+import { CommandQueue } from "./kernel/queue.ts";
+import { Reconciler } from "./kernel/reconciler.ts";
+import { ROUTE_PROTO } from "./kernel/types.ts";
+import { type Lease, subnetKey } from "./lease.ts";
+import { acquireLease, reclaimLease, renewDelayMs, renewLease } from "./lease-protocol.ts";
+import { watchPeers } from "./peer-watch.ts";
+import { CONFIG_KEY, type Store } from "./store.ts";
+import { configPutHint, openStore } from "./store-open.ts";
+import { readPreviousSubnet, writeSubnetEnv } from "./subnet-env.ts";
+
+const log = consola.withTag("agent");
+
+export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const t = setTimeout(done, Math.min(ms, 2 ** 31 - 1));
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+/** Repeats `attempt` every second until it returns a value, logging each distinct failure once. */
+async function retryEverySecond<T>(what: string, signal: AbortSignal, attempt: () => Promise<T | null>): Promise<T | null> {
+  let last = "";
+  while (!signal.aborted) {
+    try {
+      const v = await attempt();
+      if (v !== null) return v;
+    } catch (e) {
+      const msg = (e as Error).message;
+      if (msg !== last) log.error(`${what}: ${msg} (retrying every second)`);
+      last = msg;
+    }
+    await sleep(1000, signal);
+  }
+  return null;
+}
+
+async function waitForConfig(store: Store, f: Record<string, FlagValue>, signal: AbortSignal): Promise<NetworkConfig | null> {
+  let told = false;
+  return retryEverySecond("network config", signal, async () => {
+    const kv = await store.get(CONFIG_KEY);
+    if (!kv) {
+      if (!told) log.warn(`network config not found in the ${store.kind} store (${store.location}); create it with:\n  ${configPutHint(f, DEFAULT_CONFIG_EXAMPLE)}\nretrying every second`);
+      told = true;
+      return null;
+    }
+    try {
+      return parseNetworkConfig(new TextDecoder().decode(kv.value));
+    } catch (e) {
+      if (e instanceof ConfigError) throw new Error(`invalid network config in the ${store.kind} store: ${e.message}`);
+      throw e;
+    }
+  });
+}
+
+function enableIPForward(): void {
+  const p = "/proc/sys/net/ipv4/ip_forward";
+  try {
+    if (readFileSync(p, "utf8").trim() !== "1") {
+      writeFileSync(p, "1");
+      log.info("net.ipv4.ip_forward was off; turned it on");
+    }
+  } catch (e) {
+    log.warn(`could not turn on net.ipv4.ip_forward: ${(e as Error).message}`);
+  }
+}
+
+export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
+  const ac = new AbortController();
+  const { signal } = ac;
+  let exitCode = 0;
+  const stop = (code: number) => {
+    exitCode = code;
+    ac.abort();
+  };
+  const onSignal = (sig: string) => {
+    log.info(`${sig} received; stopping (lease, subnet.env and kernel state are kept)`);
+    process.off("SIGINT", onSig);
+    process.off("SIGTERM", onTerm); // a second signal kills at once, as flanneld
+    stop(0);
+  };
+  const onSig = () => onSignal("SIGINT");
+  const onTerm = () => onSignal("SIGTERM");
+  process.on("SIGINT", onSig);
+  process.on("SIGTERM", onTerm);
+
+  const health: HealthState = { ready: false, waitingFor: "connecting to the store" };
+  const port = Number(f["healthz-port"]);
+  const server = port > 0 ? serveHealth(health, String(f["healthz-ip"]), port) : null;
+  if (server) log.info(`health API on http://${f["healthz-ip"]}:${server.port} (/healthz, /readyz)`);
+
+  const ttlMs = Number(f["subnet-lease-ttl"]);
+  const marginMs = Number(f["subnet-lease-renew-margin"]) * 60_000;
+  const subnetFile = String(f["subnet-file"]);
+
+  let store: Store | null = null;
+  let reconciler: Reconciler | null = null;
+  let queue: CommandQueue | null = null;
+  try {
+    store = await retryEverySecond(`${f.store} store`, signal, () => openStore(f));
+    if (!store) return exitCode;
+    log.info(`using the ${store.kind} store at ${store.location}`);
+
+    health.waitingFor = "network config";
+    const cfg = await waitForConfig(store, f, signal);
+    if (!cfg) return exitCode;
+    log.info(`network config: ${formatNetworkConfigSummary(cfg)}`);
+
+    const { iface, publicIP } = await chooseExternalInterface({
+      iface: f.iface as string[] | undefined,
+      ifaceRegex: f["iface-regex"] as string[] | undefined,
+      publicIP: (f["public-ip"] as string | undefined) || undefined,
+    });
+    log.info(`using interface ${iface.name} (mtu ${iface.mtu}) with public IP ${publicIP}`);
+    const backend: Backend = createBackend({ config: cfg, extIface: iface, publicIP });
+
+    health.waitingFor = "lease";
+    const prev = readPreviousSubnet(subnetFile);
+    let lease: Lease | null = await retryEverySecond("acquiring a lease", signal, () =>
+      acquireLease(store!, cfg, backend.leaseAttrs(), { previousSubnet: prev.subnet, ttlMs }),
+    );
+    if (!lease) return exitCode;
+    const ownKey = subnetKey(lease.subnet, lease.ipv6Subnet);
+    log.info(`holding lease ${formatCIDR(lease.subnet)}${lease.expiresAt === null ? " (reserved)" : ""}`);
+
+    queue = new CommandQueue();
+    reconciler = new Reconciler(queue, { ownedDevices: backend.ownedDevices, routeProto: ROUTE_PROTO, fullIntervalMs: Number(f["reconcile-interval"]) });
+    reconciler.set("local", backend.localState(lease));
+    await reconciler.flush();
+    enableIPForward();
+    writeSubnetEnv(subnetFile, { network: cfg.network, subnet: lease.subnet, mtu: backend.mtu, ipMasq: f["ip-masq"] === true });
+    log.info(`wrote ${subnetFile}`);
+    health.waitingFor = "initial peer sync";
+
+    // Renewal: compare-and-set `margin` before expiry; a vanished lease is re-created on the same subnet.
+    const keepLease = async () => {
+      while (!signal.aborted && lease) {
+        await sleep(renewDelayMs(lease, marginMs, ttlMs), signal);
+        if (signal.aborted) break;
+        try {
+          const r = await renewLease(store!, lease, ttlMs);
+          if (r.ok) {
+            lease = r.lease;
+            log.debug(`renewed lease ${formatCIDR(lease.subnet)}`);
+          } else await onOwnLost(r.reason);
+        } catch (e) {
+          log.warn(`renewing lease ${formatCIDR(lease.subnet)} failed: ${(e as Error).message}; retrying`);
+          await sleep(Math.min(60_000, ttlMs / 10), signal);
+        }
+      }
+    };
+    const onOwnLost = async (reason: string) => {
+      if (!lease) return;
+      const again = await reclaimLease(store!, lease, ttlMs);
+      if (again) {
+        log.warn(`lease ${formatCIDR(lease.subnet)} was ${reason === "lost" ? "gone" : "changed"}; re-created it`);
+        lease = again;
+        return;
+      }
+      log.error(`lease ${formatCIDR(lease.subnet)} is now held by another host; exiting so that a restart takes a new subnet (kernel state is kept)`);
+      stop(1);
+    };
+
+    const peers = async () => {
+      const ignored = new Set<string>();
+      let synced = false;
+      for await (const ev of watchPeers(store!, () => ownKey, signal)) {
+        switch (ev.type) {
+          case "added": {
+            const ps = backend.peerState(ev.lease);
+            if ("ignored" in ps) {
+              if (!ignored.has(ev.key)) log.warn(`ignoring peer ${ev.key}: ${ps.ignored}`);
+              ignored.add(ev.key);
+              reconciler!.delete(`peer:${ev.key}`);
+            } else {
+              ignored.delete(ev.key);
+              log.info(`peer ${formatCIDR(ev.lease.subnet)} at ${ev.lease.attrs.publicIP} added`);
+              reconciler!.set(`peer:${ev.key}`, ps.state);
+            }
+            break;
+          }
+          case "removed":
+            log.info(`peer ${formatCIDR(ev.lease.subnet)} at ${ev.lease.attrs.publicIP} removed`);
+            reconciler!.delete(`peer:${ev.key}`);
+            break;
+          case "own":
+            if (!ev.lease) await onOwnLost("lost");
+            else if (ev.lease.attrs.publicIP !== lease!.attrs.publicIP) await onOwnLost("changed");
+            else if (ev.lease.revision > lease!.revision) lease = { ...lease!, revision: ev.lease.revision, expiresAt: ev.lease.expiresAt };
+            break;
+          case "synced":
+            if (!synced) {
+              synced = true;
+              // The first full reconcile also removes what we own for peers that left while we were down.
+              const r = await reconciler!.fullReconcile();
+              reconciler!.start();
+              health.ready = true;
+              health.waitingFor = "";
+              log.success(`ready: ${ev.peers} peers, kernel in sync (added ${r.added}, removed ${r.removed} stale)`);
+            }
+            break;
+        }
+      }
+    };
+
+    await Promise.all([keepLease(), peers().catch((e) => {
+      log.error(`peer watch failed: ${(e as Error).message}`);
+      stop(1);
+    })]);
+    return exitCode;
+  } catch (e) {
+    log.error((e as Error).message);
+    return 1;
+  } finally {
+    process.off("SIGINT", onSig);
+    process.off("SIGTERM", onTerm);
+    reconciler?.stop();
+    queue?.close();
+    await store?.close().catch(() => {});
+    await server?.stop();
+    log.info("exiting cleanly");
+  }
+}

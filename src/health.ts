@@ -1,0 +1,23 @@
+// The local health API: liveness and readiness for probes (`curl 127.0.0.1:8471/healthz`), served by hono on Bun.serve.
+
+import { Hono } from "hono";
+
+export interface HealthState {
+  ready: boolean;
+  /** Extra lines for /readyz when not ready: what the agent is waiting for. */
+  waitingFor: string;
+}
+
+export function healthApp(state: HealthState): Hono {
+  const app = new Hono();
+  app.all("/healthz", (c) => c.text("flannel-bin is running"));
+  app.all("/readyz", (c) =>
+    state.ready ? c.text("flannel-bin is ready") : c.text(`flannel-bin is not ready yet${state.waitingFor ? `: ${state.waitingFor}` : ""}`, 503),
+  );
+  return app;
+}
+
+export function serveHealth(state: HealthState, hostname: string, port: number): { stop(): Promise<void>; port: number } {
+  const server = Bun.serve({ hostname, port, fetch: healthApp(state).fetch });
+  return { port: server.port ?? port, stop: () => server.stop(true) };
+}

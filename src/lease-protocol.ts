@@ -1,0 +1,200 @@
+// The flannel subnet lease protocol, written once above the Store interface (flannel-compat §2).
+// Differences from flanneld, on purpose: a lost create race is retried (flanneld exits), renewal is compare-and-set
+// on the record's revision (flanneld's blind put let two hosts share a subnet), reservations stay reservations,
+// and a corrupt record is skipped but its subnet still counts as taken.
+
+import { consola } from "consola";
+import type { NetworkConfig } from "./config.ts";
+import { type IPNet, formatCIDR, isAligned, netEqual, netSize, overlaps } from "./ipmath.ts";
+import {
+  type Lease,
+  type LeaseAttrs,
+  LeaseRecordError,
+  encodeLeaseAttrs,
+  leaseFromKV,
+  parseSubnetKey,
+  subnetKey,
+} from "./lease.ts";
+import { type KV, type Store, SUBNETS_PREFIX } from "./store.ts";
+
+const log = consola.withTag("lease");
+
+export const RACE_RETRIES = 10;
+/** flannel picks at random among the first 100 free subnets, so concurrent hosts rarely collide. */
+const CANDIDATE_LIMIT = 100;
+
+export class OutOfSubnetsError extends Error {
+  constructor(cfg: NetworkConfig) {
+    super(
+      `out of subnets: every /${cfg.subnetLen} in ${cfg.network ? formatCIDR(cfg.network) : "?"} ` +
+        `between SubnetMin and SubnetMax is leased or reserved`,
+    );
+    this.name = "OutOfSubnetsError";
+  }
+}
+
+/** The parsed leases under subnets/, plus the subnets of records whose value is corrupt (still taken). */
+export interface LeaseSnapshot {
+  leases: Lease[];
+  /** Subnets whose key parses but whose value does not: never handed out, never treated as a peer. */
+  corrupt: IPNet[];
+  revision: number;
+}
+
+/** Parses one record; logs and returns null for a record that is not a valid lease. */
+export function parseLeaseRecord(kv: KV): Lease | null {
+  try {
+    return leaseFromKV(kv);
+  } catch (e) {
+    if (e instanceof LeaseRecordError) {
+      log.warn(`skipping store record: ${e.message}`);
+      return null;
+    }
+    throw e;
+  }
+}
+
+export async function listLeases(store: Store): Promise<LeaseSnapshot> {
+  const { items, revision } = await store.list(SUBNETS_PREFIX);
+  const leases: Lease[] = [];
+  const corrupt: IPNet[] = [];
+  for (const kv of items) {
+    const lease = parseLeaseRecord(kv);
+    if (lease) leases.push(lease);
+    else {
+      const sn = parseSubnetKey(kv.key);
+      if (sn) corrupt.push(sn.subnet);
+    }
+  }
+  return { leases, corrupt, revision };
+}
+
+/** Is this subnet one the config allows us to hold (flannel's "compatible")? */
+export function isCompatible(cfg: NetworkConfig, subnet: IPNet): boolean {
+  return (
+    subnet.family === 4 &&
+    subnet.prefix === cfg.subnetLen &&
+    subnet.ip >= cfg.subnetMin &&
+    subnet.ip <= cfg.subnetMax &&
+    isAligned(subnet.ip, cfg.subnetLen, 4)
+  );
+}
+
+/** The first `limit` free subnets in [SubnetMin, SubnetMax] that overlap nothing taken. */
+export function freeSubnets(cfg: NetworkConfig, taken: IPNet[], limit = CANDIDATE_LIMIT): IPNet[] {
+  const out: IPNet[] = [];
+  const step = netSize({ family: 4, ip: 0n, prefix: cfg.subnetLen });
+  // Sorted taken list lets us skip forward instead of testing every candidate against every lease.
+  const sorted = [...taken].filter((t) => t.family === 4).sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : 0));
+  for (let ip = cfg.subnetMin; ip <= cfg.subnetMax && out.length < limit; ip += step) {
+    const cand: IPNet = { family: 4, ip, prefix: cfg.subnetLen };
+    if (!sorted.some((t) => overlaps(t, cand))) out.push(cand);
+  }
+  return out;
+}
+
+export interface AcquireOptions {
+  /** The subnet from the previous subnet.env, asked for again if it is free. */
+  previousSubnet: IPNet | null;
+  ttlMs: number;
+  /** For tests: deterministic choice among candidates. */
+  random?: () => number;
+}
+
+const sameAttrs = (a: LeaseAttrs, b: LeaseAttrs): boolean =>
+  Buffer.from(encodeLeaseAttrs(a)).equals(Buffer.from(encodeLeaseAttrs(b)));
+
+/**
+ * Takes a lease for `attrs.publicIP`: reuse ours, else the previous subnet, else a random free one.
+ * Every write is create-if-absent or compare-and-set, so two hosts can never end up on one subnet.
+ */
+export async function acquireLease(store: Store, cfg: NetworkConfig, attrs: LeaseAttrs, opts: AcquireOptions): Promise<Lease> {
+  const value = encodeLeaseAttrs(attrs);
+  const random = opts.random ?? Math.random;
+  for (let attempt = 1; attempt <= RACE_RETRIES; attempt++) {
+    const snap = await listLeases(store);
+
+    // 1. A lease (or reservation) that already carries our public IP.
+    const mine = snap.leases.find((l) => l.attrs.publicIP === attrs.publicIP);
+    if (mine) {
+      if (mine.expiresAt === null) {
+        // A reservation is held as it is: refresh its attrs (e.g. VtepMAC) but never give it an expiry.
+        if (!isCompatible(cfg, mine.subnet)) log.warn(`reservation ${formatCIDR(mine.subnet)} for ${attrs.publicIP} does not fit the network config; using it anyway as reserved`);
+        if (sameAttrs(mine.attrs, attrs)) return mine;
+        const rev = await store.update(subnetKey(mine.subnet, mine.ipv6Subnet), value, mine.revision, {});
+        if (rev !== null) return { ...mine, attrs, revision: rev };
+        continue;
+      }
+      if (isCompatible(cfg, mine.subnet)) {
+        const rev = await store.update(subnetKey(mine.subnet, mine.ipv6Subnet), value, mine.revision, { ttlMs: opts.ttlMs });
+        if (rev !== null) {
+          log.info(`reusing lease ${formatCIDR(mine.subnet)} held by ${attrs.publicIP}`);
+          return { ...mine, attrs, revision: rev, expiresAt: Date.now() + opts.ttlMs };
+        }
+        continue; // changed under us: look again
+      }
+      log.warn(`our old lease ${formatCIDR(mine.subnet)} does not fit the network config; releasing it`);
+      await store.delete(subnetKey(mine.subnet, mine.ipv6Subnet), mine.revision);
+      continue;
+    }
+
+    const taken = [...snap.leases.map((l) => l.subnet), ...snap.corrupt];
+    let subnet: IPNet | null = null;
+    // 2. The subnet we had before (from subnet.env), if nobody holds it now.
+    const prev = opts.previousSubnet;
+    if (prev) {
+      if (!isCompatible(cfg, prev)) log.warn(`previous subnet ${formatCIDR(prev)} does not fit the network config; ignoring it`);
+      else if (!taken.some((t) => overlaps(t, prev))) subnet = prev;
+    }
+    // 3. A random pick among the first free subnets.
+    if (!subnet) {
+      const free = freeSubnets(cfg, taken);
+      if (free.length === 0) throw new OutOfSubnetsError(cfg);
+      subnet = free[Math.floor(random() * free.length)]!;
+    }
+
+    const rev = await store.create(subnetKey(subnet), value, { ttlMs: opts.ttlMs });
+    if (rev !== null) {
+      log.info(`acquired lease ${formatCIDR(subnet)} for ${attrs.publicIP} (attempt ${attempt})`);
+      return { subnet, ipv6Subnet: null, attrs, revision: rev, expiresAt: Date.now() + opts.ttlMs };
+    }
+    log.debug(`lost the race for ${formatCIDR(subnet)}; trying again`);
+    // Another host took it between our list and our create: the next list will show it.
+  }
+  throw new Error(`max retries reached trying to acquire a subnet (${RACE_RETRIES} tries)`);
+}
+
+export type RenewResult = { ok: true; lease: Lease } | { ok: false; reason: "lost" | "changed" };
+
+/** Renews by compare-and-set on the revision we hold; never a blind overwrite. */
+export async function renewLease(store: Store, lease: Lease, ttlMs: number): Promise<RenewResult> {
+  if (lease.expiresAt === null) return { ok: true, lease }; // reservations are not renewed
+  const key = subnetKey(lease.subnet, lease.ipv6Subnet);
+  const value = encodeLeaseAttrs(lease.attrs);
+  const rev = await store.update(key, value, lease.revision, { ttlMs });
+  if (rev !== null) return { ok: true, lease: { ...lease, revision: rev, expiresAt: Date.now() + ttlMs } };
+  // Our revision is stale. If the record is still ours (same public IP), adopt its revision and try once more.
+  const cur = await store.get(key);
+  const parsed = cur ? parseLeaseRecord(cur) : null;
+  if (!cur || !parsed) return { ok: false, reason: "lost" };
+  if (parsed.attrs.publicIP !== lease.attrs.publicIP) return { ok: false, reason: "changed" };
+  if (parsed.expiresAt === null) return { ok: true, lease: parsed }; // an operator turned it into a reservation
+  const rev2 = await store.update(key, value, cur.revision, { ttlMs });
+  if (rev2 === null) return { ok: false, reason: "changed" };
+  return { ok: true, lease: { ...lease, revision: rev2, expiresAt: Date.now() + ttlMs } };
+}
+
+/** Re-creates a lease that vanished (expired or deleted by hand), on the same subnet if it is still free. */
+export async function reclaimLease(store: Store, lease: Lease, ttlMs: number): Promise<Lease | null> {
+  const rev = await store.create(subnetKey(lease.subnet, lease.ipv6Subnet), encodeLeaseAttrs(lease.attrs), { ttlMs });
+  return rev === null ? null : { ...lease, revision: rev, expiresAt: Date.now() + ttlMs };
+}
+
+/** When to renew: `margin` before expiry, clamped so that short test TTLs still renew at half-life. */
+export function renewDelayMs(lease: Lease, marginMs: number, ttlMs: number, now = Date.now()): number {
+  if (lease.expiresAt === null) return Number.POSITIVE_INFINITY;
+  const margin = Math.min(marginMs, ttlMs / 2);
+  return Math.max(0, lease.expiresAt - margin - now);
+}
+
+export const leaseEquals = (a: Lease, b: Lease): boolean => netEqual(a.subnet, b.subnet) && sameAttrs(a.attrs, b.attrs);

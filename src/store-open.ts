@@ -1,0 +1,52 @@
+// Opens the store named by --store with its flags. The one place that knows every store implementation.
+
+import { EtcdStore } from "../stores/etcd.ts";
+import { NatsStore } from "../stores/nats.ts";
+import { SqliteStore } from "../stores/sqlite.ts";
+import type { FlagValue } from "./flags.ts";
+import type { Store } from "./store.ts";
+
+const str = (v: FlagValue): string | undefined => (typeof v === "string" && v !== "" ? v : undefined);
+const list = (v: FlagValue): string[] =>
+  String(v ?? "")
+    .split(",")
+    .filter((x) => x !== "");
+
+export async function openStore(f: Record<string, FlagValue>): Promise<Store> {
+  switch (f.store) {
+    case "etcd":
+      return EtcdStore.connect({
+        endpoints: list(f["etcd-endpoints"]),
+        prefix: str(f["etcd-prefix"]) ?? "/coreos.com/network",
+        cafile: str(f["etcd-cafile"]),
+        certfile: str(f["etcd-certfile"]),
+        keyfile: str(f["etcd-keyfile"]),
+        username: str(f["etcd-username"]),
+        password: str(f["etcd-password"]),
+      });
+    case "nats":
+      return NatsStore.connect({
+        servers: list(f["nats-url"]),
+        bucket: str(f["nats-bucket"]) ?? "flannel",
+        user: str(f["nats-user"]),
+        password: str(f["nats-password"]),
+        token: str(f["nats-token"]),
+        credsFile: str(f["nats-creds"]),
+        cafile: str(f["nats-cafile"]),
+        certfile: str(f["nats-certfile"]),
+        keyfile: str(f["nats-keyfile"]),
+      });
+    default:
+      return SqliteStore.open(str(f["sqlite-path"]) ?? "/var/lib/flannel-bin/flannel.db");
+  }
+}
+
+/** The exact command an operator runs to create the network config in the store in use. */
+export function configPutHint(f: Record<string, FlagValue>, example: string): string {
+  const ours = `flannel-bin config put '${example}'` + (f.store && f.store !== "sqlite" ? ` --store ${f.store}` : "");
+  if (f.store === "etcd") {
+    const prefix = (str(f["etcd-prefix"]) ?? "/coreos.com/network").replace(/\/+$/, "");
+    return `ETCDCTL_API=3 etcdctl --endpoints=${list(f["etcd-endpoints"]).join(",")} put ${prefix}/config '${example}'  (or: ${ours})`;
+  }
+  return ours;
+}

@@ -1,0 +1,66 @@
+// subnet.env: flanneld's hand-off file to Docker and CNI (flannel-compat §4). Same keys, same order, 0644,
+// written atomically so a reader never sees half a file.
+
+import { chmodSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
+import { type IPNet, formatCIDR, formatIP, tryParseCIDR } from "./ipmath.ts";
+
+export interface SubnetEnv {
+  network: IPNet | null;
+  subnet: IPNet | null;
+  ipv6Network?: IPNet | null;
+  ipv6Subnet?: IPNet | null;
+  mtu: number;
+  ipMasq: boolean;
+}
+
+/** The file's text, exactly flanneld's: FLANNEL_SUBNET is the subnet's first host address (.1) with the subnet length. */
+export function formatSubnetEnv(e: SubnetEnv): string {
+  const lines: string[] = [];
+  const firstHost = (n: IPNet) => `${formatIP(n.ip + 1n, n.family)}/${n.prefix}`;
+  if (e.network && e.subnet) lines.push(`FLANNEL_NETWORK=${formatCIDR(e.network)}`, `FLANNEL_SUBNET=${firstHost(e.subnet)}`);
+  if (e.ipv6Network && e.ipv6Subnet)
+    lines.push(`FLANNEL_IPV6_NETWORK=${formatCIDR(e.ipv6Network)}`, `FLANNEL_IPV6_SUBNET=${firstHost(e.ipv6Subnet)}`);
+  lines.push(`FLANNEL_MTU=${e.mtu}`, `FLANNEL_IPMASQ=${e.ipMasq}`);
+  return lines.join("\n") + "\n";
+}
+
+export function writeSubnetEnv(path: string, e: SubnetEnv): void {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, formatSubnetEnv(e), { mode: 0o644 });
+  chmodSync(tmp, 0o644); // regardless of umask, as flanneld
+  renameSync(tmp, path);
+}
+
+/** Parses dotenv-style KEY=value lines (optional quotes, comments). */
+export function parseEnvFile(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (!line || line.startsWith("#")) continue;
+    const m = /^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$/.exec(line);
+    if (!m) continue;
+    let v = m[2]!;
+    if ((v.startsWith('"') && v.endsWith('"')) || (v.startsWith("'") && v.endsWith("'"))) v = v.slice(1, -1);
+    out[m[1]!] = v;
+  }
+  return out;
+}
+
+/** The previous FLANNEL_SUBNET (masked to its network), or null if the file, the key or a single value is missing. */
+export function readPreviousSubnet(path: string): { subnet: IPNet | null; ipv6Subnet: IPNet | null } {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch {
+    return { subnet: null, ipv6Subnet: null };
+  }
+  const env = parseEnvFile(text);
+  const one = (v: string | undefined, family: 4 | 6): IPNet | null => {
+    if (!v || v.includes(",")) return null;
+    const n = tryParseCIDR(v.trim());
+    return n && n.family === family ? n : null;
+  };
+  return { subnet: one(env.FLANNEL_SUBNET, 4), ipv6Subnet: one(env.FLANNEL_IPV6_SUBNET, 6) };
+}
