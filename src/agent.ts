@@ -2,7 +2,7 @@
 // Data flows one way: store watch -> peer events -> backend -> desired state -> reconciler -> command queue -> kernel.
 
 import { writeFileSync, readFileSync } from "node:fs";
-import { consola } from "consola";
+import { logger } from "./log.ts";
 import { createBackend } from "../backends/index.ts";
 import type { Backend } from "../backends/backend.ts";
 import { ConfigError, DEFAULT_CONFIG_EXAMPLE, type NetworkConfig, formatNetworkConfigSummary, parseNetworkConfig } from "./config.ts";
@@ -20,7 +20,7 @@ import { CONFIG_KEY, type Store } from "./store.ts";
 import { configPutHint, openStore } from "./store-open.ts";
 import { readPreviousSubnet, writeSubnetEnv } from "./subnet-env.ts";
 
-const log = consola.withTag("agent");
+const log = logger("agent");
 
 export function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {

@@ -3,7 +3,7 @@
 // on the record's revision (flanneld's blind put let two hosts share a subnet), reservations stay reservations,
 // and a corrupt record is skipped but its subnet still counts as taken.
 
-import { consola } from "consola";
+import { logger } from "./log.ts";
 import type { NetworkConfig } from "./config.ts";
 import { type IPNet, formatCIDR, isAligned, netEqual, netSize, overlaps } from "./ipmath.ts";
 import {
@@ -17,7 +17,7 @@ import {
 } from "./lease.ts";
 import { type KV, type Store, SUBNETS_PREFIX } from "./store.ts";
 
-const log = consola.withTag("lease");
+const log = logger("lease");
 
 export const RACE_RETRIES = 10;
 /** flannel picks at random among the first 100 free subnets, so concurrent hosts rarely collide. */

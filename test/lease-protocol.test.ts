@@ -1,0 +1,153 @@
+// The lease protocol over a real SQLite store file (the protocol is store-agnostic; the conformance suite covers
+// that every store honours the interface it relies on).
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { consola } from "consola";
+import type { NetworkConfig } from "../src/config.ts";
+import { formatCIDR, parseCIDR, parseIPv4 } from "../src/ipmath.ts";
+import { type LeaseAttrs, encodeLeaseAttrs, subnetKey } from "../src/lease.ts";
+import { OutOfSubnetsError, acquireLease, listLeases, renewDelayMs, renewLease } from "../src/lease-protocol.ts";
+import type { Store } from "../src/store.ts";
+import { SqliteStore } from "../stores/sqlite.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "fb-lease-"));
+const opened: Store[] = [];
+afterEach(async () => {
+  await Promise.all(opened.splice(0).map((s) => s.close()));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+let n = 0;
+const freshPath = () => join(dir, `l${n++}.db`);
+const open = (path: string) => {
+  const s = SqliteStore.open(path);
+  opened.push(s);
+  return s;
+};
+
+function cfg(network: string, subnetLen: number, min?: string, max?: string): NetworkConfig {
+  const net = parseCIDR(network);
+  const size = 1n << BigInt(32 - subnetLen);
+  return {
+    enableIPv4: true, enableIPv6: false, enableNFTables: false,
+    network: net, subnetLen,
+    subnetMin: min ? parseIPv4(min)! : net.ip + size,
+    subnetMax: max ? parseIPv4(max)! : net.ip + (1n << BigInt(32 - net.prefix)) - size,
+    ipv6Network: null, ipv6SubnetLen: 0, ipv6SubnetMin: 0n, ipv6SubnetMax: 0n,
+    backend: { type: "host-gw", options: {} },
+  };
+}
+const attrs = (ip: string): LeaseAttrs => ({ publicIP: ip, publicIPv6: null, backendType: "host-gw" });
+const HOUR = 3_600_000;
+
+describe("lease protocol", () => {
+  test("concurrent hosts get distinct subnets inside [SubnetMin, SubnetMax]", async () => {
+    const path = freshPath();
+    const c = cfg("10.5.0.0/16", 24);
+    const leases = await Promise.all(
+      Array.from({ length: 30 }, (_, i) => acquireLease(open(path), c, attrs(`192.0.2.${i + 1}`), { previousSubnet: null, ttlMs: HOUR })),
+    );
+    const subnets = leases.map((l) => formatCIDR(l.subnet));
+    expect(new Set(subnets).size).toBe(30);
+    for (const l of leases) expect(l.subnet.ip >= c.subnetMin && l.subnet.ip <= c.subnetMax).toBe(true);
+    expect((await listLeases(open(path))).leases.length).toBe(30);
+  });
+
+  test("a restarted host keeps its subnet (reuse by public IP), with new attrs", async () => {
+    const s = open(freshPath());
+    const c = cfg("10.5.0.0/16", 24);
+    const a = await acquireLease(s, c, attrs("192.0.2.1"), { previousSubnet: null, ttlMs: HOUR });
+    const b = await acquireLease(s, c, { ...attrs("192.0.2.1"), backendType: "vxlan", backendData: { VNI: 1, VtepMAC: "02:00:00:00:00:01" } }, { previousSubnet: null, ttlMs: HOUR });
+    expect(formatCIDR(b.subnet)).toBe(formatCIDR(a.subnet));
+    expect((await listLeases(s)).leases[0]!.attrs.backendType).toBe("vxlan");
+  });
+
+  test("the previous subnet from subnet.env is asked for again when free", async () => {
+    const s = open(freshPath());
+    const l = await acquireLease(s, cfg("10.5.0.0/16", 24), attrs("192.0.2.9"), { previousSubnet: parseCIDR("10.5.77.0/24"), ttlMs: HOUR });
+    expect(formatCIDR(l.subnet)).toBe("10.5.77.0/24");
+    // Held by someone else: not taken.
+    const m = await acquireLease(s, cfg("10.5.0.0/16", 24), attrs("192.0.2.10"), { previousSubnet: parseCIDR("10.5.77.0/24"), ttlMs: HOUR });
+    expect(formatCIDR(m.subnet)).not.toBe("10.5.77.0/24");
+  });
+
+  test("room for 4 subnets: the 5th host gets out of subnets and the others keep theirs", async () => {
+    const s = open(freshPath());
+    const c = cfg("10.5.0.0/16", 24, "10.5.1.0", "10.5.4.0");
+    const got = [];
+    for (let i = 1; i <= 4; i++) got.push(await acquireLease(s, c, attrs(`192.0.2.${i}`), { previousSubnet: null, ttlMs: HOUR }));
+    expect(new Set(got.map((l) => formatCIDR(l.subnet)))).toEqual(new Set(["10.5.1.0/24", "10.5.2.0/24", "10.5.3.0/24", "10.5.4.0/24"]));
+    const err = await acquireLease(s, c, attrs("192.0.2.5"), { previousSubnet: null, ttlMs: HOUR }).catch((e) => e);
+    expect(err).toBeInstanceOf(OutOfSubnetsError);
+    expect(err.message).toMatch(/^out of subnets/);
+    expect((await listLeases(s)).leases.length).toBe(4);
+  });
+
+  test("renewal is compare-and-set and extends the expiry", async () => {
+    const s = open(freshPath());
+    const l = await acquireLease(s, cfg("10.5.0.0/16", 24), attrs("192.0.2.1"), { previousSubnet: null, ttlMs: 2000 });
+    const before = (await listLeases(s)).leases[0]!.expiresAt!;
+    await Bun.sleep(50);
+    const r = await renewLease(s, l, 60_000);
+    expect(r.ok).toBe(true);
+    const after = (await listLeases(s)).leases[0]!.expiresAt!;
+    expect(after).toBeGreaterThan(before + 50_000);
+    // Another host overwrote the record: renewing on our stale revision must not clobber it.
+    const key = subnetKey(l.subnet);
+    const cur = (await s.get(key))!;
+    await s.update(key, encodeLeaseAttrs(attrs("192.0.2.99")), cur.revision, { ttlMs: HOUR });
+    const r2 = await renewLease(s, r.ok ? r.lease : l, HOUR);
+    expect(r2).toEqual({ ok: false, reason: "changed" });
+    expect((await listLeases(s)).leases[0]!.attrs.publicIP).toBe("192.0.2.99");
+  });
+
+  test("a lease left to expire is freed and taken by the next host", async () => {
+    const s = open(freshPath());
+    const c = cfg("10.5.0.0/16", 24, "10.5.1.0", "10.5.1.0"); // room for exactly one
+    await acquireLease(s, c, attrs("192.0.2.1"), { previousSubnet: null, ttlMs: 800 });
+    await expect(acquireLease(s, c, attrs("192.0.2.2"), { previousSubnet: null, ttlMs: HOUR })).rejects.toBeInstanceOf(OutOfSubnetsError);
+    await Bun.sleep(1000);
+    const l = await acquireLease(s, c, attrs("192.0.2.2"), { previousSubnet: null, ttlMs: HOUR });
+    expect(formatCIDR(l.subnet)).toBe("10.5.1.0/24");
+  });
+
+  test("a reserved subnet is never handed out; our own reservation is held and stays a reservation", async () => {
+    const s = open(freshPath());
+    const c = cfg("10.5.0.0/16", 24, "10.5.1.0", "10.5.2.0");
+    await s.create("subnets/10.5.1.0-24", encodeLeaseAttrs(attrs("192.0.2.200"))); // no ttl = reservation
+    await s.create("subnets/10.5.2.0-24", encodeLeaseAttrs(attrs("192.0.2.1")));
+    const mine = await acquireLease(s, c, { ...attrs("192.0.2.1"), backendType: "vxlan" }, { previousSubnet: null, ttlMs: HOUR });
+    expect(formatCIDR(mine.subnet)).toBe("10.5.2.0/24");
+    expect(mine.expiresAt).toBeNull();
+    expect((await s.get("subnets/10.5.2.0-24"))!.expiresAt).toBeNull();
+    expect(renewDelayMs(mine, HOUR, HOUR)).toBe(Number.POSITIVE_INFINITY);
+    await expect(acquireLease(s, c, attrs("192.0.2.3"), { previousSubnet: parseCIDR("10.5.1.0/24"), ttlMs: HOUR })).rejects.toBeInstanceOf(OutOfSubnetsError);
+  });
+
+  test("a corrupt record is skipped and logged, and its subnet is not handed out", async () => {
+    const s = open(freshPath());
+    const c = cfg("10.5.0.0/16", 24, "10.5.1.0", "10.5.2.0");
+    await s.create("subnets/10.5.1.0-24", new TextEncoder().encode('{"PublicIP":"1.2.3.4; reboot"}'), { ttlMs: HOUR });
+    const logged: string[] = [];
+    const reporter = { log: (o: { args: unknown[] }) => void logged.push(o.args.join(" ")) };
+    consola.addReporter(reporter);
+    try {
+      const snap = await listLeases(s);
+      expect(snap.leases.length).toBe(0);
+      expect(snap.corrupt.map(formatCIDR)).toEqual(["10.5.1.0/24"]);
+      const l = await acquireLease(s, c, attrs("192.0.2.1"), { previousSubnet: null, ttlMs: HOUR });
+      expect(formatCIDR(l.subnet)).toBe("10.5.2.0/24");
+    } finally {
+      consola.removeReporter(reporter);
+    }
+    expect(logged.some((m) => m.includes("subnets/10.5.1.0-24") && m.includes("not an IPv4 address"))).toBe(true);
+  });
+
+  test("renewDelayMs: margin before expiry, at most half the TTL", () => {
+    const l = { subnet: parseCIDR("10.5.1.0/24"), ipv6Subnet: null, attrs: attrs("1.1.1.1"), revision: 1, expiresAt: 1_000_000 };
+    expect(renewDelayMs(l, 60 * 60_000, 24 * HOUR, 0)).toBe(1_000_000 - HOUR > 0 ? 1_000_000 - HOUR : 0);
+    expect(renewDelayMs(l, 60 * 60_000, 10_000, 990_000)).toBe(5_000);
+  });
+});
