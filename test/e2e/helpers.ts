@@ -1,0 +1,98 @@
+// End-to-end test helpers: the compiled binary, kernel state of a lab host (routes, neighbours, fdb) and bounded waits.
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { type LabHost, type LabState, readLabState, readSubnetEnv } from "../../src/lab/lab.ts";
+import { execIn, ip, run } from "../../src/lab/netns.ts";
+
+export const REPO = resolve(import.meta.dir, "../..");
+export const BINARY = join(REPO, "dist/flannel-bin");
+
+/** Builds dist/flannel-bin if it is missing (bounded); returns its path. */
+export async function ensureBinary(): Promise<string> {
+  if (existsSync(BINARY)) return BINARY;
+  const r = await Bun.spawn([join(REPO, "node_modules/.bin/bun"), "run", "build"], { cwd: REPO, stdout: "pipe", stderr: "pipe" });
+  const timer = setTimeout(() => r.kill("SIGKILL"), 300_000);
+  const [out, err, code] = await Promise.all([new Response(r.stdout).text(), new Response(r.stderr).text(), r.exited]);
+  clearTimeout(timer);
+  if (code !== 0 || !existsSync(BINARY)) throw new Error(`bun run build failed (exit ${code}):\n${out}\n${err}`);
+  return BINARY;
+}
+
+export function labState(lab: { name: string; stateDir?: string }): LabState {
+  const s = readLabState(lab);
+  if (!s) throw new Error(`lab ${lab.name} has no state file`);
+  return s;
+}
+
+export function host(lab: { name: string; stateDir?: string }, index: number): LabHost {
+  const h = labState(lab).hosts.find((x) => x.index === index);
+  if (!h) throw new Error(`lab ${lab.name} has no host ${index}`);
+  return h;
+}
+
+export interface PeerInfo {
+  /** Lease subnet, e.g. "10.5.72.0/24". */
+  subnet: string;
+  /** Its network address, the vxlan gateway/neighbour, e.g. "10.5.72.0". */
+  subnetIP: string;
+  publicIP: string;
+  /** flannel.1's MAC (vxlan only). */
+  vtepMac: string | null;
+}
+
+/** What the other hosts should know about `h`: read from its subnet.env and its flannel.1 device. */
+export async function peerInfo(h: LabHost): Promise<PeerInfo> {
+  const env = readSubnetEnv(h);
+  if (!env) throw new Error(`${h.subnetFile} missing or unusable`);
+  const [addr, prefix] = env.subnet.split("/") as [string, string];
+  const o = addr.split(".").map(Number);
+  const subnetIP = [o[0], o[1], o[2], (o[3] ?? 1) - 1].join(".");
+  const r = await ip(["-j", "link", "show", "flannel.1"], h.netns, { allowFail: true });
+  const vtepMac = r.code === 0 ? ((JSON.parse(r.stdout) as { address?: string }[])[0]?.address ?? null) : null;
+  return { subnet: `${subnetIP}/${prefix}`, subnetIP, publicIP: h.publicIP, vtepMac };
+}
+
+interface JRoute { dst: string; gateway?: string; dev?: string; protocol?: string }
+interface JNeigh { dst: string; dev?: string; lladdr?: string; state?: string[] }
+interface JFdb { mac: string; ifname?: string; dst?: string; flags?: string[] }
+
+export async function routes(netns: string): Promise<JRoute[]> {
+  return JSON.parse((await ip(["-j", "route", "show", "table", "main"], netns)).stdout || "[]") as JRoute[];
+}
+
+export async function neighs(netns: string, dev = "flannel.1"): Promise<JNeigh[]> {
+  const r = await ip(["-j", "neigh", "show", "dev", dev], netns, { allowFail: true });
+  return r.code === 0 ? (JSON.parse(r.stdout || "[]") as JNeigh[]) : [];
+}
+
+export async function fdb(netns: string, dev = "flannel.1"): Promise<JFdb[]> {
+  const r = await run(["bridge", "-j", "fdb", "show", "dev", dev], { netns, allowFail: true });
+  return r.code === 0 ? (JSON.parse(r.stdout || "[]") as JFdb[]) : [];
+}
+
+/** Which of route / neighbour / fdb entry for `peer` exist on host `netns`. */
+export async function knowsPeer(netns: string, peer: PeerInfo): Promise<{ route: boolean; neigh: boolean; fdb: boolean }> {
+  const [rs, ns, fs] = await Promise.all([routes(netns), neighs(netns), fdb(netns)]);
+  return {
+    route: rs.some((r) => r.dst === peer.subnet),
+    neigh: ns.some((n) => n.dst === peer.subnetIP),
+    fdb: fs.some((f) => (peer.vtepMac !== null && f.mac === peer.vtepMac) || f.dst === peer.publicIP),
+  };
+}
+
+/** Polls cond() until true; fails with `what` after timeoutMs. Bounded in time and count. */
+export async function waitUntil(what: string, timeoutMs: number, cond: () => Promise<boolean>, intervalMs = 250): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (let i = 0; i < 10_000; i++) {
+    if (await cond()) return;
+    if (Date.now() >= deadline) break;
+    await Bun.sleep(intervalMs);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting until ${what}`);
+}
+
+/** Deletes a host's lease with the binary's own `leases delete`, from inside the underlay (reaches any lab store). */
+export async function deleteLease(lab: { name: string; stateDir?: string }, peer: PeerInfo): Promise<void> {
+  const s = labState(lab);
+  await execIn(s.underlay, [s.binary, "leases", "delete", peer.subnet, ...s.storeFlags], { timeoutMs: 15_000 });
+}
