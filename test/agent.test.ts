@@ -1,0 +1,100 @@
+// The agent as real processes: the compiled binary, one network namespace per host, one shared SQLite file.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { AgentLab, ensureBinary, until } from "./helpers/agents.ts";
+
+const HOST_GW = '{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}';
+
+describe("agent processes", () => {
+  const lab = new AgentLab();
+  beforeAll(() => {
+    ensureBinary();
+  });
+  afterAll(() => lab.cleanup());
+
+  test("missing config: says how to create it, retries, then takes a lease; readyz 503 then 200", async () => {
+    const h = lab.addHost();
+    lab.start(h, ["--subnet-lease-ttl", "6s"]);
+    expect(await until(() => lab.log(h).includes("flannel-bin config put"), 15_000)).toBe(true);
+    expect(await until(() => lab.health(h, "/healthz") === 200, 5000)).toBe(true);
+    expect(lab.health(h, "/readyz")).toBe(503);
+    lab.putConfig(HOST_GW);
+    expect(await until(() => lab.subnetOf(h), 10_000)).toMatch(/^10\.5\.\d+\.1\/24$/);
+    expect(await until(() => lab.health(h, "/readyz") === 200, 10_000)).toBe(true);
+  });
+
+  test("renewal extends the expiry (short TTL)", async () => {
+    const h = lab.hosts[0]!;
+    const expiry = () => {
+      const r = lab.cli(["leases", "--json", ...lab.storeFlags()]);
+      return JSON.parse(r.out).find((l: { publicIP: string }) => l.publicIP === h.ip)?.expires as string | undefined;
+    };
+    const first = expiry()!;
+    expect(first).toBeDefined();
+    // TTL 6 s renews at half-life (3 s): a later expiry must show up well before the first one passes.
+    const later = await until(() => {
+      const e = expiry();
+      return e && Date.parse(e) > Date.parse(first) ? e : undefined;
+    }, 6000);
+    expect(later).toBeDefined();
+  });
+
+  test("SIGTERM exits 0 and keeps the lease and subnet.env; a restart keeps the subnet", async () => {
+    const h = lab.hosts[0]!;
+    const subnet = lab.subnetOf(h);
+    expect(await lab.stop(h)).toBe(0);
+    expect(lab.subnetOf(h)).toBe(subnet);
+    const leases = JSON.parse(lab.cli(["leases", "--json", ...lab.storeFlags()]).out);
+    expect(leases.some((l: { publicIP: string }) => l.publicIP === h.ip)).toBe(true);
+    lab.start(h, ["--subnet-lease-ttl", "6s"]);
+    expect(await until(() => lab.health(h, "/readyz") === 200, 15_000)).toBe(true);
+    expect(lab.subnetOf(h)).toBe(subnet);
+  });
+
+  test("a lease left to expire is freed and taken by the next host", async () => {
+    const h = lab.hosts[0]!;
+    const subnet = lab.subnetOf(h)!;
+    await lab.stop(h);
+    // The only free subnet is the one h held: the newcomer must wait for it to expire (6 s TTL).
+    const net = subnet.replace(/\.1\/24$/, ".0");
+    lab.putConfig(`{"Network":"10.5.0.0/16","SubnetMin":"${net}","SubnetMax":"${net}","Backend":{"Type":"host-gw"}}`);
+    const h2 = lab.addHost();
+    lab.start(h2, ["--subnet-lease-ttl", "6s"]);
+    expect(await until(() => lab.subnetOf(h2), 20_000)).toBe(subnet);
+    await lab.stop(h2);
+  });
+
+  test("bad flags and values are clear errors with a non-zero exit", () => {
+    const r1 = lab.cli(["run", "--bogus"]);
+    expect(r1.code).toBe(2);
+    expect(r1.err).toContain("unknown flag --bogus");
+    const r2 = lab.cli(["run", "--subnet-lease-renew-margin", "2000"]);
+    expect(r2.code).toBe(2);
+    expect(r2.err).toContain("subnet-lease-renew-margin");
+    const r3 = lab.cli(["config", "put", '{"Network":"10.5.0.0/29"}', ...lab.storeFlags()]);
+    expect(r3.code).toBe(2);
+    expect(r3.err).toContain("network is too small. Minimum useful network prefix is /28");
+    const r4 = lab.cli(["nonsense"]);
+    expect(r4.code).toBe(2);
+  });
+});
+
+describe("50 agents at once", () => {
+  const lab = new AgentLab();
+  afterAll(() => lab.cleanup());
+
+  test("all get distinct subnets from one database file", async () => {
+    lab.putConfig(HOST_GW);
+    for (let i = 0; i < 50; i++) lab.addHost();
+    for (const h of lab.hosts) lab.start(h);
+    const done = await until(() => lab.hosts.every((h) => lab.subnetOf(h)), 120_000, 500);
+    const missing = lab.hosts.filter((h) => !lab.subnetOf(h));
+    expect(missing.map((h) => `${h.ns}: ${lab.log(h).slice(-500)}`)).toEqual([]);
+    expect(done).toBe(true);
+    const subnets = lab.hosts.map((h) => lab.subnetOf(h));
+    expect(new Set(subnets).size).toBe(50);
+    const leases = JSON.parse(lab.cli(["leases", "--json", ...lab.storeFlags()]).out);
+    expect(leases.length).toBe(50);
+    const codes = await Promise.all(lab.hosts.map((h) => lab.stop(h)));
+    expect(codes.every((c) => c === 0)).toBe(true);
+  });
+});

@@ -1,0 +1,115 @@
+// Test hosts for agent processes: one network namespace per host with a dummy underlay "eth0" and a default route,
+// so each agent programs only its own namespace. Everything is removed by cleanup(), also after a failure.
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { Subprocess } from "bun";
+
+export const BINARY = resolve(import.meta.dir, "../../dist/flannel-bin");
+
+export function ensureBinary(): string {
+  if (!existsSync(BINARY)) {
+    const r = Bun.spawnSync(["node_modules/.bin/bun", "run", "build"], { cwd: resolve(import.meta.dir, "../.."), stdout: "inherit", stderr: "inherit" });
+    if (r.exitCode !== 0) throw new Error("build failed");
+  }
+  return BINARY;
+}
+
+function sh(cmd: string[]): void {
+  const r = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe" });
+  if (r.exitCode !== 0) throw new Error(`${cmd.join(" ")}: ${r.stderr.toString().trim()}`);
+}
+
+export interface AgentHost {
+  ns: string;
+  ip: string;
+  subnetFile: string;
+  logFile: string;
+  proc: Subprocess | null;
+}
+
+export class AgentLab {
+  readonly dir = mkdtempSync(join(tmpdir(), "fb-agents-"));
+  readonly db = join(this.dir, "flannel.db");
+  readonly hosts: AgentHost[] = [];
+  private readonly tag = Math.random().toString(36).slice(2, 7);
+
+  /** Adds a host namespace with dummy eth0 = 192.0.2.<n>/24 (TEST-NET-1) and a default route. */
+  addHost(): AgentHost {
+    const n = this.hosts.length + 1;
+    const ns = `fbt-${this.tag}-${n}`;
+    sh(["ip", "netns", "add", ns]);
+    const h: AgentHost = { ns, ip: `192.0.2.${n}`, subnetFile: join(this.dir, `h${n}.env`), logFile: join(this.dir, `h${n}.log`), proc: null };
+    this.hosts.push(h);
+    sh(["ip", "-n", ns, "link", "set", "lo", "up"]);
+    sh(["ip", "-n", ns, "link", "add", "eth0", "type", "dummy"]);
+    sh(["ip", "-n", ns, "addr", "add", `${h.ip}/24`, "dev", "eth0"]);
+    sh(["ip", "-n", ns, "link", "set", "eth0", "up"]);
+    sh(["ip", "-n", ns, "route", "add", "default", "via", "192.0.2.254", "dev", "eth0"]);
+    return h;
+  }
+
+  storeFlags(): string[] {
+    return ["--store", "sqlite", "--sqlite-path", this.db];
+  }
+
+  cli(args: string[]): { code: number; out: string; err: string } {
+    const r = Bun.spawnSync([ensureBinary(), ...args], { stdout: "pipe", stderr: "pipe" });
+    return { code: r.exitCode ?? -1, out: r.stdout.toString(), err: r.stderr.toString() };
+  }
+
+  putConfig(json: string): void {
+    const r = this.cli(["config", "put", json, ...this.storeFlags()]);
+    if (r.code !== 0) throw new Error(`config put failed: ${r.err}`);
+  }
+
+  start(h: AgentHost, extra: string[] = []): void {
+    const argv = ["ip", "netns", "exec", h.ns, ensureBinary(), "run", ...this.storeFlags(), "--subnet-file", h.subnetFile, "--healthz-port", "8471", ...extra];
+    h.proc = Bun.spawn(argv, { stdout: Bun.file(h.logFile), stderr: Bun.file(h.logFile) });
+  }
+
+  /** SIGTERM by PID; resolves with the exit code (SIGKILL after 10 s). */
+  async stop(h: AgentHost): Promise<number | null> {
+    const p = h.proc;
+    if (!p) return null;
+    h.proc = null;
+    p.kill("SIGTERM");
+    const t = setTimeout(() => p.kill("SIGKILL"), 10_000);
+    const code = await p.exited;
+    clearTimeout(t);
+    return code;
+  }
+
+  subnetOf(h: AgentHost): string | null {
+    if (!existsSync(h.subnetFile)) return null;
+    const m = /^FLANNEL_SUBNET=(.*)$/m.exec(readFileSync(h.subnetFile, "utf8"));
+    return m ? m[1]! : null;
+  }
+
+  log(h: AgentHost): string {
+    return existsSync(h.logFile) ? readFileSync(h.logFile, "utf8") : "";
+  }
+
+  /** HTTP status of a health path inside the host's namespace (0 if nothing answers). */
+  health(h: AgentHost, path: string): number {
+    const r = Bun.spawnSync(["ip", "netns", "exec", h.ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", `http://127.0.0.1:8471${path}`], { stdout: "pipe" });
+    return Number(r.stdout.toString()) || 0;
+  }
+
+  async cleanup(): Promise<void> {
+    await Promise.all(this.hosts.map((h) => this.stop(h)));
+    for (const h of this.hosts) Bun.spawnSync(["ip", "netns", "del", h.ns]);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Polls until check() is truthy or the deadline passes; returns the last value. */
+export async function until<T>(check: () => T | Promise<T>, ms: number, every = 100): Promise<T> {
+  const deadline = Date.now() + ms;
+  let v = await check();
+  while (!v && Date.now() < deadline) {
+    await Bun.sleep(every);
+    v = await check();
+  }
+  return v;
+}
