@@ -1,0 +1,487 @@
+// SQLite store (the lab store): one database file shared by every agent process on a machine.
+//
+// Layout (kine-like, simplified):
+//   kv(key PK, revision, expires_at, record)       current state, one row per live (or not yet reaped) key
+//   changes(revision AUTOINCREMENT PK, key, op, record, at)   append-only change log; its id IS the store revision
+//   meta(name PK, value)                           'trimmed_through': every change <= it has been trimmed
+//
+// Every write is one `BEGIN IMMEDIATE` transaction, so writers from all processes are serialised by SQLite's lock
+// and revisions are global, distinct and increasing. Records are CBOR `{ v: bytes, e: expiresAt|null }`; the
+// expires_at column mirrors `e` so readers can filter expired rows in SQL.
+//
+// Expiry is by recorded time: a row whose expires_at has passed is absent for every reader. Watchers (in any
+// process) reap expired rows with a delete written to the change log, so every watcher sees a "delete" event for it
+// in revision order. Reaping runs inside the write lock and re-checks expiry, so concurrent reapers are harmless.
+
+import { Database } from "bun:sqlite";
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import { encode } from "cbor-x";
+// Decoding uses cbor-x's separate pure-JS, no-eval build: under `bun run`/`bun test` the main entry loads the native
+// cbor-extract addon, which misreads records (a 256-byte value fails to decode) or aborts the whole Bun process.
+// no-eval also never compiles code from untrusted record structures.
+import { decode } from "cbor-x/decode-no-eval";
+import { consola } from "consola";
+import {
+  type KV,
+  type ListResult,
+  type Revision,
+  type Store,
+  StoreUnavailableError,
+  type WatchEvent,
+  type WriteOptions,
+} from "../src/store.ts";
+
+const log = consola.withTag("store:sqlite");
+
+export interface SqliteStoreOptions {
+  /** How often a watcher polls the change log (ms). Default 50. Local writes wake watchers at once. */
+  pollMs?: number;
+  /** How many change-log entries to keep; older ones are trimmed (watchers behind them get "relist"). Default 10,000. */
+  historyEntries?: number;
+  /** SQLite busy timeout (ms): how long a write waits for another process's lock. Default 5000. */
+  busyTimeoutMs?: number;
+}
+
+interface Row {
+  key: string;
+  revision: number;
+  expires_at: number | null;
+  record: Uint8Array;
+}
+
+interface ChangeRow {
+  revision: number;
+  key: string;
+  op: string;
+  record: Uint8Array | null;
+}
+
+interface DecodedRecord {
+  value: Uint8Array;
+  expiresAt: number | null;
+}
+
+/** Trim the change log whenever the global revision hits a multiple of this (exactly one writer sees each one). */
+const TRIM_EVERY = 64;
+/** Most change rows a watcher reads per poll, and most expired rows reaped per transaction. */
+const BATCH = 1000;
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS kv (
+  key TEXT PRIMARY KEY NOT NULL,
+  revision INTEGER NOT NULL,
+  expires_at INTEGER,
+  record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS kv_expires_at ON kv(expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS changes (
+  revision INTEGER PRIMARY KEY AUTOINCREMENT,
+  key TEXT NOT NULL,
+  op TEXT NOT NULL CHECK (op IN ('put', 'delete')),
+  record BLOB,
+  at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta(name, value) VALUES ('schema', 1), ('trimmed_through', 0);
+`;
+
+export class SqliteStore implements Store {
+  readonly kind = "sqlite";
+  readonly location: string;
+
+  private readonly db: Database;
+  private readonly pollMs: number;
+  private readonly historyEntries: number;
+  private readonly busyTimeoutMs: number;
+  private closed = false;
+  /** Aborted by close(): ends every watcher of this instance. */
+  private readonly closing = new AbortController();
+  /** Pending watcher sleeps; a local write resolves them so local changes are seen at once. */
+  private readonly wakers = new Set<() => void>();
+
+  private constructor(db: Database, path: string, opts: Required<SqliteStoreOptions>) {
+    this.db = db;
+    this.location = path;
+    this.pollMs = opts.pollMs;
+    this.historyEntries = opts.historyEntries;
+    this.busyTimeoutMs = opts.busyTimeoutMs;
+  }
+
+  /** Opens (creating if needed) the database file and its parent directory, in WAL mode, with the schema. */
+  static open(path: string, opts: SqliteStoreOptions = {}): SqliteStore {
+    const o: Required<SqliteStoreOptions> = {
+      pollMs: positiveInt(opts.pollMs ?? 50, "pollMs"),
+      historyEntries: positiveInt(opts.historyEntries ?? 10_000, "historyEntries"),
+      busyTimeoutMs: positiveInt(opts.busyTimeoutMs ?? 5000, "busyTimeoutMs"),
+    };
+    if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
+    let db: Database;
+    try {
+      db = new Database(path, { create: true, readwrite: true });
+    } catch (err) {
+      throw new StoreUnavailableError(`sqlite ${path}: cannot open database: ${errorText(err)}`, { cause: err });
+    }
+    try {
+      // busy_timeout first: switching to WAL and creating the schema may wait for another process's lock.
+      db.run(`PRAGMA busy_timeout = ${o.busyTimeoutMs}`);
+      const mode = db.query("PRAGMA journal_mode = WAL").get() as { journal_mode?: string } | null;
+      if (path !== ":memory:" && mode?.journal_mode?.toLowerCase() !== "wal") {
+        throw new Error(`could not switch to WAL (journal_mode is ${String(mode?.journal_mode)})`);
+      }
+      db.run("PRAGMA synchronous = NORMAL");
+      db.transaction(() => db.run(SCHEMA)).immediate();
+    } catch (err) {
+      db.close(false);
+      throw new StoreUnavailableError(`sqlite ${path}: cannot prepare database: ${errorText(err)}`, { cause: err });
+    }
+    return new SqliteStore(db, path, o);
+  }
+
+  async get(key: string): Promise<KV | null> {
+    checkKey(key);
+    const row = this.read(() =>
+      this.db
+        .query("SELECT key, revision, expires_at, record FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)")
+        .get(key, Date.now()),
+    ) as Row | null;
+    if (!row) return null;
+    const kv = rowToKV(row);
+    if (typeof kv === "string") throw new Error(`sqlite ${this.location}: corrupt record for key "${key}": ${kv}`);
+    return kv;
+  }
+
+  async list(prefix: string): Promise<ListResult> {
+    checkPrefix(prefix);
+    const { rows, revision } = this.read(() =>
+      this.db
+        .transaction(() => ({
+          rows: this.db
+            .query(
+              `SELECT key, revision, expires_at, record FROM kv
+               WHERE key >= ?1 AND substr(key, 1, length(?1)) = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+               ORDER BY key`,
+            )
+            .all(prefix, Date.now()) as Row[],
+          revision: this.currentRevision(),
+        }))
+        .deferred(),
+    );
+    const items: KV[] = [];
+    for (const row of rows) {
+      const kv = rowToKV(row);
+      if (typeof kv === "string") log.warn(`${this.location}: skipping corrupt record for key "${row.key}": ${kv}`);
+      else items.push(kv);
+    }
+    return { items, revision };
+  }
+
+  async create(key: string, value: Uint8Array, opts?: WriteOptions): Promise<Revision | null> {
+    checkKey(key);
+    checkValue(value);
+    const ttlMs = checkTtl(opts);
+    return this.write(() => {
+      const now = Date.now(); // taken under the write lock, so expiry decisions are consistent across processes
+      const cur = this.currentRow(key);
+      if (cur && !isExpired(cur, now)) return null;
+      // An expired row still present: record its deletion first so watchers see delete then put.
+      if (cur) this.deleteRow(key, now);
+      return this.putRow(key, value, ttlMs, now);
+    });
+  }
+
+  async update(key: string, value: Uint8Array, revision: Revision, opts?: WriteOptions): Promise<Revision | null> {
+    checkKey(key);
+    checkValue(value);
+    checkRevision(revision);
+    const ttlMs = checkTtl(opts);
+    return this.write(() => {
+      const now = Date.now();
+      const cur = this.currentRow(key);
+      if (!cur || isExpired(cur, now) || cur.revision !== revision) return null;
+      return this.putRow(key, value, ttlMs, now);
+    });
+  }
+
+  async delete(key: string, revision: Revision): Promise<boolean> {
+    checkKey(key);
+    checkRevision(revision);
+    return this.write(() => {
+      const now = Date.now();
+      const cur = this.currentRow(key);
+      if (!cur || isExpired(cur, now) || cur.revision !== revision) return false;
+      this.deleteRow(key, now);
+      return true;
+    });
+  }
+
+  async *watch(prefix: string, afterRevision: Revision, signal: AbortSignal): AsyncIterable<WatchEvent> {
+    checkPrefix(prefix);
+    if (!Number.isSafeInteger(afterRevision) || afterRevision < 0) {
+      throw new Error(`sqlite watch: afterRevision must be a non-negative integer, got ${String(afterRevision)}`);
+    }
+    const stop = AbortSignal.any([signal, this.closing.signal]);
+    let pos = afterRevision;
+    let failing = false;
+    while (!stop.aborted) {
+      let batch: { events: WatchEvent[]; pos: Revision; more: boolean };
+      try {
+        this.reapExpired();
+        batch = this.readChanges(prefix, pos);
+        if (failing) log.info(`${this.location}: watch on "${prefix}" recovered`);
+        failing = false;
+      } catch (err) {
+        if (stop.aborted) return;
+        if (!failing) log.warn(`${this.location}: watch on "${prefix}" poll failed, retrying: ${errorText(err)}`);
+        failing = true;
+        await this.sleep(this.pollMs * 4, stop);
+        continue;
+      }
+      pos = batch.pos;
+      for (const ev of batch.events) {
+        if (stop.aborted) return;
+        yield ev;
+      }
+      if (!batch.more) await this.sleep(this.pollMs, stop);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.closing.abort();
+    for (const wake of [...this.wakers]) wake();
+    this.db.close(false);
+  }
+
+  /**
+   * Drops change-log entries, keeping the newest `keepEntries`. Watchers positioned before the cut get "relist".
+   * Runs on its own every TRIM_EVERY revisions with the configured historyEntries; public for tests and tools.
+   */
+  trimHistory(keepEntries: number = this.historyEntries): void {
+    if (!Number.isSafeInteger(keepEntries) || keepEntries < 0) throw new Error("trimHistory: keepEntries must be >= 0");
+    this.write(() => this.trimLocked(keepEntries));
+  }
+
+  // ---- internals ----
+
+  private currentRevision(): Revision {
+    const r = this.db.query("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").get() as { seq: number } | null;
+    return r?.seq ?? 0;
+  }
+
+  private currentRow(key: string): Row | null {
+    return this.db.query("SELECT key, revision, expires_at, record FROM kv WHERE key = ?").get(key) as Row | null;
+  }
+
+  /** Appends to the change log (inside a write transaction) and returns the new global revision. */
+  private appendChange(key: string, op: "put" | "delete", record: Uint8Array | null, now: number): Revision {
+    const res = this.db.query("INSERT INTO changes(key, op, record, at) VALUES (?, ?, ?, ?)").run(key, op, record, now);
+    const rev = Number(res.lastInsertRowid);
+    if (rev % TRIM_EVERY === 0) this.trimLocked(this.historyEntries);
+    return rev;
+  }
+
+  private putRow(key: string, value: Uint8Array, ttlMs: number | null, now: number): Revision {
+    const expiresAt = ttlMs === null ? null : now + ttlMs;
+    const record = encode({ v: value, e: expiresAt }) as Uint8Array;
+    const rev = this.appendChange(key, "put", record, now);
+    this.db
+      .query("INSERT OR REPLACE INTO kv(key, revision, expires_at, record) VALUES (?, ?, ?, ?)")
+      .run(key, rev, expiresAt, record);
+    return rev;
+  }
+
+  private deleteRow(key: string, now: number): Revision {
+    const rev = this.appendChange(key, "delete", null, now);
+    this.db.query("DELETE FROM kv WHERE key = ?").run(key);
+    return rev;
+  }
+
+  private trimLocked(keepEntries: number): void {
+    const cut = this.currentRevision() - keepEntries;
+    if (cut <= 0) return;
+    this.db.query("DELETE FROM changes WHERE revision <= ?").run(cut);
+    this.db.query("UPDATE meta SET value = max(value, ?) WHERE name = 'trimmed_through'").run(cut);
+  }
+
+  /** Deletes expired rows through the change log. Cheap read first: the write lock is taken only when needed. */
+  private reapExpired(): void {
+    const any = this.db
+      .query("SELECT 1 AS x FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT 1")
+      .get(Date.now());
+    if (!any) return;
+    const reaped = this.write(() => {
+      const now = Date.now();
+      const rows = this.db
+        .query("SELECT key FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?")
+        .all(now, BATCH) as { key: string }[];
+      for (const r of rows) this.deleteRow(r.key, now);
+      return rows.length;
+    });
+    if (reaped > 0) log.debug(`${this.location}: reaped ${reaped} expired record(s)`);
+  }
+
+  /** One consistent read of the change log after `pos`. */
+  private readChanges(prefix: string, pos: Revision): { events: WatchEvent[]; pos: Revision; more: boolean } {
+    return this.db
+      .transaction(() => {
+        const trimmed = (this.db.query("SELECT value FROM meta WHERE name = 'trimmed_through'").get() as {
+          value: number;
+        } | null)?.value ?? 0;
+        const head = this.currentRevision();
+        // pos > head: the database was replaced under us; we cannot know what changed either.
+        if (pos < trimmed || pos > head) {
+          log.info(`${this.location}: watch on "${prefix}" at revision ${pos} lost history (kept ${trimmed}..${head})`);
+          return { events: [{ type: "relist" } as WatchEvent], pos: head, more: false };
+        }
+        const upTo = Math.min(head, pos + BATCH);
+        const rows = this.db
+          .query(
+            `SELECT revision, key, op, record FROM changes
+             WHERE revision > ?1 AND revision <= ?2 AND substr(key, 1, length(?3)) = ?3 ORDER BY revision`,
+          )
+          .all(pos, upTo, prefix) as ChangeRow[];
+        const events: WatchEvent[] = [];
+        for (const row of rows) {
+          const ev = changeToEvent(row);
+          if (typeof ev === "string") {
+            log.warn(`${this.location}: skipping corrupt change ${row.revision} for key "${row.key}": ${ev}`);
+          } else {
+            events.push(ev);
+          }
+        }
+        return { events, pos: upTo, more: upTo < head };
+      })
+      .deferred();
+  }
+
+  private read<T>(fn: () => T): T {
+    this.checkOpen();
+    try {
+      return fn();
+    } catch (err) {
+      throw this.wrap(err);
+    }
+  }
+
+  private write<T>(fn: () => T): T {
+    this.checkOpen();
+    let result: T;
+    try {
+      result = this.db.transaction(fn).immediate();
+    } catch (err) {
+      throw this.wrap(err);
+    }
+    for (const wake of [...this.wakers]) wake();
+    return result;
+  }
+
+  private wrap(err: unknown): unknown {
+    const code = (err as { code?: unknown })?.code;
+    if (code === "SQLITE_BUSY" || code === "SQLITE_LOCKED") {
+      return new StoreUnavailableError(
+        `sqlite ${this.location}: database stayed locked by another process for ${this.busyTimeoutMs} ms`,
+        { cause: err },
+      );
+    }
+    return err;
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new Error(`sqlite ${this.location}: store is closed`);
+  }
+
+  private sleep(ms: number, signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", done);
+        this.wakers.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener("abort", done, { once: true });
+      this.wakers.add(done);
+    });
+  }
+}
+
+// ---- records: untrusted bytes in, validated values out ----
+
+function decodeRecord(bytes: unknown): DecodedRecord | string {
+  if (!(bytes instanceof Uint8Array)) return "record is not a blob";
+  let rec: unknown;
+  try {
+    rec = decode(bytes);
+  } catch (err) {
+    return `not CBOR (${errorText(err)})`;
+  }
+  if (typeof rec !== "object" || rec === null) return "record is not a map";
+  const { v, e } = rec as { v?: unknown; e?: unknown };
+  if (!(v instanceof Uint8Array)) return "field v is not bytes";
+  if (e !== null && !(typeof e === "number" && Number.isSafeInteger(e) && e >= 0)) {
+    return "field e is neither null nor an epoch-ms integer";
+  }
+  return { value: new Uint8Array(v), expiresAt: e };
+}
+
+function rowToKV(row: Row): KV | string {
+  if (!Number.isSafeInteger(row.revision) || row.revision <= 0) return "bad revision column";
+  const rec = decodeRecord(row.record);
+  if (typeof rec === "string") return rec;
+  if (rec.expiresAt !== row.expires_at) return "expiry in the record does not match the expires_at column";
+  return { key: row.key, value: rec.value, revision: row.revision, expiresAt: rec.expiresAt };
+}
+
+function changeToEvent(row: ChangeRow): WatchEvent | string {
+  if (row.op === "delete") return { type: "delete", key: row.key, revision: row.revision };
+  if (row.op !== "put") return `unknown op "${row.op}"`;
+  const rec = decodeRecord(row.record);
+  if (typeof rec === "string") return rec;
+  return { type: "put", kv: { key: row.key, value: rec.value, revision: row.revision, expiresAt: rec.expiresAt } };
+}
+
+function isExpired(row: Row, now: number): boolean {
+  return row.expires_at !== null && row.expires_at <= now;
+}
+
+// ---- argument checks: bad input => clear error naming the problem ----
+
+function checkKey(key: string): void {
+  if (typeof key !== "string" || key.length === 0 || key.includes("\0")) {
+    throw new Error(`sqlite store: invalid key ${JSON.stringify(key)}`);
+  }
+}
+
+function checkPrefix(prefix: string): void {
+  if (typeof prefix !== "string" || prefix.includes("\0")) {
+    throw new Error(`sqlite store: invalid prefix ${JSON.stringify(prefix)}`);
+  }
+}
+
+function checkValue(value: Uint8Array): void {
+  if (!(value instanceof Uint8Array)) throw new Error("sqlite store: value must be a Uint8Array");
+}
+
+function checkRevision(revision: Revision): void {
+  if (!Number.isSafeInteger(revision) || revision <= 0) {
+    throw new Error(`sqlite store: revision must be a positive integer, got ${String(revision)}`);
+  }
+}
+
+function checkTtl(opts: WriteOptions | undefined): number | null {
+  const ttl = opts?.ttlMs;
+  if (ttl === undefined) return null;
+  if (!Number.isFinite(ttl) || ttl <= 0) throw new Error(`sqlite store: ttlMs must be a positive number, got ${ttl}`);
+  return Math.ceil(ttl);
+}
+
+function positiveInt(n: number, name: string): number {
+  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`sqlite store: ${name} must be a positive integer, got ${n}`);
+  return n;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
