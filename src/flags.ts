@@ -2,6 +2,8 @@
 // `--flag v`, booleans as `--flag` or `--flag=false`) and every flag also as FLANNELD_<NAME> in the environment,
 // applied only when the flag is not on the command line. Unknown flags and bad values are errors, never ignored.
 
+import type { ArgsDef } from "citty";
+
 export type FlagType = "string" | "boolean" | "int" | "duration" | "list";
 
 export interface FlagSpec {
@@ -110,14 +112,15 @@ export function parseFlags(argv: string[], specs: FlagSpecs, env: Record<string,
 }
 
 /** citty argument definitions for --help, generated from the same specs. */
-export function cittyArgs(specs: FlagSpecs): Record<string, { type: "string" | "boolean"; description: string; default?: string }> {
-  const out: Record<string, { type: "string" | "boolean"; description: string; default?: string }> = {};
-  for (const [name, s] of Object.entries(specs))
-    out[name] = {
-      type: s.type === "boolean" ? "boolean" : "string",
-      description: `${s.description} [${envName(name)}]`,
-      ...(s.default !== undefined && s.type !== "boolean" ? { default: String(s.default) } : {}),
-    };
+export function cittyArgs(specs: FlagSpecs): ArgsDef {
+  const out: ArgsDef = {};
+  for (const [name, s] of Object.entries(specs)) {
+    const description = `${s.description} [${envName(name)}]`;
+    out[name] =
+      s.type === "boolean"
+        ? { type: "boolean", description }
+        : { type: "string", description, ...(s.default !== undefined ? { default: String(s.default) } : {}) };
+  }
   return out;
 }
 
