@@ -1,0 +1,115 @@
+// Real iproute2 in a throw-away namespace.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { fdbReplace, linkAddVxlan, linkSetUp, neighDel, neighReplace, routeReplace } from "../../src/kernel/commands.ts";
+import { CommandQueue, bridgeJson, ipJson } from "../../src/kernel/queue.ts";
+import { makeNs, type TestNs } from "./netns.ts";
+
+let ns: TestNs;
+beforeAll(() => {
+  ns = makeNs();
+});
+afterAll(() => ns?.remove());
+
+const route = (i: number, via = "192.168.77.2") => ({
+  dst: `10.${100 + (i >> 8)}.${i & 255}.0/24`,
+  via,
+  dev: "ul0",
+  onlink: false,
+});
+
+async function protoRoutes(): Promise<{ dst: string }[]> {
+  return (await ipJson(["route", "show", "proto", "159"], ns.name)) as { dst: string }[];
+}
+
+describe("CommandQueue", () => {
+  test("1000 routes go through one ip process", async () => {
+    const q = new CommandQueue({ netns: ns.name });
+    try {
+      const res = await q.runAll(Array.from({ length: 1000 }, (_, i) => routeReplace(route(i), 159)));
+      expect(res.every((r) => r.ok && r.tries === 1)).toBe(true);
+      expect(q.stats()).toEqual({ sent: 1000, failed: 0, retried: 0, batches: 1 });
+      expect((await protoRoutes()).length).toBe(1000);
+    } finally {
+      q.close();
+      ns.ip("route", "flush", "proto", "159");
+    }
+  });
+
+  test("a bad line in the middle fails alone and is retried; the others succeed", async () => {
+    const q = new CommandQueue({ netns: ns.name, maxRetries: 3, retryBaseMs: 10 });
+    try {
+      const cmds = Array.from({ length: 101 }, (_, i) => routeReplace(route(i, i === 50 ? "1.2.3.4" : "192.168.77.2"), 159));
+      const res = await q.runAll(cmds);
+      expect(res.filter((r) => !r.ok).map((r) => r.cmd)).toEqual([cmds[50]!]);
+      expect(res[50]!.error).toContain("invalid gateway");
+      expect(res[50]!.tries).toBe(3);
+      expect(res[49]!.tries).toBe(1);
+      expect(q.stats()).toEqual({ sent: 103, failed: 1, retried: 2, batches: 3 });
+      expect((await protoRoutes()).length).toBe(100);
+    } finally {
+      q.close();
+      ns.ip("route", "flush", "proto", "159");
+    }
+  });
+
+  test("run() calls within the window share a process; ip/bridge order is kept", async () => {
+    const q = new CommandQueue({ netns: ns.name, windowMs: 20 });
+    const dev = { kind: "vxlan", name: "vx9", vni: 9, local: "192.168.77.1", underlay: "ul0", port: 0, learning: false, gbp: false, mtu: 1450, mac: "02:00:00:00:09:01" } as const;
+    try {
+      const rs = await Promise.all([
+        q.run(linkAddVxlan(dev)),
+        q.run(linkSetUp("vx9")),
+        q.run(neighReplace({ dev: "vx9", ip: "10.9.1.0", lladdr: "02:00:00:00:09:02" })),
+        q.run(fdbReplace({ dev: "vx9", mac: "02:00:00:00:09:02", dst: "192.168.77.9" })),
+        q.run(routeReplace({ dst: "10.9.1.0/24", via: "10.9.1.0", dev: "vx9", onlink: true }, 159)),
+      ]);
+      expect(rs.map((r) => r.ok)).toEqual([true, true, true, true, true]);
+      expect(q.stats().batches).toBe(3); // ip (link, link, neigh) | bridge (fdb) | ip (route)
+      const fdb = (await bridgeJson(["fdb", "show", "dev", "vx9"], ns.name)) as { mac: string; dst?: string }[];
+      expect(fdb.some((f) => f.mac === "02:00:00:00:09:02" && f.dst === "192.168.77.9")).toBe(true);
+      expect((await protoRoutes()).map((r) => r.dst)).toEqual(["10.9.1.0/24"]);
+    } finally {
+      q.close();
+      ns.ip("link", "del", "vx9");
+    }
+  });
+
+  test("ip neigh aborting the batch (exit 2) is recovered: later lines still run, absent deletes count as done", async () => {
+    ns.ip("link", "add", "vx8", "type", "vxlan", "id", "8", "local", "192.168.77.1", "dev", "ul0", "dstport", "0");
+    const q = new CommandQueue({ netns: ns.name, maxRetries: 2, retryBaseMs: 10 });
+    try {
+      const n = (i: number) => ({ dev: "vx8", ip: `10.8.0.${i}`, lladdr: `02:00:00:00:08:0${i}` });
+      const res = await q.runAll([
+        neighReplace(n(1)),
+        neighDel(n(2)), // absent: ip exits 2 here without a "Command failed" line
+        neighReplace(n(3)),
+        neighDel(n(4)),
+        neighReplace(n(5)),
+      ]);
+      expect(res.map((r) => r.ok)).toEqual([true, true, true, true, true]);
+      const got = ((await ipJson(["neigh", "show", "dev", "vx8"], ns.name)) as { dst: string }[]).map((x) => x.dst).sort();
+      expect(got).toEqual(["10.8.0.1", "10.8.0.3", "10.8.0.5"]);
+      expect(q.stats().failed).toBe(0);
+      expect(q.stats().batches).toBeGreaterThan(1); // the normal run aborted, probe runs finished it
+    } finally {
+      q.close();
+      ns.ip("link", "del", "vx8");
+    }
+  });
+
+  test("ipJson reads and throws with ip's message", async () => {
+    const links = (await ipJson(["link", "show", "ul0"], ns.name)) as { ifname: string }[];
+    expect(links[0]!.ifname).toBe("ul0");
+    await expect(ipJson(["link", "show", "nope0"], ns.name)).rejects.toThrow("nope0");
+    await expect(ipJson(["link"], "bad ns")).rejects.toThrow("invalid network namespace");
+  });
+
+  test("closed queue resolves commands as failed", async () => {
+    const q = new CommandQueue({ netns: ns.name, windowMs: 1000 });
+    const p = q.run(routeReplace(route(1), 159));
+    q.close();
+    const r = await p;
+    expect(r.ok).toBe(false);
+    expect(r.error).toContain("closed");
+  });
+});
