@@ -1,8 +1,6 @@
 // Opens the store named by --store with its flags. The one place that knows every store implementation.
+// Stores are imported on use: the NATS client is not loaded by an agent on SQLite (the bundler still embeds all).
 
-import { EtcdStore } from "../stores/etcd.ts";
-import { NatsStore } from "../stores/nats.ts";
-import { SqliteStore } from "../stores/sqlite.ts";
 import type { FlagValue } from "./flags.ts";
 import type { Store } from "./store.ts";
 
@@ -14,7 +12,8 @@ const list = (v: FlagValue): string[] =>
 
 export async function openStore(f: Record<string, FlagValue>): Promise<Store> {
   switch (f.store) {
-    case "etcd":
+    case "etcd": {
+      const { EtcdStore } = await import("../stores/etcd.ts");
       return EtcdStore.connect({
         endpoints: list(f["etcd-endpoints"]),
         prefix: str(f["etcd-prefix"]) ?? "/coreos.com/network",
@@ -24,7 +23,9 @@ export async function openStore(f: Record<string, FlagValue>): Promise<Store> {
         username: str(f["etcd-username"]),
         password: str(f["etcd-password"]),
       });
-    case "nats":
+    }
+    case "nats": {
+      const { NatsStore } = await import("../stores/nats.ts");
       return NatsStore.connect({
         servers: list(f["nats-url"]),
         bucket: str(f["nats-bucket"]) ?? "flannel",
@@ -36,8 +37,11 @@ export async function openStore(f: Record<string, FlagValue>): Promise<Store> {
         certfile: str(f["nats-certfile"]),
         keyfile: str(f["nats-keyfile"]),
       });
-    default:
+    }
+    default: {
+      const { SqliteStore } = await import("../stores/sqlite.ts");
       return SqliteStore.open(str(f["sqlite-path"]) ?? "/var/lib/flannel-bin/flannel.db");
+    }
   }
 }
 

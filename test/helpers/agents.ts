@@ -1,4 +1,4 @@
-// Test hosts for agent processes: one network namespace per host with a dummy underlay "eth0" and a default route,
+// Test hosts for agent processes: one network namespace per host with a veth underlay "eth0" and a default route,
 // so each agent programs only its own namespace. Everything is removed by cleanup(), also after a failure.
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -34,7 +34,7 @@ export class AgentLab {
   readonly hosts: AgentHost[] = [];
   private readonly tag = Math.random().toString(36).slice(2, 7);
 
-  /** Adds a host namespace with dummy eth0 = 192.0.2.<n>/24 (TEST-NET-1) and a default route. */
+  /** Adds a host namespace with eth0 = 192.0.2.<n>/24 (TEST-NET-1) and a default route. */
   addHost(): AgentHost {
     const n = this.hosts.length + 1;
     const ns = `fbt-${this.tag}-${n}`;
@@ -42,7 +42,9 @@ export class AgentLab {
     const h: AgentHost = { ns, ip: `192.0.2.${n}`, subnetFile: join(this.dir, `h${n}.env`), logFile: join(this.dir, `h${n}.log`), proc: null };
     this.hosts.push(h);
     sh(["ip", "-n", ns, "link", "set", "lo", "up"]);
-    sh(["ip", "-n", ns, "link", "add", "eth0", "type", "dummy"]);
+    // This kernel has no dummy device type: a veth pair with both ends here gives eth0 a carrier.
+    sh(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
+    sh(["ip", "-n", ns, "link", "set", "eth0p", "up"]);
     sh(["ip", "-n", ns, "addr", "add", `${h.ip}/24`, "dev", "eth0"]);
     sh(["ip", "-n", ns, "link", "set", "eth0", "up"]);
     sh(["ip", "-n", ns, "route", "add", "default", "via", "192.0.2.254", "dev", "eth0"]);
