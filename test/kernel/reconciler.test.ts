@@ -1,0 +1,231 @@
+// Reconciler against real iproute2 in a throw-away namespace.
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { CommandQueue, bridgeJson, ipJson } from "../../src/kernel/queue.ts";
+import { Reconciler } from "../../src/kernel/reconciler.ts";
+import { ROUTE_PROTO, type StateFragment, type VxlanDevice } from "../../src/kernel/types.ts";
+import { makeNs, type TestNs } from "./netns.ts";
+
+let ns: TestNs;
+beforeAll(() => {
+  ns = makeNs();
+});
+afterAll(() => ns?.remove());
+
+const queues: CommandQueue[] = [];
+const recs: Reconciler[] = [];
+function make(owned: string[] = ["flannel.1"]) {
+  const q = new CommandQueue({ netns: ns.name, retryBaseMs: 10, maxRetries: 2 });
+  const r = new Reconciler(q, { ownedDevices: owned, netns: ns.name, coalesceMs: 1 });
+  queues.push(q);
+  recs.push(r);
+  return r;
+}
+afterEach(() => {
+  for (const r of recs.splice(0)) r.stop();
+  for (const q of queues.splice(0)) q.close();
+  // Leave the namespace as beforeAll made it.
+  ns.ip("route", "flush", "proto", String(ROUTE_PROTO));
+  for (const l of (JSON.parse(ns.ip("-j", "link", "show")) as { ifname: string }[]))
+    if (l.ifname !== "lo" && l.ifname !== "ul0") ns.ip("link", "del", l.ifname);
+});
+
+type KRoute = { dst: string; gateway?: string; dev?: string; flags?: string[] };
+const routes = async (proto: number | string = ROUTE_PROTO) =>
+  ((await ipJson(["route", "show", "proto", String(proto)], ns.name)) as KRoute[]).map((r) => `${r.dst} via ${r.gateway} dev ${r.dev}`).sort();
+const neighs = async (dev: string) =>
+  ((await ipJson(["neigh", "show", "dev", dev], ns.name)) as { dst: string; lladdr: string; state: string[] }[])
+    .map((n) => `${n.dst} ${n.lladdr} ${n.state.join(",")}`)
+    .sort();
+const fdbs = async (dev: string) =>
+  ((await bridgeJson(["fdb", "show", "dev", dev], ns.name)) as { mac: string; dst?: string }[])
+    .filter((f) => f.dst)
+    .map((f) => `${f.mac} ${f.dst}`)
+    .sort();
+const link = async (dev: string) =>
+  ((await ipJson(["-d", "addr", "show", "dev", dev], ns.name)) as {
+    ifindex: number;
+    address: string;
+    mtu: number;
+    flags: string[];
+    linkinfo: { info_data: { id: number; learning: boolean } };
+    addr_info: { local: string; prefixlen: number; scope: string }[];
+  }[])[0]!;
+
+const hostgw = (i: number): StateFragment => ({
+  routes: [{ dst: `10.5.${i}.0/24`, via: `192.168.77.${10 + i}`, dev: "ul0", onlink: false }],
+});
+
+const vxdev = (over: Partial<VxlanDevice> = {}): VxlanDevice => ({
+  kind: "vxlan",
+  name: "flannel.1",
+  vni: 1,
+  local: "192.168.77.1",
+  underlay: "ul0",
+  port: 0,
+  learning: false,
+  gbp: false,
+  mtu: 1450,
+  mac: "02:aa:00:00:00:01",
+  ...over,
+});
+const local = (dev = vxdev()): StateFragment => ({ devices: [dev], addresses: [{ dev: dev.name, cidr: "10.5.52.0/32" }] });
+const mac = (i: number) => `02:bb:00:00:00:${i.toString(16).padStart(2, "0")}`;
+const vxpeer = (i: number, dst = `192.168.77.${10 + i}`): StateFragment => ({
+  neighs: [{ dev: "flannel.1", ip: `10.5.${i}.0`, lladdr: mac(i) }],
+  fdbs: [{ dev: "flannel.1", mac: mac(i), dst }],
+  routes: [{ dst: `10.5.${i}.0/24`, via: `10.5.${i}.0`, dev: "flannel.1", onlink: true }],
+});
+
+describe("Reconciler", () => {
+  test("host-gw: set, change and delete routes", async () => {
+    const r = make([]);
+    for (let i = 1; i <= 3; i++) r.set(`peer:${i}`, hostgw(i));
+    await r.flush();
+    expect(await routes()).toEqual([
+      "10.5.1.0/24 via 192.168.77.11 dev ul0",
+      "10.5.2.0/24 via 192.168.77.12 dev ul0",
+      "10.5.3.0/24 via 192.168.77.13 dev ul0",
+    ]);
+    r.set("peer:2", { routes: [{ dst: "10.5.2.0/24", via: "192.168.77.99", dev: "ul0", onlink: false }] });
+    r.delete("peer:3");
+    await r.flush();
+    expect(await routes()).toEqual(["10.5.1.0/24 via 192.168.77.11 dev ul0", "10.5.2.0/24 via 192.168.77.99 dev ul0"]);
+    // Re-setting the same fragment queues nothing.
+    const before = queues[0]!.stats().sent;
+    r.set("peer:1", hostgw(1));
+    await r.flush();
+    expect(queues[0]!.stats().sent).toBe(before);
+    expect(() => r.set("peer:x", { routes: [{ dst: "10.5.9.0/24", via: "1.2.3.4; reboot", dev: "ul0", onlink: false }] })).toThrow(
+      "route via",
+    );
+  });
+
+  test("vxlan: device, address, neighbour, fdb, route; delete removes them", async () => {
+    const r = make();
+    r.set("local", local());
+    r.set("peer:7", vxpeer(7));
+    r.set("peer:8", vxpeer(8));
+    await r.flush();
+    const l = await link("flannel.1");
+    expect(l.address).toBe("02:aa:00:00:00:01");
+    expect(l.mtu).toBe(1450);
+    expect(l.flags).toContain("UP");
+    expect(l.linkinfo.info_data.id).toBe(1);
+    expect(l.linkinfo.info_data.learning).toBe(false);
+    expect(l.addr_info.filter((a) => a.scope === "global").map((a) => `${a.local}/${a.prefixlen}`)).toEqual(["10.5.52.0/32"]);
+    expect(await neighs("flannel.1")).toEqual([`10.5.7.0 ${mac(7)} PERMANENT`, `10.5.8.0 ${mac(8)} PERMANENT`]);
+    expect(await fdbs("flannel.1")).toEqual([`${mac(7)} 192.168.77.17`, `${mac(8)} 192.168.77.18`]);
+    expect(await routes()).toEqual(["10.5.7.0/24 via 10.5.7.0 dev flannel.1", "10.5.8.0/24 via 10.5.8.0 dev flannel.1"]);
+
+    // A peer's public IP changes: the FDB entry moves, nothing is left behind.
+    r.set("peer:8", vxpeer(8, "192.168.77.88"));
+    r.delete("peer:7");
+    await r.flush();
+    expect(await neighs("flannel.1")).toEqual([`10.5.8.0 ${mac(8)} PERMANENT`]);
+    expect(await fdbs("flannel.1")).toEqual([`${mac(8)} 192.168.77.88`]);
+    expect(await routes()).toEqual(["10.5.8.0/24 via 10.5.8.0 dev flannel.1"]);
+    expect(queues[0]!.stats().failed).toBe(0);
+  });
+
+  test("fullReconcile repairs a route deleted by hand", async () => {
+    const r = make([]);
+    r.set("peer:1", hostgw(1));
+    r.set("peer:2", hostgw(2));
+    await r.flush();
+    ns.ip("route", "del", "10.5.2.0/24");
+    expect(await r.fullReconcile()).toEqual({ added: 0, removed: 0, repaired: 1 });
+    expect(await routes()).toEqual(["10.5.1.0/24 via 192.168.77.11 dev ul0", "10.5.2.0/24 via 192.168.77.12 dev ul0"]);
+    expect(await r.fullReconcile()).toEqual({ added: 0, removed: 0, repaired: 0 });
+  });
+
+  test("fullReconcile removes stale owned entries and touches nothing it does not own", async () => {
+    // Left over from a previous run: a vxlan device with an extra address, stale peer state, and foreign state.
+    ns.ip("link", "add", "flannel.1", "address", "02:aa:00:00:00:01", "mtu", "1450", "type", "vxlan", "id", "1", "local", "192.168.77.1", "dev", "ul0", "nolearning", "dstport", "0");
+    ns.ip("link", "set", "flannel.1", "up");
+    ns.ip("addr", "add", "10.5.52.0/32", "dev", "flannel.1");
+    ns.ip("addr", "add", "10.5.99.0/32", "dev", "flannel.1"); // old subnet
+    ns.ip("neigh", "replace", "10.5.3.0", "lladdr", mac(3), "dev", "flannel.1", "nud", "permanent"); // stale peer
+    ns.bridge("fdb", "append", mac(3), "dev", "flannel.1", "dst", "192.168.77.13", "self", "permanent");
+    ns.ip("route", "replace", "10.5.3.0/24", "via", "10.5.3.0", "dev", "flannel.1", "onlink", "proto", String(ROUTE_PROTO));
+    ns.ip("neigh", "replace", "10.5.4.0", "lladdr", mac(4), "dev", "flannel.1", "nud", "reachable"); // not PERMANENT
+    ns.ip("route", "replace", "10.6.0.0/24", "via", "192.168.77.50", "dev", "ul0", "proto", "static"); // other proto
+    // A device we do not own, with a permanent neighbour and an fdb entry with a dst.
+    ns.ip("link", "add", "other.1", "type", "vxlan", "id", "77", "local", "192.168.77.1", "dev", "ul0", "dstport", "0");
+    ns.ip("link", "set", "other.1", "up");
+    ns.ip("neigh", "replace", "10.7.0.0", "lladdr", mac(9), "dev", "other.1", "nud", "permanent");
+    ns.bridge("fdb", "append", mac(9), "dev", "other.1", "dst", "192.168.77.19", "self", "permanent");
+    ns.ip("addr", "add", "10.7.0.1/32", "dev", "other.1");
+
+    const r = make(["flannel.1"]);
+    r.set("local", local());
+    r.set("peer:8", vxpeer(8)); // present now, absent in the kernel
+    const c = await r.fullReconcile();
+    // removed: stale route, neighbour, fdb remote, old address; added: the three entries of peer 8.
+    expect(c).toEqual({ added: 3, removed: 4, repaired: 0 });
+
+    expect(await routes()).toEqual(["10.5.8.0/24 via 10.5.8.0 dev flannel.1"]);
+    expect(await neighs("flannel.1")).toEqual([`10.5.4.0 ${mac(4)} REACHABLE`, `10.5.8.0 ${mac(8)} PERMANENT`]);
+    expect(await fdbs("flannel.1")).toEqual([`${mac(8)} 192.168.77.18`]);
+    const l = await link("flannel.1");
+    expect(l.addr_info.filter((a) => a.scope === "global").map((a) => `${a.local}/${a.prefixlen}`)).toEqual(["10.5.52.0/32"]);
+    // Untouched:
+    expect(await routes("static")).toEqual(["10.6.0.0/24 via 192.168.77.50 dev ul0"]);
+    expect(await neighs("other.1")).toEqual([`10.7.0.0 ${mac(9)} PERMANENT`]);
+    expect(await fdbs("other.1")).toEqual([`${mac(9)} 192.168.77.19`]);
+    expect((await link("other.1")).addr_info.some((a) => a.local === "10.7.0.1")).toBe(true);
+    expect(await r.fullReconcile()).toEqual({ added: 0, removed: 0, repaired: 0 });
+  });
+
+  test("a compatible device is reused (same ifindex and MAC, MTU fixed in place); an incompatible one is replaced", async () => {
+    ns.ip("link", "add", "flannel.1", "address", "02:aa:00:00:00:01", "mtu", "1400", "type", "vxlan", "id", "1", "local", "192.168.77.1", "dev", "ul0", "learning", "dstport", "0");
+    const before = await link("flannel.1");
+    const r = make();
+    r.set("local", local());
+    r.set("peer:8", vxpeer(8));
+    await r.flush();
+    let l = await link("flannel.1");
+    expect(l.ifindex).toBe(before.ifindex);
+    expect(l.address).toBe("02:aa:00:00:00:01");
+    expect(l.mtu).toBe(1450);
+    expect(l.linkinfo.info_data.learning).toBe(false);
+    expect(l.flags).toContain("UP");
+
+    // Same name, different VNI: delete and recreate; the peer state that went with the old device comes back.
+    r.set("local", local(vxdev({ vni: 2 })));
+    await r.flush();
+    l = await link("flannel.1");
+    expect(l.ifindex).not.toBe(before.ifindex);
+    expect(l.linkinfo.info_data.id).toBe(2);
+    expect(l.address).toBe("02:aa:00:00:00:01");
+    expect(l.addr_info.filter((a) => a.scope === "global").map((a) => a.local)).toEqual(["10.5.52.0"]);
+    expect(await neighs("flannel.1")).toEqual([`10.5.8.0 ${mac(8)} PERMANENT`]);
+    expect(await fdbs("flannel.1")).toEqual([`${mac(8)} 192.168.77.18`]);
+    expect(await routes()).toEqual(["10.5.8.0/24 via 10.5.8.0 dev flannel.1"]);
+
+    // Deleting the local fragment removes the device.
+    r.delete("peer:8");
+    r.delete("local");
+    await r.flush();
+    const names = ((await ipJson(["link", "show"], ns.name)) as { ifname: string }[]).map((x) => x.ifname);
+    expect(names).not.toContain("flannel.1");
+  });
+
+  test("periodic full reconcile brings back a deleted neighbour", async () => {
+    const q = new CommandQueue({ netns: ns.name, retryBaseMs: 10 });
+    const r = new Reconciler(q, { ownedDevices: () => ["flannel.1"], netns: ns.name, fullIntervalMs: 50, coalesceMs: 1 });
+    queues.push(q);
+    recs.push(r);
+    r.set("local", local());
+    r.set("peer:8", vxpeer(8));
+    await r.flush();
+    ns.ip("neigh", "del", "10.5.8.0", "dev", "flannel.1");
+    r.start();
+    let ok = false;
+    for (let i = 0; i < 40 && !ok; i++) {
+      await Bun.sleep(25);
+      ok = (await neighs("flannel.1")).includes(`10.5.8.0 ${mac(8)} PERMANENT`);
+    }
+    r.stop();
+    expect(ok).toBe(true);
+  });
+});
