@@ -366,7 +366,8 @@ async function agentReady(h: LabHost): Promise<boolean> {
 
 async function waitAgentReady(s: LabState, h: LabHost, timeoutMs = 30_000): Promise<void> {
   await waitFor(`agent in ${h.netns} to be ready (/readyz and ${h.subnetFile})`, timeoutMs, async () => {
-    if (!agentAlive(h)) throw new GiveUp(`agent in ${h.netns} (pid ${h.agentPid}) exited; last lines of ${h.logFile}:\n${logTail(h.logFile)}`);
+    // Only liveness here: right after the spawn the child's argv is still ours until `ip netns exec` has exec'd.
+    if (h.agentPid === null || !processAlive(h.agentPid)) throw new GiveUp(`agent in ${h.netns} (pid ${h.agentPid}) exited; last lines of ${h.logFile}:\n${logTail(h.logFile)}`);
     return (await agentReady(h)) && readSubnetEnv(h) !== null ? true : undefined;
   });
 }
@@ -529,8 +530,8 @@ export async function labDown(opts: { name?: string; stateDir?: string } = {}): 
   if (!s) return { removed, errors };
   const attempt = async (what: string, f: () => Promise<unknown>) => {
     try {
-      await f();
-      removed.push(what);
+      // stopProcess says false when the process was already gone (or the PID is someone else's now).
+      removed.push((await f()) === false ? `${what} (was not running)` : what);
     } catch (e) {
       errors.push(`${what}: ${(e as Error).message}`);
     }

@@ -7,8 +7,13 @@ import { execIn, ip, run } from "../../src/lab/netns.ts";
 export const REPO = resolve(import.meta.dir, "../..");
 export const BINARY = join(REPO, "dist/flannel-bin");
 
-/** Builds dist/flannel-bin if it is missing (bounded); returns its path. */
+/** Builds dist/flannel-bin if it is missing (bounded); returns its path. FLANNEL_BIN_E2E_BINARY overrides it. */
 export async function ensureBinary(): Promise<string> {
+  const override = process.env.FLANNEL_BIN_E2E_BINARY;
+  if (override) {
+    if (!existsSync(override)) throw new Error(`FLANNEL_BIN_E2E_BINARY=${override} does not exist`);
+    return resolve(override);
+  }
   if (existsSync(BINARY)) return BINARY;
   const r = await Bun.spawn([join(REPO, "node_modules/.bin/bun"), "run", "build"], { cwd: REPO, stdout: "pipe", stderr: "pipe" });
   const timer = setTimeout(() => r.kill("SIGKILL"), 300_000);

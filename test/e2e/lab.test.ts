@@ -6,6 +6,8 @@ import { join } from "node:path";
 import { LabError, labDown, labStatus, labUp, readLabState } from "../../src/lab/lab.ts";
 import { execIn, ip, netnsList } from "../../src/lab/netns.ts";
 
+// Explicit: these tests wait (bounded) for agents and kernels, longer than bun's default per-test timeout.
+const TEST_TIMEOUT_MS = 90_000;
 const TOPO = { name: "e2topo" };
 const FAIL = { name: "e2fail" };
 const tmp = mkdtempSync(join(tmpdir(), "flannel-lab-test-"));
@@ -46,7 +48,7 @@ describe("lab topology", () => {
     expect(existsSync(s.stateDir)).toBe(false);
     // A second down is a no-op.
     expect(await labDown(TOPO)).toEqual({ removed: [], errors: [] });
-  });
+  }, TEST_TIMEOUT_MS);
 
   test("a failed up (agent exits) names the agent log, and down still removes everything it created", async () => {
     const fake = join(tmp, "fake-agent");
@@ -64,7 +66,7 @@ describe("lab topology", () => {
     expect(down.errors).toEqual([]);
     expect(await ours("e2fail")).toEqual([]);
     expect(existsSync(s.stateDir)).toBe(false);
-  });
+  }, TEST_TIMEOUT_MS);
 
   test("bad options are refused before anything is created", async () => {
     await expect(labUp({ name: "Bad Name" })).rejects.toThrow(/lab name/);
@@ -73,5 +75,5 @@ describe("lab topology", () => {
     await expect(labUp({ name: "e2bad", binary: join(tmp, "missing") })).rejects.toThrow(/agent binary not found/);
     expect(await ours("e2bad")).toEqual([]);
     expect(readLabState({ name: "e2bad" })).toBeNull();
-  });
+  }, TEST_TIMEOUT_MS);
 });
