@@ -49,13 +49,28 @@ export interface QueueOptions {
   retryBaseMs?: number;
 }
 
+/** Results of one run()/runAll() call: a single promise however many commands (10,000 promises cost real time). */
+interface Group {
+  results: CommandResult[];
+  left: number;
+  resolve: (r: CommandResult[]) => void;
+}
+
 interface Pending {
   cmd: Command;
   tries: number;
-  resolve: (r: CommandResult) => void;
+  group: Group;
+  index: number;
+}
+
+function settle(p: Pending, r: CommandResult): void {
+  const g = p.group;
+  g.results[p.index] = r;
+  if (--g.left === 0) g.resolve(g.results);
 }
 
 type LineResult = { ok: true } | { ok: false; error: string };
+const LINE_OK: LineResult = { ok: true };
 
 const NETNS = /^[A-Za-z0-9._-]{1,64}$/;
 // Rejected by ip/bridge in user space ("Object ... is unknown"); it is not a prefix of any object name.
@@ -93,17 +108,17 @@ export class CommandQueue {
   }
 
   /** Queues one command; resolves with its own result (never rejects for a kernel error). */
-  run(cmd: Command): Promise<CommandResult> {
-    const p = this.enqueue(cmd);
+  async run(cmd: Command): Promise<CommandResult> {
+    const p = this.enqueue([cmd]);
     this.schedule(this.pending.length >= this.maxBatch ? 0 : this.windowMs);
-    return p;
+    return (await p)[0]!;
   }
 
   /** Queues commands in order and sends them at once (no window wait): the caller has already batched them. */
   runAll(cmds: Command[]): Promise<CommandResult[]> {
-    const ps = cmds.map((c) => this.enqueue(c));
+    const p = this.enqueue(cmds);
     this.schedule(0);
-    return Promise.all(ps);
+    return p;
   }
 
   stats(): QueueStats {
@@ -119,12 +134,16 @@ export class CommandQueue {
     this.retryTimers.clear();
     const dropped = [...this.pending.splice(0), ...this.waitingRetry];
     this.waitingRetry.clear();
-    for (const p of dropped) p.resolve({ cmd: p.cmd, ok: false, error: "command queue closed", tries: p.tries });
+    for (const p of dropped) settle(p, { cmd: p.cmd, ok: false, error: "command queue closed", tries: p.tries });
   }
 
-  private enqueue(cmd: Command): Promise<CommandResult> {
-    if (this.closed) return Promise.resolve({ cmd, ok: false, error: "command queue closed", tries: 0 });
-    return new Promise((resolve) => this.pending.push({ cmd, tries: 0, resolve }));
+  private enqueue(cmds: Command[]): Promise<CommandResult[]> {
+    if (this.closed) return Promise.resolve(cmds.map((cmd) => ({ cmd, ok: false, error: "command queue closed", tries: 0 })));
+    if (cmds.length === 0) return Promise.resolve([]);
+    return new Promise((resolve) => {
+      const group: Group = { results: new Array(cmds.length), left: cmds.length, resolve };
+      for (let i = 0; i < cmds.length; i++) this.pending.push({ cmd: cmds[i]!, tries: 0, group, index: i });
+    });
   }
 
   private schedule(delayMs: number): void {
@@ -171,7 +190,7 @@ export class CommandQueue {
       const r = results[k]!;
       p.tries++;
       if (r.ok || (p.cmd.absentOk && ABSENT.test(r.error))) {
-        p.resolve({ cmd: p.cmd, ok: true, tries: p.tries });
+        settle(p, { cmd: p.cmd, ok: true, tries: p.tries });
       } else if (p.tries < this.maxRetries && !this.closed) {
         this.counters.retried++;
         const delay = this.retryBaseMs * 2 ** (p.tries - 1);
@@ -187,7 +206,7 @@ export class CommandQueue {
       } else {
         this.counters.failed++;
         log.warn(`${tool} ${p.cmd.line}: ${r.error} (gave up after ${p.tries} tries)`);
-        p.resolve({ cmd: p.cmd, ok: false, error: r.error, tries: p.tries });
+        settle(p, { cmd: p.cmd, ok: false, error: r.error, tries: p.tries });
       }
     }
   }
@@ -201,7 +220,7 @@ export class CommandQueue {
     while (start < lines.length) {
       const part = start === 0 ? lines : lines.slice(start);
       const r = await this.spawnBatch(tool, part, probe);
-      for (let k = 0; k < r.settled; k++) out[start + k] = r.results[k] ?? { ok: true };
+      for (let k = 0; k < r.settled; k++) out[start + k] = r.results[k] ?? LINE_OK;
       if (r.settled >= part.length) break;
       if (probe) {
         out[start + r.settled] = { ok: false, error: r.abortError || `${tool} exited early` };

@@ -35,6 +35,14 @@ describe("validate", () => {
     expect(() => validNet("10.5.7.0/33")).toThrow(ValidationError);
     expect(() => validNet("10.5.7.0")).toThrow(ValidationError);
     expect(() => validIP("10.1.1.1", "x", 6)).toThrow("not an IPv6 address");
+    for (const ok of ["0.0.0.0", "255.255.255.255", "1.22.133.4"]) expect(validIP(ok)).toBe(ok);
+    for (const bad of ["1.2.3.", ".1.2.3", "1..2.3", "1.2.3.4.5", "00.1.1.1", "1.2.3.256", "1.2.3.1000", "1.2.3.-1"])
+      expect(() => validIP(bad)).toThrow(ValidationError);
+    expect(validNet("0.0.0.0/0")).toBe("0.0.0.0/0");
+    expect(validNet("10.5.7.128/25")).toBe("10.5.7.128/25");
+    expect(validNet("10.5.7.5/32")).toBe("10.5.7.5/32");
+    for (const bad of ["10.5.7.0/08", "10.5.7.0/", "10.5.7.0/24 ", "10.5.7.0/-1", "10.5.7.64/25"])
+      expect(() => validNet(bad)).toThrow(ValidationError);
   });
 
   test("MACs are lower-cased, junk rejected", () => {
@@ -71,6 +79,10 @@ describe("validate", () => {
     );
     expect(() => linkAddVxlan({ ...dev, vni: -1 })).toThrow("vxlan VNI");
     expect(() => linkAddVxlan({ ...dev, mac: "02:00:00:00:00:01 gbp" })).toThrow("vxlan MAC");
+    // A validated value is frozen, so it cannot be changed after the check and then reach a builder.
+    const v = validRoute({ dst: "10.0.0.0/24", via: "10.0.0.1", dev: "eth0", onlink: false });
+    expect(Object.isFrozen(v)).toBe(true);
+    expect(() => ((v as { via: string }).via = "1.2.3.4; reboot")).toThrow();
     expect(routeReplace({ dst: "10.0.0.0/24", via: "10.0.0.0", dev: "flannel.1", onlink: true }, 159).line).toBe(
       "route replace 10.0.0.0/24 via 10.0.0.0 dev flannel.1 onlink proto 159",
     );
