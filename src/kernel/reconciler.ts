@@ -182,7 +182,9 @@ export class Reconciler {
     this.owned = typeof od === "function" ? od : () => od;
     this.proto = opts.routeProto ?? ROUTE_PROTO;
     this.netns = opts.netns;
-    this.fullIntervalMs = opts.fullIntervalMs ?? 10_000;
+    // NaN, 0 or a negative period would make setInterval spin: fall back to the default.
+    const every = opts.fullIntervalMs ?? 10_000;
+    this.fullIntervalMs = Number.isFinite(every) && every > 0 ? every : 10_000;
     this.coalesceMs = opts.coalesceMs ?? 5;
   }
 
