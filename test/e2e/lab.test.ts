@@ -4,7 +4,7 @@ import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LabError, labDown, labStatus, labUp, readLabState } from "../../src/lab/lab.ts";
-import { execIn, ip, netnsList } from "../../src/lab/netns.ts";
+import { execIn, ip, netnsList, run } from "../../src/lab/netns.ts";
 
 // Explicit: these tests wait (bounded) for agents and kernels, longer than bun's default per-test timeout.
 const TEST_TIMEOUT_MS = 90_000;
@@ -66,6 +66,14 @@ describe("lab topology", () => {
     expect(down.errors).toEqual([]);
     expect(await ours("e2fail")).toEqual([]);
     expect(existsSync(s.stateDir)).toBe(false);
+  }, TEST_TIMEOUT_MS);
+
+  test("not root: a clear error, nothing created", async () => {
+    const code = 'const { labUp } = await import("' + join(import.meta.dir, "../../src/lab/lab.ts") + '"); ' +
+      'try { await labUp({ name: "e2user", topologyOnly: true }); } catch (e) { console.log(e.message); }';
+    const r = await run(["runuser", "-u", "nobody", "--", process.execPath, "-e", code], { timeoutMs: 30_000, allowFail: true });
+    expect(r.stdout.trim()).toBe("flannel-bin lab needs root (network namespaces)");
+    expect(await ours("e2user")).toEqual([]);
   }, TEST_TIMEOUT_MS);
 
   test("bad options are refused before anything is created", async () => {
