@@ -123,11 +123,12 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
     if (!cfg) return exitCode;
     log.info(`network config: ${formatNetworkConfigSummary(cfg)}`);
 
-    const { iface, publicIP } = await chooseExternalInterface({
+    const { iface, publicIP, notes } = await chooseExternalInterface({
       iface: f.iface as string[] | undefined,
       ifaceRegex: f["iface-regex"] as string[] | undefined,
       publicIP: (f["public-ip"] as string | undefined) || undefined,
     });
+    for (const n of notes) log.info(n);
     log.info(`using interface ${iface.name} (mtu ${iface.mtu}) with public IP ${publicIP}`);
     const backend: Backend = createBackend({ config: cfg, extIface: iface, publicIP });
 
