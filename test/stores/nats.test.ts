@@ -1,0 +1,224 @@
+// NATS store against a real nats-server 2.9 (started here on 127.0.0.1, stopped by PID in afterAll).
+
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { decode as cborDecode } from "cbor-x/decode-no-eval";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { Kvm, type KV as NatsKV } from "@nats-io/kv";
+import { StoreUnavailableError, type Store } from "../../src/store.ts";
+import { startNatsServer, type NatsServer } from "../../src/lab/nats-server.ts";
+import { NatsStore, decodeNatsKey, encodeNatsKey, natsPrefixFilter } from "../../stores/nats.ts";
+import { runStoreConformance, WatchCollector, waitFor } from "./conformance.ts";
+
+// A request caught by a server restart waits for its timeout (5 s) before the retry: more than bun's default.
+setDefaultTimeout(30_000);
+
+let server: NatsServer | null = null;
+beforeAll(async () => {
+  server = await startNatsServer({});
+}, 30_000);
+afterAll(async () => {
+  await server?.stop();
+});
+
+const enc = new TextEncoder();
+const bytes = (s: string) => enc.encode(s);
+let bucketCounter = 0;
+const freshBucket = (label: string) => `t-${label}-${process.pid}-${++bucketCounter}`;
+
+function url(): string {
+  if (!server) throw new Error("nats-server not started");
+  return server.url;
+}
+
+/** A plain client (not the store) for looking under the hood. */
+async function withRawKv<T>(bucket: string, fn: (kv: NatsKV, nc: NatsConnection) => Promise<T>): Promise<T> {
+  const nc = await connect({ servers: url(), maxReconnectAttempts: 5 });
+  try {
+    const kv = await new Kvm(nc).open(bucket);
+    return await fn(kv, nc);
+  } finally {
+    await nc.close();
+  }
+}
+
+// ---- the shared conformance suite ----
+const CONFORMANCE_BUCKET = `conformance-${process.pid}`;
+runStoreConformance("nats", {
+  open: (): Promise<Store> => NatsStore.connect({ servers: [url()], bucket: CONFORMANCE_BUCKET }),
+  restartServer: () => server!.restart(),
+  async forceHistoryLoss() {
+    // Keep every key's current value but lose all history: read the latest values, purge the whole stream, write
+    // them back. Every old revision is then before the stream's first sequence.
+    await withRawKv(CONFORMANCE_BUCKET, async (kv, nc) => {
+      const latest: [string, Uint8Array][] = [];
+      for await (const k of await kv.keys()) {
+        const e = await kv.get(k);
+        if (e && e.operation === "PUT") latest.push([k, e.value]);
+      }
+      const jsm = await jetstreamManager(nc);
+      await jsm.streams.purge(`KV_${CONFORMANCE_BUCKET}`);
+      for (const [k, v] of latest) await kv.put(k, v);
+    });
+  },
+  async writeRaw(key, value) {
+    await withRawKv(CONFORMANCE_BUCKET, (kv) => kv.put(encodeNatsKey(key), value));
+  },
+});
+
+// ---- NATS-specific ----
+describe("nats key scheme", () => {
+  test("maps logical keys onto NATS tokens and back exactly", () => {
+    const cases: [string, string][] = [
+      ["config", "config"],
+      ["subnets/10.5.52.0-24", "subnets.10_5_52_0-24"],
+      ["subnets/10.5.52.0-24&fc00:0:0:34::-64", "subnets.10_5_52_0-24.v6.fc00=0=0=34==-64"],
+      ["a/v6/b", "a./766.b"],
+      ["odd_key=x*y>z", "odd/5fkey/3dx/2ay/3ez"],
+      ["ünï", "/c3/bcn/c3/af"],
+    ];
+    for (const [logical, natsKey] of cases) {
+      expect(encodeNatsKey(logical)).toBe(natsKey);
+      expect(decodeNatsKey(natsKey)).toBe(logical);
+    }
+  });
+
+  test("rejects keys it cannot represent and NATS keys that are not its encodings", () => {
+    for (const bad of ["", "a//b", "/a", "a/", "x&", "&x", "a&&b"]) {
+      expect(() => encodeNatsKey(bad)).toThrow(/empty path segment/);
+    }
+    for (const foreign of ["v6", "a.v6", "v6.a", "a.v6.v6.b", "a/2e", "a/zz", "A/5F", "a/ff"]) {
+      expect(decodeNatsKey(foreign)).toBeNull();
+    }
+  });
+
+  test("prefix filters", () => {
+    expect(natsPrefixFilter("subnets/")).toBe("subnets.>");
+    expect(natsPrefixFilter("subnets/10.5.")).toBe("subnets.>");
+    expect(natsPrefixFilter("")).toBe(">");
+    expect(natsPrefixFilter("a/b.c/")).toBe("a.b_c.>");
+  });
+});
+
+describe("nats store", () => {
+  test("creates the bucket if it is missing, with small history and no server TTL", async () => {
+    const bucket = freshBucket("create");
+    const s = await NatsStore.connect({ servers: [url()], bucket });
+    try {
+      expect(s.kind).toBe("nats");
+      expect(s.location).toBe(url());
+      const st = await withRawKv(bucket, (kv) => kv.status());
+      expect(st.history).toBe(5);
+      expect(st.ttl).toBe(0);
+      // A second client opens the existing bucket.
+      const s2 = await NatsStore.connect({ servers: [url()], bucket });
+      await s2.close();
+    } finally {
+      await s.close();
+    }
+  });
+
+  test("values are stored as CBOR {v, e, o} under the mapped key", async () => {
+    const bucket = freshBucket("record");
+    const s = await NatsStore.connect({ servers: [url()], bucket, owner: "node-a" });
+    try {
+      const before = Date.now();
+      const rev = (await s.create("subnets/10.5.52.0-24", bytes("lease"), { ttlMs: 60_000 }))!;
+      const raw = await withRawKv(bucket, (kv) => kv.get("subnets.10_5_52_0-24"));
+      expect(raw!.revision).toBe(rev);
+      const rec = cborDecode(raw!.value) as { v: Uint8Array; e: number; o: string };
+      expect(new TextDecoder().decode(rec.v)).toBe("lease");
+      expect(rec.e).toBeGreaterThanOrEqual(before + 60_000);
+      expect(rec.o).toBe("node-a");
+    } finally {
+      await s.close();
+    }
+  });
+
+  test("an expired key is seen as a delete by a watcher and then CAS-deleted", async () => {
+    const bucket = freshBucket("expiry");
+    const s = await NatsStore.connect({ servers: [url()], bucket });
+    // Written before the watch starts: the watcher learns its expiry from its starting snapshot.
+    const rOld = (await s.create("subnets/10.0.1.0-24", bytes("old"), { ttlMs: 1200 }))!;
+    const start = await s.list("subnets/");
+    const w = new WatchCollector(s, "subnets/", start.revision);
+    try {
+      const rNew = (await s.create("subnets/10.0.2.0-24&fc00::-64", bytes("new"), { ttlMs: 800 }))!;
+      await w.until("both expiries", () => w.deletes().length >= 2);
+      expect(w.deletes().map((d) => d.key).sort()).toEqual(["subnets/10.0.1.0-24", "subnets/10.0.2.0-24&fc00::-64"]);
+      // The watcher cleans up with CAS deletes: the server ends up with DEL markers after the expired puts.
+      await withRawKv(bucket, async (kv) => {
+        for (const [k, r] of [["subnets.10_0_1_0-24", rOld], ["subnets.10_0_2_0-24.v6.fc00==-64", rNew]] as const) {
+          await waitFor(`the cleanup delete of ${k}`, async () => {
+            const e = await kv.get(k);
+            return e && e.operation === "DEL" && e.revision > r ? true : undefined;
+          });
+        }
+      });
+      await Bun.sleep(200);
+      // Each key was reported deleted exactly once (the cleanup's DEL marker is not reported again).
+      expect(w.deletes().length).toBe(2);
+      expect(w.events.filter((e) => e.type === "put").length).toBe(1);
+    } finally {
+      await w.stop();
+      await s.close();
+    }
+  });
+
+  test("user/password auth works, and a missing or wrong password fails clearly", async () => {
+    const authServer = await startNatsServer({ user: "flannel", password: "s3cret" });
+    try {
+      const s = await NatsStore.connect({ servers: [authServer.url], user: "flannel", password: "s3cret", bucket: "auth" });
+      try {
+        expect(await s.create("config", bytes("{}"))).toBeGreaterThan(0);
+      } finally {
+        await s.close();
+      }
+      await expect(NatsStore.connect({ servers: [authServer.url], bucket: "auth" })).rejects.toThrow(/authorization failed/);
+      await expect(NatsStore.connect({ servers: [authServer.url], user: "flannel", password: "nope", bucket: "auth" })).rejects.toThrow(
+        /authorization failed/,
+      );
+    } finally {
+      await authServer.stop();
+    }
+  }, 30_000);
+
+  test("token auth works", async () => {
+    const tokenServer = await startNatsServer({ token: "tok-123" });
+    try {
+      const s = await NatsStore.connect({ servers: [tokenServer.url], token: "tok-123" });
+      await s.close();
+      await expect(NatsStore.connect({ servers: [tokenServer.url], token: "wrong" })).rejects.toThrow(/authorization failed/);
+    } finally {
+      await tokenServer.stop();
+    }
+  }, 30_000);
+
+  test("an unreachable server is a StoreUnavailableError naming it", async () => {
+    const dead = await startNatsServer({});
+    const deadUrl = dead.url;
+    await dead.stop();
+    const err = await NatsStore.connect({ servers: [deadUrl], connectTimeoutMs: 1000 }).catch((e) => e);
+    expect(err).toBeInstanceOf(StoreUnavailableError);
+    expect(String(err.message)).toContain(deadUrl);
+  }, 30_000);
+
+  test("a watch survives a server restart and sees expiries after it", async () => {
+    const bucket = freshBucket("restart");
+    const s = await NatsStore.connect({ servers: [url()], bucket });
+    const start = await s.list("subnets/");
+    const w = new WatchCollector(s, "subnets/", start.revision);
+    try {
+      await s.create("subnets/10.1.0.0-24", bytes("a"));
+      await w.until("the first put", () => w.puts().length >= 1);
+      await server!.restart();
+      const r = await waitFor("a write after the restart", async () => (await s.create("subnets/10.1.1.0-24", bytes("b"), { ttlMs: 1000 }).catch(() => undefined)) ?? undefined, 20_000);
+      await w.until("the put after the restart", () => w.puts().some((kv) => kv.revision === r), 20_000);
+      await w.until("its expiry", () => w.deletes().some((d) => d.key === "subnets/10.1.1.0-24"));
+      expect(w.events.some((e) => e.type === "relist")).toBe(false);
+    } finally {
+      await w.stop();
+      await s.close();
+    }
+  }, 60_000);
+});
