@@ -8,6 +8,7 @@ const result = await Bun.build({
   minify: true,
   bytecode: true,
   target: "bun",
+  format: "esm",
   define: { FLANNEL_BIN_VERSION: JSON.stringify(pkg.version) },
 });
 if (!result.success) {
