@@ -27,8 +27,8 @@ test("dist/flannel-bin alone runs --version and run with the SQLite store", asyn
   expect(v.stdout.toString()).toMatch(/^\d+\.\d+\.\d+/);
 
   const db = join(dir, "flannel.db");
-  const put = Bun.spawnSync([bin, "config", "put", '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}', "--sqlite-path", db], { cwd: dir, env, stderr: "pipe" });
-  expect(put.stderr.toString()).toContain("network config stored");
+  const put = Bun.spawnSync([bin, "config", "put", '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}', "--sqlite-path", db], { cwd: dir, env, stdout: "pipe", stderr: "pipe" });
+  expect(put.stdout.toString() + put.stderr.toString()).toContain("network config stored");
   expect(put.exitCode).toBe(0);
 
   for (const c of [
