@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 node_modules/.bin/bun run build || exit 1
 out=$(mktemp)
-node_modules/.bin/bun test "$@" 2>&1 | tee "$out"
+node_modules/.bin/bun test --timeout 120000 "$@" 2>&1 | tee "$out"
 rc=${PIPESTATUS[0]}
 pass=$(grep -E '^ *[0-9]+ pass$' "$out" | tail -1 | grep -oE '[0-9]+' || echo 0)
 fail=$(grep -E '^ *[0-9]+ fail$' "$out" | tail -1 | grep -oE '[0-9]+' || echo 0)
