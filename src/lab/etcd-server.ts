@@ -23,12 +23,17 @@ export interface EtcdServerOptions {
   startTimeoutMs?: number;
   /** Path of the etcd binary (default /usr/bin/etcd). */
   etcdPath?: string;
+  /**
+   * Serve clients over TLS with these PEM files (endpoint becomes https://). With caFile, etcd also requires
+   * client certificates signed by it (--client-cert-auth); health checks then present cert/key themselves.
+   */
+  tls?: { certFile: string; keyFile: string; caFile?: string };
 }
 
 export interface EtcdServer {
-  /** http://host:clientPort */
+  /** http://host:clientPort (https:// with tls) */
   endpoint: string;
-  /** PID of the running etcd (changes after restart()). */
+  /** PID of the process started for etcd (a tiny sh supervisor that takes etcd down with it); changes on restart(). */
   readonly pid: number;
   dataDir: string;
   /** Stops the process (SIGTERM, then SIGKILL) and removes the data dir if this module created it. */
@@ -38,6 +43,26 @@ export interface EtcdServer {
 }
 
 const STOP_GRACE_MS = 5000;
+
+// A few lines of sh between us and etcd, so that etcd never outlives the process that started it (a test run
+// killed by a timeout or Ctrl-C would otherwise leave etcd servers behind): it stops etcd when its stdin (a pipe
+// from us) reaches EOF, and passes SIGTERM/SIGINT on. Its exit status is etcd's.
+const SUPERVISOR = `
+exec 3<&0
+"$@" </dev/null 3<&- &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null' TERM INT
+( read _ignored <&3; kill -TERM $pid 2>/dev/null ) </dev/null &
+watcher=$!
+exec 3<&-
+while :; do
+  wait $pid; rc=$?
+  kill -0 $pid 2>/dev/null || break
+done
+kill $watcher 2>/dev/null
+wait $watcher 2>/dev/null
+exit $rc
+`;
 const STDERR_TAIL_LINES = 40;
 
 /** A port that was free a moment ago on 127.0.0.1 (bind to port 0, read it, close). */
@@ -55,14 +80,27 @@ export async function startEtcdServer(opts: EtcdServerOptions = {}): Promise<Etc
   const startTimeoutMs = opts.startTimeoutMs ?? 15000;
   const etcdPath = opts.etcdPath ?? "/usr/bin/etcd";
   const urlHost = host.includes(":") ? `[${host}]` : host;
+  const scheme = opts.tls ? "https" : "http";
+  const tlsArgs = opts.tls
+    ? ["--cert-file", opts.tls.certFile, "--key-file", opts.tls.keyFile, ...(opts.tls.caFile ? ["--trusted-ca-file", opts.tls.caFile, "--client-cert-auth"] : [])]
+    : [];
+  const fetchTls = opts.tls
+    ? {
+        cert: await Bun.file(opts.tls.certFile).text(),
+        key: await Bun.file(opts.tls.keyFile).text(),
+        ...(opts.tls.caFile ? { ca: await Bun.file(opts.tls.caFile).text() } : { rejectUnauthorized: false }),
+      }
+    : undefined;
 
   let clientPort = opts.clientPort ?? freePort();
   let peerPort = opts.peerPort ?? freePort();
   let proc: ReturnType<typeof spawnEtcd> | null = null;
 
+  const peerUrl = () => `http://${urlHost}:${peerPort}`;
+
   function spawnEtcd() {
-    const client = `http://${urlHost}:${clientPort}`;
-    const peer = `http://${urlHost}:${peerPort}`;
+    const client = `${scheme}://${urlHost}:${clientPort}`;
+    const peer = peerUrl();
     const args = [
       etcdPath,
       "--name", "default",
@@ -75,9 +113,12 @@ export async function startEtcdServer(opts: EtcdServerOptions = {}): Promise<Etc
       "--initial-cluster-state", "new",
       "--logger", "zap",
       "--log-level", "warn",
+      ...tlsArgs,
     ];
-    const cmd = opts.netns ? ["ip", "netns", "exec", opts.netns, ...args] : args;
-    const p = Bun.spawn(cmd, { stdin: "ignore", stdout: "ignore", stderr: "pipe" });
+    const supervised = ["sh", "-c", SUPERVISOR, "etcd-supervisor", ...args];
+    const cmd = opts.netns ? ["ip", "netns", "exec", opts.netns, ...supervised] : supervised;
+    // stdin is a pipe we never write to: it reaches EOF when this process dies, however it dies.
+    const p = Bun.spawn(cmd, { stdin: "pipe", stdout: "ignore", stderr: "pipe" });
     // Keep draining stderr (a full pipe would block etcd) and remember its tail for error messages.
     const tail: string[] = [];
     void (async () => {
@@ -102,7 +143,10 @@ export async function startEtcdServer(opts: EtcdServerOptions = {}): Promise<Etc
 
   async function healthy(endpoint: string): Promise<boolean> {
     if (opts.netns) {
-      const p = Bun.spawn(["ip", "netns", "exec", opts.netns, "etcdctl", `--endpoints=${endpoint}`, "--dial-timeout=1s", "endpoint", "health"], {
+      const tlsFlags = opts.tls
+        ? [`--cert=${opts.tls.certFile}`, `--key=${opts.tls.keyFile}`, ...(opts.tls.caFile ? [`--cacert=${opts.tls.caFile}`] : ["--insecure-skip-tls-verify"])]
+        : [];
+      const p = Bun.spawn(["ip", "netns", "exec", opts.netns, "etcdctl", `--endpoints=${endpoint}`, "--dial-timeout=1s", ...tlsFlags, "endpoint", "health"], {
         stdout: "ignore",
         stderr: "ignore",
         env: { ...process.env, ETCDCTL_API: "3" },
@@ -110,20 +154,32 @@ export async function startEtcdServer(opts: EtcdServerOptions = {}): Promise<Etc
       return (await p.exited) === 0;
     }
     try {
-      const r = await fetch(`${endpoint}/health`, { signal: AbortSignal.timeout(1000) });
+      const init = { signal: AbortSignal.timeout(1000), ...(fetchTls ? { tls: fetchTls } : {}) };
+      const r = await fetch(`${endpoint}/health`, init);
       const body = (await r.json()) as { health?: unknown };
-      return r.ok && (body.health === "true" || body.health === true);
+      if (!r.ok || (body.health !== "true" && body.health !== true)) return false;
+      // Someone else's etcd may answer on this port (ours then fails to bind): it must be the member with our peer URL.
+      const m = await fetch(`${endpoint}/v3/cluster/member/list`, { ...init, method: "POST", body: "{}" });
+      const members = ((await m.json()) as { members?: { peerURLs?: string[] }[] }).members ?? [];
+      return members.some((mb) => mb.peerURLs?.includes(peerUrl()));
     } catch {
       return false;
     }
   }
 
   async function launch(): Promise<void> {
-    const endpoint = `http://${urlHost}:${clientPort}`;
+    const endpoint = `${scheme}://${urlHost}:${clientPort}`;
     const started = spawnEtcd();
     proc = started;
     let exited = false;
-    void started.p.exited.then(() => (exited = true));
+    void started.p.exited.then(() => {
+      exited = true;
+      try {
+        void started.p.stdin.end();
+      } catch {
+        /* already closed */
+      }
+    });
     const deadline = Date.now() + startTimeoutMs;
     while (Date.now() < deadline) {
       if (exited) {
@@ -178,7 +234,7 @@ export async function startEtcdServer(opts: EtcdServerOptions = {}): Promise<Etc
   };
 
   const server: EtcdServer = {
-    endpoint: `http://${urlHost}:${clientPort}`,
+    endpoint: `${scheme}://${urlHost}:${clientPort}`,
     get pid() {
       return proc?.p.pid ?? -1;
     },

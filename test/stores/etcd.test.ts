@@ -1,8 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { type EtcdServer, freePort, startEtcdServer } from "../../src/lab/etcd-server.ts";
 import { leaseFromKV } from "../../src/lease.ts";
 import { type Store, StoreUnavailableError } from "../../src/store.ts";
-import { EtcdStore } from "../../stores/etcd.ts";
+import { EtcdError, EtcdStore } from "../../stores/etcd.ts";
 import { runStoreConformance, WatchCollector, waitFor } from "./conformance.ts";
 
 // One etcd for the whole file. The conformance suite registers its tests at load time, so the server is started in
@@ -32,7 +35,11 @@ async function gateway(path: string, body: unknown): Promise<Record<string, any>
 }
 
 async function etcdctl(...args: string[]): Promise<string> {
-  const p = Bun.spawn(["etcdctl", `--endpoints=${srv().endpoint}`, "--command-timeout=5s", ...args], {
+  return etcdctlAt(srv().endpoint, ...args);
+}
+
+async function etcdctlAt(endpoint: string, ...args: string[]): Promise<string> {
+  const p = Bun.spawn(["etcdctl", `--endpoints=${endpoint}`, "--command-timeout=5s", ...args], {
     env: { ...process.env, ETCDCTL_API: "3" },
     stdout: "pipe",
     stderr: "pipe",
@@ -253,5 +260,107 @@ describe("etcd server restart", () => {
     } finally {
       await s.close();
     }
+  });
+});
+
+describe("etcd auth", () => {
+  let authServer: EtcdServer | null = null;
+  const opened: Store[] = [];
+  beforeAll(async () => {
+    authServer = await startEtcdServer({});
+    const ep = authServer.endpoint;
+    await etcdctlAt(ep, "user", "add", "root:rootpw");
+    await etcdctlAt(ep, "role", "add", "flannel");
+    await etcdctlAt(ep, "role", "grant-permission", "flannel", "--prefix=true", "readwrite", "/auth-net/");
+    await etcdctlAt(ep, "user", "add", "flannel:secret");
+    await etcdctlAt(ep, "user", "grant-role", "flannel", "flannel");
+    await etcdctlAt(ep, "auth", "enable");
+  });
+  afterAll(async () => {
+    await Promise.allSettled(opened.map((s) => s.close()));
+    await authServer?.stop();
+  });
+
+  test("username/password: reads, writes and watches; re-authenticates when the token dies with a restart", async () => {
+    const s = await EtcdStore.connect({ endpoints: [authServer!.endpoint], prefix: "/auth-net", username: "flannel", password: "secret" });
+    opened.push(s);
+    const r = (await s.create("subnets/10.5.1.0-24", enc.encode("v"), { ttlMs: 60_000 }))!;
+    expect(r).toBeGreaterThan(0);
+    expect((await s.get("subnets/10.5.1.0-24"))!.expiresAt).not.toBeNull();
+    const w = new WatchCollector(s, "subnets/", r);
+    try {
+      // Simple tokens live in the server's memory: after a restart the store's token is invalid.
+      await authServer!.restart();
+      const r2 = (await s.update("subnets/10.5.1.0-24", enc.encode("v2"), r, { ttlMs: 60_000 }))!;
+      expect(r2).toBeGreaterThan(r);
+      await w.until("the put after the restart", () => w.puts().some((kv) => kv.revision === r2), 20_000);
+    } finally {
+      await w.stop();
+    }
+  });
+
+  test("a wrong password or no credentials is an error that says so", async () => {
+    const bad = await EtcdStore.connect({ endpoints: [authServer!.endpoint], prefix: "/auth-net", username: "flannel", password: "wrong" });
+    opened.push(bad);
+    const e1 = await bad.get("config").catch((e) => e);
+    expect(e1).toBeInstanceOf(EtcdError);
+    expect(String(e1.message)).toContain("authentication as flannel");
+    const anon = await EtcdStore.connect({ endpoints: [authServer!.endpoint], prefix: "/auth-net" });
+    opened.push(anon);
+    const e2 = await anon.get("config").catch((e) => e);
+    expect(e2).toBeInstanceOf(EtcdError);
+  });
+});
+
+describe("etcd TLS", () => {
+  const dir = mkdtempSync(join(tmpdir(), "flannel-etcd-tls-"));
+  let tlsServer: EtcdServer | null = null;
+  const opened: Store[] = [];
+  const f = (name: string) => join(dir, name);
+
+  async function openssl(...args: string[]): Promise<void> {
+    const p = Bun.spawn(["openssl", ...args], { stdout: "ignore", stderr: "pipe", cwd: dir });
+    const [err, code] = await Promise.all([new Response(p.stderr).text(), p.exited]);
+    if (code !== 0) throw new Error(`openssl ${args.join(" ")}: ${err}`);
+  }
+
+  beforeAll(async () => {
+    // A CA, a server certificate for 127.0.0.1 and a client certificate, all throw-away.
+    await openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca", "-keyout", f("ca.key"), "-out", f("ca.pem"));
+    writeFileSync(f("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n");
+    writeFileSync(f("client.ext"), "extendedKeyUsage=clientAuth\n");
+    for (const who of ["server", "client"]) {
+      await openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", `/CN=${who}`, "-keyout", f(`${who}.key`), "-out", f(`${who}.csr`));
+      await openssl("x509", "-req", "-in", f(`${who}.csr`), "-CA", f("ca.pem"), "-CAkey", f("ca.key"), "-CAcreateserial", "-days", "1", "-extfile", f(`${who}.ext`), "-out", f(`${who}.pem`));
+    }
+    tlsServer = await startEtcdServer({ tls: { certFile: f("server.pem"), keyFile: f("server.key"), caFile: f("ca.pem") } });
+  });
+  afterAll(async () => {
+    await Promise.allSettled(opened.map((s) => s.close()));
+    await tlsServer?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("cafile/certfile/keyfile: mutual TLS works; without a client certificate it fails", async () => {
+    expect(tlsServer!.endpoint.startsWith("https://")).toBe(true);
+    const s = await EtcdStore.connect({
+      endpoints: [tlsServer!.endpoint],
+      prefix: "/coreos.com/network",
+      cafile: f("ca.pem"),
+      certfile: f("client.pem"),
+      keyfile: f("client.key"),
+    });
+    opened.push(s);
+    const r = (await s.create("config", enc.encode("{}")))!;
+    const w = new WatchCollector(s, "subnets/", r);
+    try {
+      const r2 = (await s.create("subnets/10.5.1.0-24", enc.encode("x"), { ttlMs: 60_000 }))!;
+      await w.until("a put over TLS", () => w.puts().some((kv) => kv.revision === r2));
+    } finally {
+      await w.stop();
+    }
+    const noCert = await EtcdStore.connect({ endpoints: [tlsServer!.endpoint], prefix: "/coreos.com/network", cafile: f("ca.pem"), requestTimeoutMs: 2000 });
+    opened.push(noCert);
+    await expect(noCert.get("config")).rejects.toBeInstanceOf(StoreUnavailableError);
   });
 });
