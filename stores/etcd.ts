@@ -100,9 +100,11 @@ function prefixEnd(key: Uint8Array): Uint8Array {
   return new Uint8Array([0]); // all 0xff: the whole keyspace from key on
 }
 
+/** An error's message, with Bun's error code (ECONNREFUSED, ...) in front when the message does not already say it. */
 const errorMessage = (e: unknown): string => {
-  if (e instanceof Error) return (e as { code?: string }).code && !e.message.includes(String((e as { code?: string }).code)) ? `${(e as { code?: string }).code}: ${e.message}` : e.message;
-  return String(e);
+  if (!(e instanceof Error)) return String(e);
+  const code = (e as { code?: unknown }).code;
+  return typeof code === "string" && !e.message.includes(code) ? `${code}: ${e.message}` : e.message;
 };
 
 function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
