@@ -16,7 +16,7 @@
 import { Database } from "bun:sqlite";
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import { encode } from "cbor-x";
+import { encode } from "cbor-x/encode";
 // Decoding uses cbor-x's separate pure-JS, no-eval build: under `bun run`/`bun test` the main entry loads the native
 // cbor-extract addon, which misreads records (a 256-byte value fails to decode) or aborts the whole Bun process.
 // no-eval also never compiles code from untrusted record structures.

@@ -3,7 +3,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { encode } from "cbor-x";
+import { encode } from "cbor-x/encode";
 import type { Store } from "../../src/store.ts";
 import { SqliteStore } from "../../stores/sqlite.ts";
 import { runStoreConformance, WatchCollector, waitFor } from "./conformance.ts";
