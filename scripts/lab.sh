@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 node_modules/.bin/bun run build
+# A lab left from an earlier run of this script is replaced (only the default-named one, only what it recorded).
+dist/flannel-bin lab down >/dev/null 2>&1 || true
 exec dist/flannel-bin lab up "$@"

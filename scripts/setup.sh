@@ -25,5 +25,6 @@ fi
 
 if [ ! -x node_modules/.bin/bun ] || [ package.json -nt node_modules/.package-lock.json ]; then
   echo "setup: installing npm packages"
-  if [ -f package-lock.json ]; then npm ci --no-fund --no-audit --loglevel=error; else npm install --no-fund --no-audit --loglevel=error; fi
+  # npm install, not npm ci: npm 11's ci refuses this lock over cbor-extract's per-platform optional packages.
+  npm install --no-fund --no-audit --loglevel=error
 fi
