@@ -94,7 +94,13 @@ describe("50 agents at once", () => {
     expect(new Set(subnets).size).toBe(50);
     const leases = JSON.parse(lab.cli(["leases", "--json", ...lab.storeFlags()]).out);
     expect(leases.length).toBe(50);
+    // Every agent programmed a host-gw route to each of its 49 peers, and SIGTERM leaves them in place.
+    const ourRoutes = (ns: string) =>
+      JSON.parse(Bun.spawnSync(["ip", "-n", ns, "-json", "route", "show", "proto", "159"], { stdout: "pipe" }).stdout.toString()).length;
+    const first = lab.hosts[0]!.ns;
+    expect(await until(() => ourRoutes(first) === 49, 30_000)).toBe(true);
     const codes = await Promise.all(lab.hosts.map((h) => lab.stop(h)));
     expect(codes.every((c) => c === 0)).toBe(true);
+    expect(ourRoutes(first)).toBe(49);
   });
 });
