@@ -8,6 +8,7 @@ import type { Backend } from "../backends/backend.ts";
 import { ConfigError, DEFAULT_CONFIG_EXAMPLE, type NetworkConfig, formatNetworkConfigSummary, parseNetworkConfig } from "./config.ts";
 import type { FlagValue } from "./flags.ts";
 import { serveHealth, type HealthState } from "./health.ts";
+import { renderMetrics } from "./metrics.ts";
 import { chooseExternalInterface } from "./iface.ts";
 import { formatCIDR } from "./ipmath.ts";
 import { CommandQueue } from "./kernel/queue.ts";
@@ -36,13 +37,14 @@ export function sleep(ms: number, signal: AbortSignal): Promise<void> {
 }
 
 /** Repeats `attempt` every second until it returns a value, logging each distinct failure once. */
-async function retryEverySecond<T>(what: string, signal: AbortSignal, attempt: () => Promise<T | null>): Promise<T | null> {
+async function retryEverySecond<T>(what: string, signal: AbortSignal, attempt: () => Promise<T | null>, onError?: () => void): Promise<T | null> {
   let last = "";
   while (!signal.aborted) {
     try {
       const v = await attempt();
       if (v !== null) return v;
     } catch (e) {
+      onError?.();
       const msg = (e as Error).message;
       if (msg !== last) log.error(`${what}: ${msg} (retrying every second)`);
       last = msg;
@@ -52,7 +54,7 @@ async function retryEverySecond<T>(what: string, signal: AbortSignal, attempt: (
   return null;
 }
 
-async function waitForConfig(store: Store, f: Record<string, FlagValue>, signal: AbortSignal): Promise<NetworkConfig | null> {
+async function waitForConfig(store: Store, f: Record<string, FlagValue>, signal: AbortSignal, onError: () => void): Promise<NetworkConfig | null> {
   let told = false;
   return retryEverySecond("network config", signal, async () => {
     const kv = await store.get(CONFIG_KEY);
@@ -67,7 +69,7 @@ async function waitForConfig(store: Store, f: Record<string, FlagValue>, signal:
       if (e instanceof ConfigError) throw new Error(`invalid network config in the ${store.kind} store: ${e.message}`);
       throw e;
     }
-  });
+  }, onError);
 }
 
 function enableIPForward(): void {
@@ -102,6 +104,7 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
   process.on("SIGTERM", onTerm);
 
   const health: HealthState = { ready: false, waitingFor: "connecting to the store" };
+  const stats = { peers: new Set<string>(), ignored: new Set<string>(), renewals: 0, storeErrors: 0 };
   const port = Number(f["healthz-port"]);
   const server = port > 0 ? serveHealth(health, String(f["healthz-ip"]), port) : null;
   if (server) log.info(`health API on http://${f["healthz-ip"]}:${server.port} (/healthz, /readyz)`);
@@ -114,12 +117,13 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
   let reconciler: Reconciler | null = null;
   let queue: CommandQueue | null = null;
   try {
-    store = await retryEverySecond(`${f.store} store`, signal, () => openStore(f));
+    const storeError = () => void stats.storeErrors++;
+    store = await retryEverySecond(`${f.store} store`, signal, () => openStore(f), storeError);
     if (!store) return exitCode;
     log.info(`using the ${store.kind} store at ${store.location}`);
 
     health.waitingFor = "network config";
-    const cfg = await waitForConfig(store, f, signal);
+    const cfg = await waitForConfig(store, f, signal, storeError);
     if (!cfg) return exitCode;
     log.info(`network config: ${formatNetworkConfigSummary(cfg)}`);
 
@@ -135,7 +139,7 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
     health.waitingFor = "lease";
     const prev = readPreviousSubnet(subnetFile);
     let lease: Lease | null = await retryEverySecond("acquiring a lease", signal, () =>
-      acquireLease(store!, cfg, backend.leaseAttrs(), { previousSubnet: prev.subnet, ttlMs }),
+      acquireLease(store!, cfg, backend.leaseAttrs(), { previousSubnet: prev.subnet, ttlMs }), storeError,
     );
     if (!lease) return exitCode;
     const ownKey = subnetKey(lease.subnet, lease.ipv6Subnet);
@@ -143,6 +147,17 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
 
     queue = new CommandQueue();
     reconciler = new Reconciler(queue, { ownedDevices: backend.ownedDevices, routeProto: ROUTE_PROTO, fullIntervalMs: Number(f["reconcile-interval"]) });
+    health.metrics = () =>
+      renderMetrics({
+        ready: () => health.ready,
+        leaseExpiresAt: () => lease?.expiresAt,
+        peers: () => stats.peers.size,
+        ignoredPeers: () => stats.ignored.size,
+        leaseRenewals: () => stats.renewals,
+        storeErrors: () => stats.storeErrors,
+        queue: () => queue?.stats() ?? null,
+        reconcile: () => reconciler?.totals ?? null,
+      });
     reconciler.set("local", backend.localState(lease));
     await reconciler.flush();
     enableIPForward();
@@ -158,10 +173,12 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
         try {
           const r = await renewLease(store!, lease, ttlMs);
           if (r.ok) {
+            stats.renewals++;
             lease = r.lease;
             log.debug(`renewed lease ${formatCIDR(lease.subnet)}`);
           } else await onOwnLost(r.reason);
         } catch (e) {
+          stats.storeErrors++;
           log.warn(`renewing lease ${formatCIDR(lease.subnet)} failed: ${(e as Error).message}; retrying`);
           await sleep(Math.min(60_000, ttlMs / 10), signal);
         }
@@ -179,26 +196,38 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
       stop(1);
     };
 
+    // A peer whose state cannot be used is ignored (logged once) and whatever we had programmed for it removed.
+    const ignorePeer = (key: string, why: string) => {
+      if (!stats.ignored.has(key)) log.warn(`ignoring peer ${key}: ${why}`);
+      stats.ignored.add(key);
+      stats.peers.delete(key);
+      reconciler!.delete(`peer:${key}`);
+    };
     const peers = async () => {
-      const ignored = new Set<string>();
       let synced = false;
       for await (const ev of watchPeers(store!, () => ownKey, signal)) {
         switch (ev.type) {
           case "added": {
             const ps = backend.peerState(ev.lease);
             if ("ignored" in ps) {
-              if (!ignored.has(ev.key)) log.warn(`ignoring peer ${ev.key}: ${ps.ignored}`);
-              ignored.add(ev.key);
-              reconciler!.delete(`peer:${ev.key}`);
-            } else {
-              ignored.delete(ev.key);
-              log.info(`peer ${formatCIDR(ev.lease.subnet)} at ${ev.lease.attrs.publicIP} added`);
-              reconciler!.set(`peer:${ev.key}`, ps.state);
+              ignorePeer(ev.key, ps.ignored);
+              break;
             }
+            try {
+              reconciler!.set(`peer:${ev.key}`, ps.state);
+            } catch (e) {
+              ignorePeer(ev.key, (e as Error).message); // the kernel layer's validation is the last line of defence
+              break;
+            }
+            stats.ignored.delete(ev.key);
+            stats.peers.add(ev.key);
+            log.info(`peer ${formatCIDR(ev.lease.subnet)} at ${ev.lease.attrs.publicIP} added`);
             break;
           }
           case "removed":
             log.info(`peer ${formatCIDR(ev.lease.subnet)} at ${ev.lease.attrs.publicIP} removed`);
+            stats.peers.delete(ev.key);
+            stats.ignored.delete(ev.key);
             reconciler!.delete(`peer:${ev.key}`);
             break;
           case "own":
@@ -214,7 +243,10 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
               reconciler!.start();
               health.ready = true;
               health.waitingFor = "";
-              log.success(`ready: ${ev.peers} peers, kernel in sync (added ${r.added}, removed ${r.removed} stale)`);
+              log.success(
+                `ready: ${stats.peers.size} peers programmed${stats.ignored.size ? `, ${stats.ignored.size} ignored` : ""}; ` +
+                  `kernel in sync (added ${r.added}, repaired ${r.repaired}, removed ${r.removed} stale)`,
+              );
             }
             break;
         }

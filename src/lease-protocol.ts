@@ -173,12 +173,13 @@ export async function renewLease(store: Store, lease: Lease, ttlMs: number): Pro
   const value = encodeLeaseAttrs(lease.attrs);
   const rev = await store.update(key, value, lease.revision, { ttlMs });
   if (rev !== null) return { ok: true, lease: { ...lease, revision: rev, expiresAt: Date.now() + ttlMs } };
-  // Our revision is stale. If the record is still ours (same public IP), adopt its revision and try once more.
+  // Our revision is stale. If the record is still ours (same public IP) adopt its revision and try once more;
+  // a corrupt record under our key has no valid owner, so it is repaired with ours the same way.
   const cur = await store.get(key);
-  const parsed = cur ? parseLeaseRecord(cur) : null;
-  if (!cur || !parsed) return { ok: false, reason: "lost" };
-  if (parsed.attrs.publicIP !== lease.attrs.publicIP) return { ok: false, reason: "changed" };
-  if (parsed.expiresAt === null) return { ok: true, lease: parsed }; // an operator turned it into a reservation
+  if (!cur) return { ok: false, reason: "lost" };
+  const parsed = parseLeaseRecord(cur);
+  if (parsed && parsed.attrs.publicIP !== lease.attrs.publicIP) return { ok: false, reason: "changed" };
+  if (parsed && parsed.expiresAt === null) return { ok: true, lease: parsed }; // an operator turned it into a reservation
   const rev2 = await store.update(key, value, cur.revision, { ttlMs });
   if (rev2 === null) return { ok: false, reason: "changed" };
   return { ok: true, lease: { ...lease, revision: rev2, expiresAt: Date.now() + ttlMs } };

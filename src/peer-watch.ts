@@ -61,7 +61,7 @@ export async function* watchPeers(store: Store, ownKey: () => string, signal: Ab
       }
       const lease = parseLeaseRecord(ev.kv);
       if (ev.kv.key === ownKey()) {
-        yield { type: "own", lease };
+        if (lease) yield { type: "own", lease }; // a corrupt own record is repaired by the next renewal
         continue;
       }
       if (!lease) continue; // logged by parseLeaseRecord; the peer keeps its last good state

@@ -16,3 +16,29 @@ test("healthz always 200, readyz 503 until ready", async () => {
   expect(await r2.text()).toBe("flannel-bin is ready");
   expect((await app.request("/other")).status).toBe(404);
 });
+
+test("metrics in Prometheus text format", async () => {
+  const { renderMetrics } = await import("../src/metrics.ts");
+  const state = {
+    ready: true,
+    waitingFor: "",
+    metrics: () =>
+      renderMetrics({
+        ready: () => true,
+        leaseExpiresAt: () => 1_700_000_000_000,
+        peers: () => 3,
+        ignoredPeers: () => 1,
+        leaseRenewals: () => 2,
+        storeErrors: () => 0,
+        queue: () => ({ sent: 10, failed: 1, retried: 2, batches: 4 }),
+        reconcile: () => null,
+      }),
+  };
+  const r = await healthApp(state).request("/metrics");
+  expect(r.status).toBe(200);
+  const text = await r.text();
+  expect(text).toContain("# TYPE flannel_bin_peers gauge\nflannel_bin_peers 3\n");
+  expect(text).toContain("flannel_bin_lease_expiry_timestamp_seconds 1700000000\n");
+  expect(text).toContain("flannel_bin_kernel_commands_failed_total 1\n");
+  expect(text).not.toContain("reconcile_runs");
+});

@@ -151,3 +151,15 @@ describe("lease protocol", () => {
     expect(renewDelayMs(l, 60 * 60_000, 10_000, 990_000)).toBe(5_000);
   });
 });
+
+describe("renewal repairs", () => {
+  test("a corrupt record under our key is replaced by ours at renewal", async () => {
+    const s = open(freshPath());
+    const l = await acquireLease(s, cfg("10.5.0.0/16", 24), attrs("192.0.2.1"), { previousSubnet: null, ttlMs: HOUR });
+    const key = subnetKey(l.subnet);
+    await s.update(key, new TextEncoder().encode("{oops"), l.revision, { ttlMs: HOUR });
+    const r = await renewLease(s, l, HOUR);
+    expect(r.ok).toBe(true);
+    expect((await listLeases(s)).leases[0]!.attrs.publicIP).toBe("192.0.2.1");
+  });
+});

@@ -175,6 +175,8 @@ export class Reconciler {
   private fullTimer: ReturnType<typeof setInterval> | null = null;
   private fullPending = false;
   private counts: ReconcileCounts = { added: 0, removed: 0, repaired: 0 };
+  /** Totals over every full reconcile since start, for /metrics. */
+  readonly totals = { fullRuns: 0, added: 0, removed: 0, repaired: 0 };
 
   constructor(queue: CommandQueue, opts: ReconcilerOptions) {
     this.queue = queue;
@@ -227,6 +229,10 @@ export class Reconciler {
       this.counts = { added: 0, removed: 0, repaired: 0 };
       await this.loadActual();
       await this.drain();
+      this.totals.fullRuns++;
+      this.totals.added += this.counts.added;
+      this.totals.removed += this.counts.removed;
+      this.totals.repaired += this.counts.repaired;
       return this.counts;
     });
   }

@@ -1,0 +1,42 @@
+// /metrics in Prometheus text format: what flannel never exposed (field notes §1.13): lease expiry, peers,
+// kernel command results and reconcile repairs. The agent owns the numbers; this only renders them.
+
+export interface MetricsSource {
+  ready: () => boolean;
+  leaseExpiresAt: () => number | null | undefined;
+  peers: () => number;
+  ignoredPeers: () => number;
+  leaseRenewals: () => number;
+  storeErrors: () => number;
+  queue: () => { sent: number; failed: number; retried: number; batches: number } | null;
+  reconcile: () => { fullRuns: number; added: number; removed: number; repaired: number } | null;
+}
+
+type Sample = [name: string, type: "gauge" | "counter", help: string, value: number | null | undefined];
+
+export function renderMetrics(m: MetricsSource): string {
+  const q = m.queue();
+  const r = m.reconcile();
+  const exp = m.leaseExpiresAt();
+  const samples: Sample[] = [
+    ["flannel_bin_ready", "gauge", "1 once the lease is held, subnet.env written and peers programmed", m.ready() ? 1 : 0],
+    ["flannel_bin_lease_expiry_timestamp_seconds", "gauge", "when the held lease expires (absent for a reservation)", exp ? exp / 1000 : undefined],
+    ["flannel_bin_peers", "gauge", "peer leases programmed into the kernel", m.peers()],
+    ["flannel_bin_peers_ignored", "gauge", "peer leases ignored (other backend, invalid data)", m.ignoredPeers()],
+    ["flannel_bin_lease_renewals_total", "counter", "successful lease renewals", m.leaseRenewals()],
+    ["flannel_bin_store_errors_total", "counter", "failed store operations (retried)", m.storeErrors()],
+    ["flannel_bin_kernel_commands_total", "counter", "iproute2 commands sent", q?.sent],
+    ["flannel_bin_kernel_commands_failed_total", "counter", "iproute2 commands that failed after retries", q?.failed],
+    ["flannel_bin_kernel_commands_retried_total", "counter", "iproute2 command retries", q?.retried],
+    ["flannel_bin_kernel_batches_total", "counter", "ip/bridge -batch processes run", q?.batches],
+    ["flannel_bin_reconcile_runs_total", "counter", "full kernel reconciles", r?.fullRuns],
+    ["flannel_bin_reconcile_repaired_total", "counter", "kernel entries found missing or changed and put back", r?.repaired],
+    ["flannel_bin_reconcile_removed_total", "counter", "stale kernel entries we owned and removed", r?.removed],
+  ];
+  let out = "";
+  for (const [name, type, help, v] of samples) {
+    if (v === undefined || v === null) continue;
+    out += `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${name} ${v}\n`;
+  }
+  return out;
+}
