@@ -101,3 +101,9 @@ export async function deleteLease(lab: { name: string; stateDir?: string }, peer
   const s = labState(lab);
   await execIn(s.underlay, [s.binary, "leases", "delete", peer.subnet, ...s.storeFlags], { timeoutMs: 15_000 });
 }
+
+/** `ETCDCTL_API=3 etcdctl --endpoints=<endpoint> <args>` inside `netns` (which must reach the server); its stdout. */
+export async function etcdctl(netns: string, endpoint: string, args: string[]): Promise<string> {
+  const r = await execIn(netns, ["env", "ETCDCTL_API=3", "etcdctl", `--endpoints=${endpoint}`, ...args], { timeoutMs: 20_000 });
+  return r.stdout;
+}
