@@ -331,11 +331,28 @@ export class EtcdStore implements Store {
     return ttl < 0 ? "expired" : Date.now() + ttl * 1000;
   }
 
+  /**
+   * Expiry of a lease ID, cached: flannel leases are granted with a fixed TTL and renewed by a new grant, never kept
+   * alive, so an ID's expiry does not move. Without the cache every list() costs one TimeToLive call per lease
+   * (flanneld's N+1). "expired" is never cached, and a cached time that has passed is asked again.
+   */
+  private readonly leaseCache = new Map<string, number>();
+  private async cachedExpiry(id: string): Promise<LeaseExpiry> {
+    if (id === "0") return null;
+    const hit = this.leaseCache.get(id);
+    if (hit !== undefined && hit > Date.now()) return hit;
+    const e = await this.leaseExpiry(id);
+    if (this.leaseCache.size >= LEASE_CACHE_MAX) this.leaseCache.clear();
+    if (typeof e === "number") this.leaseCache.set(id, e);
+    else this.leaseCache.delete(id);
+    return e;
+  }
+
   /** Attaches expiresAt, dropping records whose lease has already run out. */
   private async withExpiry(raw: RawKV[]): Promise<KV[]> {
     const ids = [...new Set(raw.map((r) => r.lease).filter((l) => l !== "0"))];
     const exp = new Map<string, LeaseExpiry>();
-    const got = await mapLimit(ids, TTL_LOOKUP_CONCURRENCY, (id) => this.leaseExpiry(id));
+    const got = await mapLimit(ids, TTL_LOOKUP_CONCURRENCY, (id) => this.cachedExpiry(id));
     ids.forEach((id, i) => exp.set(id, got[i]!));
     const out: KV[] = [];
     for (const r of raw) {
@@ -356,6 +373,7 @@ export class EtcdStore implements Store {
   }
 
   private async revoke(id: string): Promise<void> {
+    this.leaseCache.delete(id);
     try {
       await this.call("/v3/lease/revoke", { ID: id });
     } catch (e) {
@@ -456,17 +474,7 @@ export class EtcdStore implements Store {
     const rangeEnd = b64(prefixEnd(k));
     let next = afterRevision + 1;
     let backoff = WATCH_BACKOFF_MIN_MS;
-    // Expiry per lease ID: a lease's TTL is fixed at grant (nobody keeps flannel leases alive), so it is cached.
-    const leaseCache = new Map<string, LeaseExpiry>();
-    const expiryOf = async (id: string): Promise<LeaseExpiry> => {
-      if (id === "0") return null;
-      const hit = leaseCache.get(id);
-      if (hit !== undefined && hit !== null) return hit;
-      const e = await this.leaseExpiry(id);
-      if (leaseCache.size >= LEASE_CACHE_MAX) leaseCache.clear();
-      leaseCache.set(id, e);
-      return e;
-    };
+    const expiryOf = (id: string) => this.cachedExpiry(id);
 
     while (!ctl.aborted) {
       let relist = false;
