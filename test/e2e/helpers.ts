@@ -1,7 +1,7 @@
 // End-to-end test helpers: the compiled binary, kernel state of a lab host (routes, neighbours, fdb) and bounded waits.
-import { existsSync } from "node:fs";
+import { existsSync, renameSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { type LabHost, type LabState, readLabState, readSubnetEnv } from "../../src/lab/lab.ts";
+import { type LabHost, type LabState, labStateDir, readLabState, readSubnetEnv } from "../../src/lab/lab.ts";
 import { execIn, ip, run } from "../../src/lab/netns.ts";
 
 export const REPO = resolve(import.meta.dir, "../..");
@@ -106,4 +106,18 @@ export async function deleteLease(lab: { name: string; stateDir?: string }, peer
 export async function etcdctl(netns: string, endpoint: string, args: string[]): Promise<string> {
   const r = await execIn(netns, ["env", "ETCDCTL_API=3", "etcdctl", `--endpoints=${endpoint}`, ...args], { timeoutMs: 20_000 });
   return r.stdout;
+}
+
+/**
+ * Changes a lab's lab.json (atomically) for what the lab API has no option for, e.g. agents started with other store
+ * flags (labAddHost/labStartHost use `storeFlags`), or a PID the test started so that labDown also stops it.
+ * Only while no lab function runs on this lab.
+ */
+export function updateLabState(lab: { name: string; stateDir?: string }, change: (s: LabState) => void): LabState {
+  const s = labState(lab);
+  change(s);
+  const file = join(labStateDir(lab), "lab.json");
+  writeFileSync(`${file}.tmp`, JSON.stringify(s, null, 2) + "\n", { mode: 0o644 });
+  renameSync(`${file}.tmp`, file);
+  return s;
 }

@@ -3,7 +3,8 @@
 // Plus `lab up --store etcd` with a server given through the usual store flags (storeArgs): the lab starts none.
 // One 3-host lab per store x backend, each brought up and down inside its test (a few seconds each).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { type LabBackend, labDown, labStatus, labUp, readLabState } from "../../src/lab/lab.ts";
+import { join } from "node:path";
+import { type LabBackend, labDown, labStateDir, labStatus, labUp, readLabState } from "../../src/lab/lab.ts";
 import { type EtcdServer, startEtcdServer } from "../../src/lab/etcd-server.ts";
 import { processAlive } from "../../src/lab/netns.ts";
 import { ensureBinary, etcdctl, peerInfo, waitUntil } from "./helpers.ts";
@@ -82,7 +83,8 @@ describe("lab on a given etcd (the usual store flags)", () => {
         const r = Bun.spawnSync(["ip", "-n", ul, "-j", "-4", "addr", "show", "dev", "br0"], { stdout: "pipe", stderr: "ignore" });
         return r.exitCode === 0 && r.stdout.toString().includes('"192.0.2.1"');
       }, 50);
-      etcd = await startEtcdServer({ netns: ul, host: "192.0.2.1", clientPort: 23790, peerPort: 23800 });
+      // Data dir in the lab's state dir: labDown removes it even if this process dies before etcd.stop().
+      etcd = await startEtcdServer({ netns: ul, host: "192.0.2.1", clientPort: 23790, peerPort: 23800, dataDir: join(labStateDir(GIVEN), "etcd-given") });
       expect(etcd.endpoint).toBe(endpoint);
 
       const report = await up;
