@@ -105,10 +105,24 @@ export function parseFlags(argv: string[], specs: FlagSpecs, env: Record<string,
   for (const [name, spec] of Object.entries(specs)) {
     if (given.has(name)) continue;
     const e = env[envName(name)];
-    if (e !== undefined && e !== "") values[name] = convert(name, spec, e, envName(name));
-    else if (spec.default !== undefined) values[name] = spec.type === "duration" ? parseDuration(String(spec.default))! : spec.type === "list" ? String(spec.default).split(",") : spec.default;
+    if (e !== undefined && e !== "") {
+      values[name] = convert(name, spec, e, envName(name));
+      given.add(name);
+    } else if (spec.default !== undefined) values[name] = spec.type === "duration" ? parseDuration(String(spec.default))! : spec.type === "list" ? String(spec.default).split(",") : spec.default;
   }
+  if ("store" in specs && !given.has("store")) values.store = inferStore(given);
   return { values, positionals };
+}
+
+/**
+ * Without --store, the store follows the flags given: flanneld users write `-etcd-endpoints=… -etcd-prefix=…`
+ * and mean etcd; NATS flags mean NATS; otherwise the embedded SQLite file.
+ */
+function inferStore(given: Set<string>): string {
+  const any = (p: string) => [...given].some((n) => n.startsWith(p));
+  if (any("etcd-")) return "etcd";
+  if (any("nats-")) return "nats";
+  return "sqlite";
 }
 
 /** citty argument definitions for --help, generated from the same specs. */
@@ -125,7 +139,12 @@ export function cittyArgs(specs: FlagSpecs): ArgsDef {
 }
 
 export const STORE_FLAGS = {
-  store: { type: "string", description: "lease store: sqlite (one machine), etcd or nats", default: "sqlite", choices: ["sqlite", "etcd", "nats"] },
+  store: {
+    type: "string",
+    description: "lease store: sqlite (one machine), etcd or nats; without it, --etcd-* flags mean etcd and --nats-* flags nats",
+    default: "sqlite",
+    choices: ["sqlite", "etcd", "nats"],
+  },
   "sqlite-path": { type: "string", description: "SQLite database file (--store sqlite)", default: "/var/lib/flannel-bin/flannel.db" },
   "etcd-endpoints": { type: "string", description: "comma-separated etcd endpoints", default: "http://127.0.0.1:4001,http://127.0.0.1:2379" },
   "etcd-prefix": { type: "string", description: "etcd prefix of the network config and leases", default: "/coreos.com/network" },

@@ -60,3 +60,18 @@ describe("flags", () => {
     expect(parseDuration("")).toBeNull();
   });
 });
+
+describe("store selection", () => {
+  const store = (argv: string[], env: Record<string, string> = {}) => parseFlags(argv, RUN_FLAGS, env).values.store;
+  test("flanneld's etcd flags alone mean etcd", () => {
+    expect(store(["-etcd-endpoints=http://127.0.0.1:2379", "-etcd-prefix=/kube-centos/network"])).toBe("etcd");
+    expect(store([], { FLANNELD_ETCD_ENDPOINTS: "http://127.0.0.1:2379" })).toBe("etcd");
+  });
+  test("NATS flags mean nats; nothing means sqlite; --store always wins", () => {
+    expect(store(["--nats-url", "nats://127.0.0.1:4222"])).toBe("nats");
+    expect(store([])).toBe("sqlite");
+    expect(store(["--sqlite-path", "/tmp/x.db"])).toBe("sqlite");
+    expect(store(["--store", "sqlite", "--etcd-prefix", "/x"])).toBe("sqlite");
+    expect(store(["--etcd-prefix", "/x"], { FLANNELD_STORE: "nats" })).toBe("nats");
+  });
+});
