@@ -107,7 +107,7 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
   const stats = { peers: new Set<string>(), ignored: new Set<string>(), renewals: 0, storeErrors: 0 };
   const port = Number(f["healthz-port"]);
   const server = port > 0 ? serveHealth(health, String(f["healthz-ip"]), port) : null;
-  if (server) log.info(`health API on http://${f["healthz-ip"]}:${server.port} (/healthz, /readyz)`);
+  if (server) log.info(`health API on http://${f["healthz-ip"]}:${server.port} (/healthz, /readyz, /metrics)`);
 
   const ttlMs = Number(f["subnet-lease-ttl"]);
   const marginMs = Number(f["subnet-lease-renew-margin"]) * 60_000;
@@ -161,9 +161,17 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
     reconciler.set("local", backend.localState(lease));
     await reconciler.flush();
     enableIPForward();
-    writeSubnetEnv(subnetFile, { network: cfg.network, subnet: lease.subnet, mtu: backend.mtu, ipMasq: f["ip-masq"] === true });
-    log.info(`wrote ${subnetFile}`);
-    health.waitingFor = "initial peer sync";
+    // As flanneld: a subnet.env that cannot be written is an error in the log and keeps /readyz at 503, but the
+    // data plane keeps working.
+    let subnetEnvWritten = false;
+    try {
+      writeSubnetEnv(subnetFile, { network: cfg.network, subnet: lease.subnet, mtu: backend.mtu, ipMasq: f["ip-masq"] === true });
+      subnetEnvWritten = true;
+      log.info(`wrote ${subnetFile}`);
+    } catch (e) {
+      log.error(`could not write ${subnetFile}: ${(e as Error).message}`);
+    }
+    health.waitingFor = subnetEnvWritten ? "initial peer sync" : `writing ${subnetFile} failed`;
 
     // Renewal: compare-and-set `margin` before expiry; a vanished lease is re-created on the same subnet.
     const keepLease = async () => {
@@ -241,8 +249,8 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
               // The first full reconcile also removes what we own for peers that left while we were down.
               const r = await reconciler!.fullReconcile();
               reconciler!.start();
-              health.ready = true;
-              health.waitingFor = "";
+              health.ready = subnetEnvWritten;
+              if (subnetEnvWritten) health.waitingFor = "";
               log.success(
                 `ready: ${stats.peers.size} peers programmed${stats.ignored.size ? `, ${stats.ignored.size} ignored` : ""}; ` +
                   `kernel in sync (added ${r.added}, repaired ${r.repaired}, removed ${r.removed} stale)`,
