@@ -63,6 +63,19 @@ describe("agent processes", () => {
     await lab.stop(h2);
   });
 
+  test("a subnet.env that cannot be written is logged and keeps /readyz at 503; the agent keeps running", async () => {
+    lab.putConfig(HOST_GW);
+    const h = lab.addHost();
+    h.subnetFile = "/proc/flannel-bin-test/subnet.env"; // /proc takes no new directories
+    lab.start(h);
+    expect(await until(() => lab.log(h).includes("could not write /proc/flannel-bin-test/subnet.env"), 15_000)).toBe(true);
+    expect(lab.health(h, "/healthz")).toBe(200);
+    await Bun.sleep(500);
+    expect(lab.health(h, "/readyz")).toBe(503);
+    expect(h.proc?.exitCode).toBeNull();
+    expect(await lab.stop(h)).toBe(0);
+  });
+
   test("bad flags and values are clear errors with a non-zero exit", () => {
     const r1 = lab.cli(["run", "--bogus"]);
     expect(r1.code).toBe(2);
