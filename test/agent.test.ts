@@ -91,6 +91,37 @@ describe("agent processes", () => {
   });
 });
 
+describe("a network with room for 4 subnets", () => {
+  const lab = new AgentLab();
+  afterAll(() => lab.cleanup());
+
+  test("the 5th host gets 'out of subnets', keeps retrying, and nothing else breaks; corrupt and reserved records are skipped", async () => {
+    lab.putConfig('{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.6.0","Backend":{"Type":"host-gw"}}');
+    // Of the six subnets, one is reserved for a host that is not here and one holds a corrupt record: four are left.
+    const { SqliteStore } = await import("../stores/sqlite.ts");
+    const s = SqliteStore.open(lab.db);
+    await s.create("subnets/10.5.3.0-24", new TextEncoder().encode('{"PublicIP":"198.51.100.7","PublicIPv6":null,"BackendType":"host-gw"}'));
+    await s.create("subnets/10.5.5.0-24", new TextEncoder().encode('{"PublicIP":"not an ip"}'), { ttlMs: 600_000 });
+    await s.close();
+    for (let i = 0; i < 5; i++) lab.addHost();
+    for (const h of lab.hosts.slice(0, 4)) lab.start(h);
+    expect(await until(() => lab.hosts.slice(0, 4).every((h) => lab.health(h, "/readyz") === 200), 30_000)).toBe(true);
+    const fifth = lab.hosts[4]!;
+    lab.start(fifth);
+    expect(await until(() => lab.log(fifth).includes("out of subnets"), 15_000)).toBe(true);
+    const subnets = lab.hosts.slice(0, 4).map((h) => lab.subnetOf(h));
+    expect(new Set(subnets)).toEqual(new Set(["10.5.1.1/24", "10.5.2.1/24", "10.5.4.1/24", "10.5.6.1/24"]));
+    expect(lab.log(lab.hosts[0]!)).toContain("skipping store record: subnets/10.5.5.0-24");
+    await Bun.sleep(1500); // it retries every second; it must not exit or disturb the others
+    expect(fifth.proc?.exitCode).toBeNull();
+    expect(lab.subnetOf(fifth)).toBeNull();
+    for (const h of lab.hosts.slice(0, 4)) expect(lab.health(h, "/readyz")).toBe(200);
+    // The reservation is untouched and still has no expiry.
+    const leases = JSON.parse(lab.cli(["leases", "--json", ...lab.storeFlags()]).out);
+    expect(leases.find((l: { subnet: string }) => l.subnet === "10.5.3.0/24")).toMatchObject({ publicIP: "198.51.100.7", reservation: true, expires: null });
+  });
+});
+
 describe("50 agents at once", () => {
   const lab = new AgentLab();
   afterAll(() => lab.cleanup());
