@@ -1,7 +1,8 @@
 // Store servers for the lab: etcd or nats-server started DETACHED inside the underlay namespace, logging to a file.
-// Why not startEtcdServer/startNatsServer (./etcd-server.ts, ./nats-server.ts)? Those keep the server tied to the
-// process that started it (stderr piped into it; stop() only from that process). `flannel-bin lab up` exits and
-// `lab down` runs as another process, so the lab needs a server that outlives `up` and is stopped by recorded PID.
+// Why not the tests' startEtcdServer/startNatsServer (test/harness/etcd-server.ts, nats-server.ts)? Those keep the
+// server tied to the process that started it (stderr piped into it; stop() only from that process). `flannel-bin lab
+// up` exits and `lab down` runs as another process, so the lab needs a server that outlives `up` and is stopped by
+// recorded PID.
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { GiveUp, execIn, processAlive, spawnDetachedIn, waitFor } from "./netns.ts";

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, rmSync, rmdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { DEFAULT_CONFIG_EXAMPLE } from "../../src/config.ts";
-import { type EtcdServer, startEtcdServer } from "../../src/lab/etcd-server.ts";
+import { type EtcdServer, startEtcdServer } from "../harness/etcd-server.ts";
 import { type LabHost, labAddHost, labDown, labUp, pingAllPairs, readSubnetEnv } from "../../src/lab/lab.ts";
 import { addrAdd, processAlive, processArgv, spawnDetachedIn, stopProcess } from "../../src/lab/netns.ts";
 import { ensureBinary, etcdctl, host, labState, peerInfo, updateLabState, waitUntil } from "./helpers.ts";

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { type LabBackend, labDown, labStateDir, labStatus, labUp, readLabState } from "../../src/lab/lab.ts";
-import { type EtcdServer, startEtcdServer } from "../../src/lab/etcd-server.ts";
+import { type EtcdServer, startEtcdServer } from "../harness/etcd-server.ts";
 import { processAlive } from "../../src/lab/netns.ts";
 import { ensureBinary, etcdctl, peerInfo, waitUntil } from "./helpers.ts";
 

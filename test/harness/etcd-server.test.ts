@@ -1,6 +1,6 @@
 import { expect, test } from "bun:test";
 import { existsSync } from "node:fs";
-import { startEtcdServer } from "../../src/lab/etcd-server.ts";
+import { startEtcdServer } from "./etcd-server.ts";
 
 const alive = (pid: number): boolean => {
   try {
@@ -70,7 +70,7 @@ test("runs inside a network namespace", async () => {
 
 test("etcd does not outlive the process that started it, even when that process is SIGKILLed", async () => {
   const script = `
-    import { startEtcdServer } from ${JSON.stringify(`${import.meta.dir}/../../src/lab/etcd-server.ts`)};
+    import { startEtcdServer } from ${JSON.stringify(`${import.meta.dir}/etcd-server.ts`)};
     const s = await startEtcdServer({});
     console.log(s.endpoint + " " + s.dataDir);
     await Bun.sleep(60_000);

@@ -1,12 +1,10 @@
-// Starts a throw-away single-member etcd (/usr/bin/etcd) for tests and for the lab. No bun:test imports here:
-// the lab (production code) uses it too. Processes are only ever stopped by the PID this module started.
+// Starts a throw-away single-member etcd (/usr/bin/etcd) for tests and benchmarks (the lab starts its own, detached:
+// src/lab/servers.ts). No bun:test imports here. Processes are only ever stopped by the PID this module started.
 
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { consola } from "consola";
-
-const log = consola.withTag("etcd-server");
+import { type TailedProcess, freePort, retryIfAddressInUse, spawnWithTail, stopGracefully } from "./server-process.ts";
 
 export interface EtcdServerOptions {
   /** Address to listen on (default 127.0.0.1). Inside a netns, an address of that namespace. */
@@ -63,15 +61,6 @@ kill $watcher 2>/dev/null
 wait $watcher 2>/dev/null
 exit $rc
 `;
-const STDERR_TAIL_LINES = 40;
-
-/** A port that was free a moment ago on 127.0.0.1 (bind to port 0, read it, close). */
-export function freePort(): number {
-  const sock = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = sock.port;
-  sock.stop(true);
-  return port;
-}
 
 export async function startEtcdServer(opts: EtcdServerOptions = {}): Promise<EtcdServer> {
   const host = opts.host ?? "127.0.0.1";
@@ -94,11 +83,11 @@ export async function startEtcdServer(opts: EtcdServerOptions = {}): Promise<Etc
 
   let clientPort = opts.clientPort ?? freePort();
   let peerPort = opts.peerPort ?? freePort();
-  let proc: ReturnType<typeof spawnEtcd> | null = null;
+  let proc: TailedProcess<"pipe"> | null = null;
 
   const peerUrl = () => `http://${urlHost}:${peerPort}`;
 
-  function spawnEtcd() {
+  function spawnEtcd(): TailedProcess<"pipe"> {
     const client = `${scheme}://${urlHost}:${clientPort}`;
     const peer = peerUrl();
     const args = [
@@ -118,27 +107,7 @@ export async function startEtcdServer(opts: EtcdServerOptions = {}): Promise<Etc
     const supervised = ["sh", "-c", SUPERVISOR, "etcd-supervisor", ...args];
     const cmd = opts.netns ? ["ip", "netns", "exec", opts.netns, ...supervised] : supervised;
     // stdin is a pipe we never write to: it reaches EOF when this process dies, however it dies.
-    const p = Bun.spawn(cmd, { stdin: "pipe", stdout: "ignore", stderr: "pipe" });
-    // Keep draining stderr (a full pipe would block etcd) and remember its tail for error messages.
-    const tail: string[] = [];
-    void (async () => {
-      const dec = new TextDecoder();
-      let buf = "";
-      try {
-        for await (const chunk of p.stderr as ReadableStream<Uint8Array>) {
-          buf += dec.decode(chunk, { stream: true });
-          const lines = buf.split("\n");
-          buf = lines.pop() ?? "";
-          for (const l of lines) {
-            tail.push(l);
-            if (tail.length > STDERR_TAIL_LINES) tail.shift();
-          }
-        }
-      } catch {
-        /* process gone */
-      }
-    })();
-    return { p, tail };
+    return spawnWithTail(cmd, { stdin: "pipe" });
   }
 
   async function healthy(endpoint: string): Promise<boolean> {
@@ -195,32 +164,19 @@ export async function startEtcdServer(opts: EtcdServerOptions = {}): Promise<Etc
   async function kill(): Promise<void> {
     const cur = proc;
     proc = null;
-    if (!cur || cur.p.exitCode !== null || cur.p.signalCode !== null) return;
-    cur.p.kill("SIGTERM");
-    const done = await Promise.race([cur.p.exited.then(() => true), Bun.sleep(STOP_GRACE_MS).then(() => false)]);
-    if (!done) {
-      log.warn(`etcd pid ${cur.p.pid} ignored SIGTERM for ${STOP_GRACE_MS} ms; sending SIGKILL`);
-      cur.p.kill("SIGKILL");
-      await cur.p.exited;
-    }
+    if (cur) await stopGracefully(cur.p, "etcd", STOP_GRACE_MS);
   }
 
-  // Ports we picked ourselves can be taken by someone else between the check and etcd's bind: retry with new ones.
   const pickedPorts = opts.clientPort === undefined && opts.peerPort === undefined;
-  for (let attempt = 1; ; attempt++) {
-    try {
-      await launch();
-      break;
-    } catch (e) {
-      const inUse = /address already in use/i.test(String((e as Error).message));
-      if (pickedPorts && inUse && attempt < 3) {
-        clientPort = freePort();
-        peerPort = freePort();
-        continue;
-      }
-      if (ownDataDir) await rm(dataDir, { recursive: true, force: true });
-      throw e;
-    }
+  const newPorts = () => {
+    clientPort = freePort();
+    peerPort = freePort();
+  };
+  try {
+    await retryIfAddressInUse(launch, { newPorts: pickedPorts ? newPorts : undefined });
+  } catch (e) {
+    if (ownDataDir) await rm(dataDir, { recursive: true, force: true });
+    throw e;
   }
 
   // stop() and restart() run one at a time, in call order: a stop() during a restart() must not leave a

@@ -1,14 +1,12 @@
-// Starts a throw-away single nats-server (/usr/sbin/nats-server) with JetStream, for tests and for the lab.
-// No bun:test imports here: the lab (production code) uses it too. Processes are only ever stopped by the PID
+// Starts a throw-away single nats-server (/usr/sbin/nats-server) with JetStream, for tests and benchmarks (the lab
+// starts its own, detached: src/lab/servers.ts). No bun:test imports here. Processes are only ever stopped by the PID
 // this module started. Everything (listen address, JetStream dir, auth) goes in a small config file, so no
 // password or token shows up in `ps`.
 
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { consola } from "consola";
-
-const log = consola.withTag("nats-server");
+import { type TailedProcess, freePort, retryIfAddressInUse, spawnWithTail, stopGracefully } from "./server-process.ts";
 
 export interface NatsServerOptions {
   /** Address to listen on (default 127.0.0.1). Inside a netns, an address of that namespace. */
@@ -43,15 +41,6 @@ export interface NatsServer {
 }
 
 const STOP_GRACE_MS = 5000;
-const STDERR_TAIL_LINES = 40;
-
-/** A port that was free a moment ago on 127.0.0.1 (bind to port 0, read it, close). */
-function freePort(): number {
-  const sock = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = sock.port;
-  sock.stop(true);
-  return port;
-}
 
 /** A NATS config string literal (the format accepts JSON-style double-quoted strings). */
 function q(s: string): string {
@@ -76,7 +65,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   const urlHost = host.includes(":") ? `[${host}]` : host;
 
   let port = opts.port ?? freePort();
-  let proc: { p: Bun.Subprocess<"ignore", "ignore", "pipe">; tail: string[]; ready: Promise<void> } | null = null;
+  let proc: (TailedProcess<"ignore"> & { ready: Promise<void> }) | null = null;
 
   async function writeConfig(): Promise<void> {
     const lines = [
@@ -94,31 +83,14 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   function spawnServer() {
     const args = [binary, "-c", confPath];
     const cmd = opts.netns ? ["ip", "netns", "exec", opts.netns, ...args] : args;
-    const p = Bun.spawn(cmd, { stdin: "ignore", stdout: "ignore", stderr: "pipe" });
-    // Keep draining stderr (a full pipe would block the server), remember its tail, and notice "Server is ready":
-    // that line works the same inside a netns, where we could not probe the port from here.
-    const tail: string[] = [];
+    // Notice "Server is ready" on stderr: that line works the same inside a netns, where we could not probe the
+    // port from here.
     let markReady: () => void = () => {};
     const ready = new Promise<void>((resolve) => (markReady = resolve));
-    void (async () => {
-      const dec = new TextDecoder();
-      let buf = "";
-      try {
-        for await (const chunk of p.stderr as ReadableStream<Uint8Array>) {
-          buf += dec.decode(chunk, { stream: true });
-          const lines = buf.split("\n");
-          buf = lines.pop() ?? "";
-          for (const l of lines) {
-            if (l.includes("Server is ready")) markReady();
-            tail.push(l);
-            if (tail.length > STDERR_TAIL_LINES) tail.shift();
-          }
-        }
-      } catch {
-        /* process gone */
-      }
-    })();
-    return { p, tail, ready };
+    const onLine = (l: string) => {
+      if (l.includes("Server is ready")) markReady();
+    };
+    return { ...spawnWithTail(cmd, { stdin: "ignore", onLine }), ready };
   }
 
   async function launch(): Promise<void> {
@@ -143,14 +115,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   async function kill(): Promise<void> {
     const cur = proc;
     proc = null;
-    if (!cur || cur.p.exitCode !== null || cur.p.signalCode !== null) return;
-    cur.p.kill("SIGTERM");
-    const done = await Promise.race([cur.p.exited.then(() => true), Bun.sleep(STOP_GRACE_MS).then(() => false)]);
-    if (!done) {
-      log.warn(`nats-server pid ${cur.p.pid} ignored SIGTERM for ${STOP_GRACE_MS} ms; sending SIGKILL`);
-      cur.p.kill("SIGKILL");
-      await cur.p.exited;
-    }
+    if (cur) await stopGracefully(cur.p, "nats-server", STOP_GRACE_MS);
   }
 
   async function removeDirs(): Promise<void> {
@@ -158,20 +123,14 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     if (ownStoreDir) await rm(storeDir, { recursive: true, force: true });
   }
 
-  // A port we picked ourselves can be taken by someone else between the check and the bind: retry with a new one.
-  for (let attempt = 1; ; attempt++) {
-    try {
-      await launch();
-      break;
-    } catch (e) {
-      const inUse = /address already in use/i.test(String((e as Error).message));
-      if (opts.port === undefined && inUse && attempt < 3) {
-        port = freePort();
-        continue;
-      }
-      await removeDirs();
-      throw e;
-    }
+  const newPort = () => {
+    port = freePort();
+  };
+  try {
+    await retryIfAddressInUse(launch, { newPorts: opts.port === undefined ? newPort : undefined });
+  } catch (e) {
+    await removeDirs();
+    throw e;
   }
 
   return {

@@ -6,7 +6,7 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm, type KV as NatsKV } from "@nats-io/kv";
 import { StoreUnavailableError, type Store } from "../../src/store.ts";
-import { startNatsServer, type NatsServer } from "../../src/lab/nats-server.ts";
+import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
 import { NatsStore, decodeNatsKey, encodeNatsKey, natsPrefixFilter } from "../../stores/nats.ts";
 import { runStoreConformance, WatchCollector, waitFor } from "./conformance.ts";
 
