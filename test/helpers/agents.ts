@@ -29,8 +29,14 @@ export interface AgentHost {
 }
 
 export class AgentLab {
-  readonly dir = mkdtempSync(join(tmpdir(), "fb-agents-"));
-  readonly db = join(this.dir, "flannel.db");
+  // Made on first use: a describe block skipped by a test filter never runs its afterAll, so it must create nothing.
+  private made: string | null = null;
+  get dir(): string {
+    return (this.made ??= mkdtempSync(join(tmpdir(), "fb-agents-")));
+  }
+  get db(): string {
+    return join(this.dir, "flannel.db");
+  }
   readonly hosts: AgentHost[] = [];
   private readonly tag = Math.random().toString(36).slice(2, 7);
 
@@ -101,7 +107,7 @@ export class AgentLab {
   async cleanup(): Promise<void> {
     await Promise.all(this.hosts.map((h) => this.stop(h)));
     for (const h of this.hosts) Bun.spawnSync(["ip", "netns", "del", h.ns]);
-    rmSync(this.dir, { recursive: true, force: true });
+    if (this.made) rmSync(this.made, { recursive: true, force: true });
   }
 }
 
