@@ -411,34 +411,31 @@ export class EtcdStore implements Store {
 
   async create(key: string, value: Uint8Array, opts?: WriteOptions): Promise<Revision | null> {
     this.checkOpen();
-    const lease = opts?.ttlMs !== undefined ? await this.grant(opts.ttlMs) : "0";
-    const k = b64(this.etcdKey(key));
-    let j: Json;
-    try {
-      j = await this.call("/v3/kv/txn", {
-        compare: [{ key: k, target: "VERSION", result: "EQUAL", version: "0" }],
-        success: [{ request_put: { key: k, value: b64(value), lease } }],
-      });
-    } catch (e) {
-      if (lease !== "0") await this.revoke(lease);
-      throw e;
-    }
-    if (j.succeeded !== true) {
-      if (lease !== "0") await this.revoke(lease);
-      return null;
-    }
-    return int64((j.header as Json | undefined)?.revision, "txn revision");
+    // flanneld's create: If Version(key) == 0 Then Put(key, value, lease).
+    const j = await this.putIf(key, value, { target: "VERSION", result: "EQUAL", version: "0" }, opts);
+    return j ? int64((j.header as Json | undefined)?.revision, "txn revision") : null;
   }
 
   async update(key: string, value: Uint8Array, revision: Revision, opts?: WriteOptions): Promise<Revision | null> {
     this.checkOpen();
     if (!Number.isSafeInteger(revision) || revision <= 0) return null; // no key ever has such a revision
+    const j = await this.putIf(key, value, { target: "MOD", result: "EQUAL", mod_revision: String(revision) }, opts);
+    if (!j) return null;
+    this.tidyLease(prevKvLease(j, "response_put"));
+    return int64((j.header as Json | undefined)?.revision, "txn revision");
+  }
+
+  /**
+   * One transaction: if `compare` holds, put the value under a fresh etcd lease (none without ttlMs).
+   * Returns the txn response, or null when the compare failed; the fresh lease is revoked unless it was used.
+   */
+  private async putIf(key: string, value: Uint8Array, compare: Json, opts?: WriteOptions): Promise<Json | null> {
     const lease = opts?.ttlMs !== undefined ? await this.grant(opts.ttlMs) : "0";
     const k = b64(this.etcdKey(key));
     let j: Json;
     try {
       j = await this.call("/v3/kv/txn", {
-        compare: [{ key: k, target: "MOD", result: "EQUAL", mod_revision: String(revision) }],
+        compare: [{ key: k, ...compare }],
         success: [{ request_put: { key: k, value: b64(value), lease, prev_kv: true } }],
       });
     } catch (e) {
@@ -449,9 +446,7 @@ export class EtcdStore implements Store {
       if (lease !== "0") await this.revoke(lease);
       return null;
     }
-    const prev = prevKvLease(j, "response_put");
-    if (prev !== lease) this.tidyLease(prev);
-    return int64((j.header as Json | undefined)?.revision, "txn revision");
+    return j;
   }
 
   async delete(key: string, revision: Revision): Promise<boolean> {
