@@ -54,6 +54,27 @@ describe("vxlan lab (sqlite)", () => {
     expect(ok.ok).toBe(true);
   }, TEST_TIMEOUT_MS);
 
+  test("a vxlan device deleted by hand comes back with the same MAC, its peers and working pings (flanneld re-adds only the device)", async () => {
+    const h1 = host(LAB, 1);
+    const macOf = async () => {
+      const r = await ip(["-json", "link", "show", "flannel.1"], h1.netns, { allowFail: true });
+      return r.code === 0 ? (JSON.parse(r.stdout)[0]?.address as string | undefined) : undefined;
+    };
+    const mac = await macOf();
+    expect(mac).toMatch(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/);
+    await ip(["link", "del", "flannel.1"], h1.netns);
+    expect(await macOf()).toBeUndefined();
+    await waitUntil(`${h1.netns} has flannel.1 again`, 20_000, async () => (await macOf()) !== undefined, 500);
+    expect(await macOf()).toBe(mac);
+    const peer = await peerInfo(host(LAB, 2));
+    await waitUntil(`${h1.netns} knows ${peer.subnet} again`, 20_000, async () => {
+      const k = await knowsPeer(h1.netns, peer);
+      return k.route && k.neigh && k.fdb;
+    }, 500);
+    const ok = await pingFrom(h1.containerNetns!, host(LAB, 2).containerIP!);
+    expect(ok.ok).toBe(true);
+  }, TEST_TIMEOUT_MS);
+
   test("a 4th host joins and is reachable from all others without restarting anything", async () => {
     const pidsBefore = labState(LAB).hosts.map((h) => h.agentPid);
     const h4 = await labAddHost(LAB);
