@@ -1,7 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { makeTestCerts, type TestCerts } from "../harness/certs.ts";
 import { type EtcdServer, startEtcdServer } from "../harness/etcd-server.ts";
 import { freePort } from "../harness/server-process.ts";
 import { leaseFromKV } from "../../src/lease.ts";
@@ -314,32 +312,18 @@ describe("etcd auth", () => {
 });
 
 describe("etcd TLS", () => {
-  const dir = mkdtempSync(join(tmpdir(), "flannel-etcd-tls-"));
+  let certs: TestCerts | null = null;
   let tlsServer: EtcdServer | null = null;
   const opened: Store[] = [];
-  const f = (name: string) => join(dir, name);
-
-  async function openssl(...args: string[]): Promise<void> {
-    const p = Bun.spawn(["openssl", ...args], { stdout: "ignore", stderr: "pipe", cwd: dir });
-    const [err, code] = await Promise.all([new Response(p.stderr).text(), p.exited]);
-    if (code !== 0) throw new Error(`openssl ${args.join(" ")}: ${err}`);
-  }
 
   beforeAll(async () => {
-    // A CA, a server certificate for 127.0.0.1 and a client certificate, all throw-away.
-    await openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca", "-keyout", f("ca.key"), "-out", f("ca.pem"));
-    writeFileSync(f("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n");
-    writeFileSync(f("client.ext"), "extendedKeyUsage=clientAuth\n");
-    for (const who of ["server", "client"]) {
-      await openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", `/CN=${who}`, "-keyout", f(`${who}.key`), "-out", f(`${who}.csr`));
-      await openssl("x509", "-req", "-in", f(`${who}.csr`), "-CA", f("ca.pem"), "-CAkey", f("ca.key"), "-CAcreateserial", "-days", "1", "-extfile", f(`${who}.ext`), "-out", f(`${who}.pem`));
-    }
-    tlsServer = await startEtcdServer({ tls: { certFile: f("server.pem"), keyFile: f("server.key"), caFile: f("ca.pem") } });
+    certs = await makeTestCerts({ prefix: "flannel-etcd-tls-" });
+    tlsServer = await startEtcdServer({ tls: { certFile: certs.serverCertFile, keyFile: certs.serverKeyFile, caFile: certs.caFile } });
   });
   afterAll(async () => {
     await Promise.allSettled(opened.map((s) => s.close()));
     await tlsServer?.stop();
-    rmSync(dir, { recursive: true, force: true });
+    await certs?.remove();
   });
 
   test("cafile/certfile/keyfile: mutual TLS works; without a client certificate it fails", async () => {
@@ -347,9 +331,9 @@ describe("etcd TLS", () => {
     const s = await EtcdStore.connect({
       endpoints: [tlsServer!.endpoint],
       prefix: "/coreos.com/network",
-      cafile: f("ca.pem"),
-      certfile: f("client.pem"),
-      keyfile: f("client.key"),
+      cafile: certs!.caFile,
+      certfile: certs!.clientCertFile,
+      keyfile: certs!.clientKeyFile,
     });
     opened.push(s);
     const r = (await s.create("config", enc.encode("{}")))!;
@@ -360,7 +344,7 @@ describe("etcd TLS", () => {
     } finally {
       await w.stop();
     }
-    const noCert = await EtcdStore.connect({ endpoints: [tlsServer!.endpoint], prefix: "/coreos.com/network", cafile: f("ca.pem"), requestTimeoutMs: 2000 });
+    const noCert = await EtcdStore.connect({ endpoints: [tlsServer!.endpoint], prefix: "/coreos.com/network", cafile: certs!.caFile, requestTimeoutMs: 2000 });
     opened.push(noCert);
     await expect(noCert.get("config")).rejects.toBeInstanceOf(StoreUnavailableError);
   });
