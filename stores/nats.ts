@@ -61,6 +61,19 @@ import { StoreUnavailableError, type KV, type ListResult, type Revision, type St
 
 const log = consola.withTag("nats");
 
+/** A hint for a failed connect that looks like a TLS set-up problem, or "". */
+function tlsHint(msg: string, opts: NatsStoreOptions): string {
+  if (/certificate|self[- ]signed|unable to verify|UNABLE_TO|CERT_/i.test(msg)) {
+    return " (TLS: check that --nats-cafile is the CA that signed the server's certificate and that the certificate names this address)";
+  }
+  // nats.js does not report a connection the server closes during the TLS/CONNECT exchange (as a 2.9 server with
+  // `verify` does to a client without a certificate): the first connect only times out.
+  if (/timeout/i.test(msg) && opts.cafile !== undefined && opts.certfile === undefined) {
+    return " (if the server requires TLS client certificates (verify), give --nats-certfile and --nats-keyfile)";
+  }
+  return "";
+}
+
 export interface NatsStoreOptions {
   /** nats://host:port URLs (tls:// for TLS). */
   servers: string[];
@@ -71,7 +84,9 @@ export interface NatsStoreOptions {
   token?: string;
   /** A NATS .creds file (JWT + NKey seed). */
   credsFile?: string;
+  /** CA that signed the server's certificate (PEM). Any of the three TLS files makes the client insist on TLS. */
   cafile?: string;
+  /** Client certificate and key (PEM), both or neither, for servers that verify clients. */
   certfile?: string;
   keyfile?: string;
   /** Timeout of the first connection (default 5000 ms). */
@@ -283,7 +298,19 @@ export class NatsStore implements Store {
       }
       co.authenticator = credsAuthenticator(creds);
     }
+    if ((opts.certfile === undefined) !== (opts.keyfile === undefined)) {
+      throw new Error("NATS TLS needs both --nats-certfile and --nats-keyfile (only one was given)");
+    }
     if (opts.cafile !== undefined || opts.certfile !== undefined || opts.keyfile !== undefined) {
+      // Checked here so a bad path names its flag; the client itself re-reads the files on every (re)connect.
+      for (const [flag, path] of [["--nats-cafile", opts.cafile], ["--nats-certfile", opts.certfile], ["--nats-keyfile", opts.keyfile]] as const) {
+        if (path === undefined) continue;
+        try {
+          readFileSync(path);
+        } catch (err) {
+          throw new Error(`NATS store: cannot read ${flag} ${path}: ${(err as Error).message}`);
+        }
+      }
       co.tls = { caFile: opts.cafile, certFile: opts.certfile, keyFile: opts.keyfile };
     }
 
@@ -295,7 +322,7 @@ export class NatsStore implements Store {
       if (/authori[sz]ation|authentication|permissions/i.test(msg) || (err as Error).name === "AuthorizationError") {
         throw new Error(`NATS ${location}: authorization failed (${msg}); check the user/password, token or creds file`, { cause: err });
       }
-      throw new StoreUnavailableError(`NATS ${location}: cannot connect: ${msg}`, { cause: err });
+      throw new StoreUnavailableError(`NATS ${location}: cannot connect: ${msg}${tlsHint(msg, opts)}`, { cause: err });
     }
 
     try {

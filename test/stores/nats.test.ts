@@ -6,6 +6,7 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm, type KV as NatsKV } from "@nats-io/kv";
 import { StoreUnavailableError, type Store } from "../../src/store.ts";
+import { makeTestCerts, type TestCerts } from "../harness/certs.ts";
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
 import { NatsStore, decodeNatsKey, encodeNatsKey, natsPrefixFilter } from "../../stores/nats.ts";
 import { runStoreConformance, WatchCollector, waitFor } from "./conformance.ts";
@@ -221,4 +222,91 @@ describe("nats store", () => {
       await s.close();
     }
   }, 60_000);
+});
+
+describe("nats TLS", () => {
+  let certs: TestCerts | null = null;
+  // Server-only TLS (clients check the server against the CA) and mutual TLS (verify: the server demands a client
+  // certificate signed by the CA).
+  let serverTls: NatsServer | null = null;
+  let mutualTls: NatsServer | null = null;
+
+  beforeAll(async () => {
+    certs = await makeTestCerts({ prefix: "flannel-nats-tls-" });
+    const tls = { certFile: certs.serverCertFile, keyFile: certs.serverKeyFile };
+    serverTls = await startNatsServer({ tls });
+    mutualTls = await startNatsServer({ tls: { ...tls, caFile: certs.caFile, verify: true } });
+  }, 60_000);
+  afterAll(async () => {
+    await Promise.allSettled([serverTls?.stop(), mutualTls?.stop()]);
+    await certs?.remove();
+  });
+
+  /** create/get/watch round trip over an open store. */
+  async function roundTrip(s: Store): Promise<void> {
+    const r = (await s.create("config", bytes("{}")))!;
+    expect(new TextDecoder().decode((await s.get("config"))!.value)).toBe("{}");
+    const w = new WatchCollector(s, "subnets/", r);
+    try {
+      const r2 = (await s.create("subnets/10.5.1.0-24", bytes("x"), { ttlMs: 60_000 }))!;
+      await w.until("a put over TLS", () => w.puts().some((kv) => kv.revision === r2));
+    } finally {
+      await w.stop();
+    }
+  }
+
+  test("cafile: server-only TLS works for create/get/watch", async () => {
+    const s = await NatsStore.connect({ servers: [serverTls!.url], bucket: freshBucket("tls"), cafile: certs!.caFile });
+    try {
+      await roundTrip(s);
+    } finally {
+      await s.close();
+    }
+  });
+
+  test("verify on the server: a client without certfile/keyfile is refused, one with them works", async () => {
+    // The server drops the connection after the handshake; nats.js reports that only as a timeout of the first
+    // connect, so the error must carry the hint (bounded by connectTimeoutMs, never a hang).
+    const err = await NatsStore.connect({ servers: [mutualTls!.url], bucket: freshBucket("mtls"), cafile: certs!.caFile, connectTimeoutMs: 2000 }).catch((e) => e);
+    expect(err).toBeInstanceOf(StoreUnavailableError);
+    expect(String(err.message)).toContain(mutualTls!.url);
+    expect(String(err.message)).toContain("--nats-certfile and --nats-keyfile");
+    // Only one of the pair is a usage error, before any connection.
+    await expect(
+      NatsStore.connect({ servers: [mutualTls!.url], cafile: certs!.caFile, certfile: certs!.clientCertFile }),
+    ).rejects.toThrow("both --nats-certfile and --nats-keyfile");
+    const s = await NatsStore.connect({
+      servers: [mutualTls!.url],
+      bucket: freshBucket("mtls"),
+      cafile: certs!.caFile,
+      certfile: certs!.clientCertFile,
+      keyfile: certs!.clientKeyFile,
+    });
+    try {
+      await roundTrip(s);
+    } finally {
+      await s.close();
+    }
+  });
+
+  test("without cafile the server certificate is rejected at once with a certificate error", async () => {
+    // A long connectTimeoutMs: had the client missed the TLS error, it would fail with "timeout" instead.
+    const err = await NatsStore.connect({ servers: [serverTls!.url], bucket: freshBucket("noca"), connectTimeoutMs: 20_000 }).catch((e) => e);
+    expect(err).toBeInstanceOf(StoreUnavailableError);
+    expect(String(err.message)).toMatch(/certificate/);
+    expect(String(err.message)).toContain("--nats-cafile");
+    expect(String(err.message)).not.toMatch(/timeout/);
+  });
+
+  test("unreadable TLS files name their flag; TLS options against a plain server fail clearly", async () => {
+    await expect(NatsStore.connect({ servers: [serverTls!.url], cafile: "/nonexistent/ca.pem" })).rejects.toThrow(
+      "cannot read --nats-cafile /nonexistent/ca.pem",
+    );
+    await expect(
+      NatsStore.connect({ servers: [mutualTls!.url], cafile: certs!.caFile, certfile: certs!.clientCertFile, keyfile: "/nonexistent/c.key" }),
+    ).rejects.toThrow("cannot read --nats-keyfile /nonexistent/c.key");
+    const err = await NatsStore.connect({ servers: [url()], cafile: certs!.caFile, connectTimeoutMs: 20_000 }).catch((e) => e);
+    expect(err).toBeInstanceOf(StoreUnavailableError);
+    expect(String(err.message)).toContain("server does not support 'tls'");
+  });
 });
