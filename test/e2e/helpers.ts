@@ -121,3 +121,29 @@ export function updateLabState(lab: { name: string; stateDir?: string }, change:
   renameSync(`${file}.tmp`, file);
   return s;
 }
+
+/**
+ * TCP throughput from one container to another with iperf3 (1 s, bounded): the server runs once (-1) in the target
+ * container and is stopped by its PID afterwards in any case. Returns bits per second received.
+ */
+export async function iperf(fromNetns: string, toNetns: string, toIP: string): Promise<number> {
+  const server = Bun.spawn(["ip", "netns", "exec", toNetns, "iperf3", "-s", "-1", "-B", toIP], { stdout: "ignore", stderr: "ignore" });
+  try {
+    for (let i = 0; i < 40; i++) {
+      const probe = Bun.spawnSync(["ip", "netns", "exec", toNetns, "ss", "-Hltn", `sport = :5201`], { stdout: "pipe" });
+      if (probe.stdout.toString().includes("5201")) break;
+      await Bun.sleep(50);
+    }
+    const client = Bun.spawn(["ip", "netns", "exec", fromNetns, "iperf3", "-c", toIP, "-t", "1", "-J", "--connect-timeout", "3000"], { stdout: "pipe", stderr: "pipe" });
+    const killer = setTimeout(() => client.kill("SIGKILL"), 15_000);
+    const out = await new Response(client.stdout).text();
+    clearTimeout(killer);
+    await client.exited;
+    const j = JSON.parse(out) as { end?: { sum_received?: { bits_per_second?: number } }; error?: string };
+    if (j.error) throw new Error(`iperf3 ${fromNetns} -> ${toIP}: ${j.error}`);
+    return j.end?.sum_received?.bits_per_second ?? 0;
+  } finally {
+    server.kill("SIGTERM");
+    await server.exited;
+  }
+}

@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { type LabReport, labAddHost, labDown, labStartHost, labStopHost, labUp, pingAllPairs, pingFrom } from "../../src/lab/lab.ts";
 import { ip } from "../../src/lab/netns.ts";
-import { deleteLease, ensureBinary, host, labState, peerInfo, routes, waitUntil } from "./helpers.ts";
+import { deleteLease, ensureBinary, host, iperf, labState, peerInfo, routes, waitUntil } from "./helpers.ts";
 
 // Explicit: these tests wait (bounded) for agents and kernels, longer than bun's default per-test timeout.
 const TEST_TIMEOUT_MS = 90_000;
@@ -36,6 +36,11 @@ describe("host-gw lab (sqlite)", () => {
     expect(await hasRoute("e2hg-h1", p2.subnet, "192.0.2.12")).toBe(true);
     // No vxlan device in host-gw mode.
     expect((await ip(["link", "show", "flannel.1"], "e2hg-h1", { allowFail: true })).code).not.toBe(0);
+  }, TEST_TIMEOUT_MS);
+
+  test("iperf3 TCP crosses from a container on one host to a container on another", async () => {
+    const bps = await iperf(host(LAB, 1).containerNetns!, host(LAB, 2).containerNetns!, host(LAB, 2).containerIP!);
+    expect(bps).toBeGreaterThan(1_000_000); // any real TCP flow; speed itself is not asserted in tests
   }, TEST_TIMEOUT_MS);
 
   test("a route deleted by hand is put back by the periodic reconcile", async () => {

@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { type LabReport, labAddHost, labDown, labStartHost, labStopHost, labUp, pingAllPairs, pingFrom, readSubnetEnv } from "../../src/lab/lab.ts";
 import { ip } from "../../src/lab/netns.ts";
-import { deleteLease, ensureBinary, host, knowsPeer, labState, peerInfo, routes, waitUntil } from "./helpers.ts";
+import { deleteLease, ensureBinary, host, iperf, knowsPeer, labState, peerInfo, routes, waitUntil } from "./helpers.ts";
 
 // Explicit: these tests wait (bounded) for agents and kernels, longer than bun's default per-test timeout.
 const TEST_TIMEOUT_MS = 90_000;
@@ -32,6 +32,11 @@ describe("vxlan lab (sqlite)", () => {
       expect(h.mtu).toBe(1450);
       expect(h.subnet).toMatch(/^10\.5\.\d+\.1\/24$/);
     }
+  }, TEST_TIMEOUT_MS);
+
+  test("iperf3 TCP crosses from a container on one host to a container on another", async () => {
+    const bps = await iperf(host(LAB, 1).containerNetns!, host(LAB, 2).containerNetns!, host(LAB, 2).containerIP!);
+    expect(bps).toBeGreaterThan(1_000_000); // any real TCP flow; speed itself is not asserted in tests
   }, TEST_TIMEOUT_MS);
 
   test("path MTU: FLANNEL_MTU-28 bytes of ICMP payload pass unfragmented, one byte more does not", async () => {
