@@ -1,6 +1,6 @@
 // The agent as real processes: the compiled binary, one network namespace per host, one shared SQLite file.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { AgentLab, ensureBinary, until } from "./helpers/agents.ts";
+import { AgentLab, BINARY, ensureBinary, until } from "./helpers/agents.ts";
 
 const HOST_GW = '{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}';
 
@@ -74,6 +74,15 @@ describe("agent processes", () => {
     expect(lab.health(h, "/readyz")).toBe(503);
     expect(h.proc?.exitCode).toBeNull();
     expect(await lab.stop(h)).toBe(0);
+  });
+
+  test("config put --file, config get and FLANNELD_* store flags", async () => {
+    const file = `${lab.dir}/net-conf.json`;
+    await Bun.write(file, '{"network":"10.6.0.0/16","backend":{"type":"host-gw"}}');
+    expect(lab.cli(["config", "put", "--file", file, ...lab.storeFlags()]).code).toBe(0);
+    const r = Bun.spawnSync([BINARY, "config", "get"], { env: { ...process.env, FLANNELD_SQLITE_PATH: lab.db }, stdout: "pipe" });
+    expect(r.stdout.toString()).toBe('{"network":"10.6.0.0/16","backend":{"type":"host-gw"}}\n');
+    lab.putConfig(HOST_GW);
   });
 
   test("bad flags and values are clear errors with a non-zero exit", () => {
