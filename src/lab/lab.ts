@@ -57,6 +57,8 @@ export interface LabOptions {
   storeArgs?: string[];
   /** Extra flags for every agent (e.g. ["--subnet-lease-ttl", "30s"]). */
   agentArgs?: string[];
+  /** Extra Backend options of the network config, e.g. { DirectRouting: true } or { VNI: 7, Port: 4789 }. */
+  backendOptions?: Record<string, unknown>;
   /** Only build namespaces and the underlay (no store, agents, containers, pings): for topology tests. */
   topologyOnly?: boolean;
   /** Bound for each agent's readiness (default 30 s). */
@@ -249,7 +251,7 @@ export async function labUp(opts: LabOptions = {}): Promise<LabReport> {
     if (opts.topologyOnly) return await labReport(s, { pingCount: 1 });
 
     await setupStore(s, opts.storeArgs);
-    await putNetworkConfig(s);
+    await putNetworkConfig(s, opts.backendOptions);
     // Start all agents first, then wait: they come up in parallel.
     for (const h of s.hosts) startAgent(s, h);
     await Promise.all(s.hosts.map((h) => waitAgentReady(s, h, opts.readyTimeoutMs)));
@@ -316,8 +318,8 @@ async function setupStore(s: LabState, storeArgs: string[] | undefined): Promise
   saveState(s);
 }
 
-async function putNetworkConfig(s: LabState): Promise<void> {
-  const config = JSON.stringify({ Network: s.network, Backend: { Type: s.backend } });
+async function putNetworkConfig(s: LabState, backendOptions: Record<string, unknown> = {}): Promise<void> {
+  const config = JSON.stringify({ Network: s.network, Backend: { Type: s.backend, ...backendOptions } });
   // From inside the underlay so a server listening on 192.0.2.1 is reachable. A fresh server may need a moment.
   await waitFor(`\`config put\` to succeed`, 15_000, async () => {
     await execIn(s.underlay, [s.binary, "config", "put", config, ...s.storeFlags], { timeoutMs: 10_000 });
