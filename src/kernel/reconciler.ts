@@ -593,51 +593,23 @@ const NONE: never[] = [];
 /** Validates a fragment into canonical keyed entries (plain loops: this runs once per peer on the 10k path). */
 function normalize(f: StateFragment): NormFragment {
   if (typeof f !== "object" || f === null) throw new TypeError("state fragment must be an object");
-  const list = <T>(v: T[] | undefined, what: string): T[] => {
-    if (v === undefined || (Array.isArray(v) && v.length === 0)) return NONE;
-    if (!Array.isArray(v)) throw new TypeError(`state fragment ${what} must be an array`);
-    return v;
+  return {
+    devices: keyed(f.devices, "devices", validVxlanDevice, (v) => v.name),
+    addresses: keyed(f.addresses, "addresses", validAddress, (v) => devKey(v.dev, v.cidr)),
+    routes: keyed(f.routes, "routes", validRoute, (v) => routeKey(v.dst)),
+    neighs: keyed(f.neighs, "neighs", validNeigh, (v) => devKey(v.dev, v.ip)),
+    fdbs: keyed(f.fdbs, "fdbs", validFdb, (v) => devKey(v.dev, v.mac)),
   };
-  const devices = list(f.devices, "devices");
-  const addresses = list(f.addresses, "addresses");
-  const routes = list(f.routes, "routes");
-  const neighs = list(f.neighs, "neighs");
-  const fdbs = list(f.fdbs, "fdbs");
-  const out: NormFragment = { devices: NONE, addresses: NONE, routes: NONE, neighs: NONE, fdbs: NONE };
-  if (devices.length) {
-    out.devices = [];
-    for (const d of devices) {
-      const v = validVxlanDevice(d);
-      out.devices.push({ key: v.name, value: v });
-    }
-  }
-  if (addresses.length) {
-    out.addresses = [];
-    for (const a of addresses) {
-      const v = validAddress(a);
-      out.addresses.push({ key: devKey(v.dev, v.cidr), value: v });
-    }
-  }
-  if (routes.length) {
-    out.routes = [];
-    for (const r of routes) {
-      const v = validRoute(r);
-      out.routes.push({ key: routeKey(v.dst), value: v });
-    }
-  }
-  if (neighs.length) {
-    out.neighs = [];
-    for (const n of neighs) {
-      const v = validNeigh(n);
-      out.neighs.push({ key: devKey(v.dev, v.ip), value: v });
-    }
-  }
-  if (fdbs.length) {
-    out.fdbs = [];
-    for (const x of fdbs) {
-      const v = validFdb(x);
-      out.fdbs.push({ key: devKey(v.dev, v.mac), value: v });
-    }
+}
+
+/** Each entry of one list of a fragment, validated and paired with its table key. */
+function keyed<T>(list: T[] | undefined, what: string, valid: (x: unknown) => T, keyOf: (v: T) => string): Entry<T>[] {
+  if (list === undefined || (Array.isArray(list) && list.length === 0)) return NONE;
+  if (!Array.isArray(list)) throw new TypeError(`state fragment ${what} must be an array`);
+  const out: Entry<T>[] = [];
+  for (const x of list) {
+    const v = valid(x);
+    out.push({ key: keyOf(v), value: v });
   }
   return out;
 }
