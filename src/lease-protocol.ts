@@ -185,10 +185,18 @@ export async function renewLease(store: Store, lease: Lease, ttlMs: number): Pro
   return { ok: true, lease: { ...lease, revision: rev2, expiresAt: Date.now() + ttlMs } };
 }
 
-/** Re-creates a lease that vanished (expired or deleted by hand), on the same subnet if it is still free. */
+/**
+ * Re-creates a lease that vanished (expired or deleted by hand), on the same subnet if it is still free.
+ * A record that is already there with our public IP is ours (re-created a moment ago by our own renewal, with the
+ * watch's delete event arriving late): it is adopted, never mistaken for another host's. Null: another host has it.
+ */
 export async function reclaimLease(store: Store, lease: Lease, ttlMs: number): Promise<Lease | null> {
-  const rev = await store.create(subnetKey(lease.subnet, lease.ipv6Subnet), encodeLeaseAttrs(lease.attrs), { ttlMs });
-  return rev === null ? null : { ...lease, revision: rev, expiresAt: Date.now() + ttlMs };
+  const key = subnetKey(lease.subnet, lease.ipv6Subnet);
+  const rev = await store.create(key, encodeLeaseAttrs(lease.attrs), { ttlMs });
+  if (rev !== null) return { ...lease, revision: rev, expiresAt: Date.now() + ttlMs };
+  const cur = await store.get(key);
+  const held = cur ? parseLeaseRecord(cur) : null;
+  return held && held.attrs.publicIP === lease.attrs.publicIP ? { ...lease, revision: held.revision, expiresAt: held.expiresAt } : null;
 }
 
 /** When to renew: `margin` before expiry, clamped so that short test TTLs still renew at half-life. */

@@ -8,7 +8,7 @@ import { consola } from "consola";
 import type { NetworkConfig } from "../src/config.ts";
 import { formatCIDR, parseCIDR, parseIPv4 } from "../src/ipmath.ts";
 import { type LeaseAttrs, encodeLeaseAttrs, subnetKey } from "../src/lease.ts";
-import { OutOfSubnetsError, acquireLease, listLeases, renewDelayMs, renewLease } from "../src/lease-protocol.ts";
+import { OutOfSubnetsError, acquireLease, listLeases, reclaimLease, renewDelayMs, renewLease } from "../src/lease-protocol.ts";
 import type { Store } from "../src/store.ts";
 import { SqliteStore } from "../stores/sqlite.ts";
 
@@ -161,5 +161,22 @@ describe("renewal repairs", () => {
     const r = await renewLease(s, l, HOUR);
     expect(r.ok).toBe(true);
     expect((await listLeases(s)).leases[0]!.attrs.publicIP).toBe("192.0.2.1");
+  });
+});
+
+describe("reclaim", () => {
+  test("a vanished lease is re-created; a late second reclaim adopts our own record; another host's is refused", async () => {
+    const s = open(freshPath());
+    const l = await acquireLease(s, cfg("10.5.0.0/16", 24), attrs("192.0.2.1"), { previousSubnet: null, ttlMs: HOUR });
+    const key = subnetKey(l.subnet);
+    expect(await s.delete(key, l.revision)).toBe(true);
+    const again = await reclaimLease(s, l, HOUR);
+    expect(again).not.toBeNull();
+    // The watch's delete event for the old record arrives after we re-created it: reclaim must keep ours.
+    const late = await reclaimLease(s, l, HOUR);
+    expect(late?.revision).toBe(again!.revision);
+    // Someone else's record under the key is not ours.
+    await s.update(key, encodeLeaseAttrs(attrs("192.0.2.99")), again!.revision, { ttlMs: HOUR });
+    expect(await reclaimLease(s, l, HOUR)).toBeNull();
   });
 });
