@@ -49,7 +49,8 @@ export function parseSubnetKey(key: string): { subnet: IPNet; ipv6Subnet: IPNet 
   if (m[3] !== undefined) {
     if (Number(m[4]) > 127) return null;
     ipv6Subnet = tryParseCIDR(`${m[3]}/${m[4]}`);
-    if (!ipv6Subnet || ipv6Subnet.family !== 6) return null;
+    // Only the canonical form (as flannel writes it): one subnet must have exactly one key.
+    if (!ipv6Subnet || ipv6Subnet.family !== 6 || formatCIDR(ipv6Subnet) !== `${m[3]}/${m[4]}`) return null;
   }
   return { subnet, ipv6Subnet };
 }

@@ -13,7 +13,7 @@ describe("subnet keys", () => {
     expect(p.subnet.prefix).toBe(24);
     expect(p.ipv6Subnet!.prefix).toBe(64);
   });
-  test.each(["subnets/10.5.52.0-32", "subnets/10.5.52.1-24", "subnets/010.5.52.0-24", "subnets/x", "subnets/10.5.52.0-24; rm", "config", "subnets/256.1.1.0-24"])(
+  test.each(["subnets/10.5.52.0-32", "subnets/10.5.52.1-24", "subnets/010.5.52.0-24", "subnets/x", "subnets/10.5.52.0-24; rm", "config", "subnets/256.1.1.0-24", "subnets/10.5.52.0-24&fc00:0000:0:34::-64", "subnets/10.5.52.0-24&fc00:0:0:34::1-64"])(
     "rejects %p",
     (k) => expect(parseSubnetKey(k)).toBeNull(),
   );
