@@ -444,14 +444,17 @@ export class NatsStore implements Store {
       } finally {
         await oc.delete().catch(() => {});
       }
+      // Writes that land while we read add later messages for keys already seen: the newest per key wins, so an
+      // old PUT never stands beside the DEL that followed it.
       let revision = before;
-      const entries: RawEntry[] = [];
+      const latest = new Map<string, RawEntry>();
       for (const m of msgs) {
         revision = Math.max(revision, m.seq);
         const e = this.toRawEntry(m);
-        if (e) entries.push(e);
+        const seen = e && latest.get(e.key);
+        if (e && (!seen || seen.revision < e.revision)) latest.set(e.key, e);
       }
-      return { entries, revision };
+      return { entries: [...latest.values()], revision };
     });
   }
 
