@@ -559,18 +559,21 @@ export class EtcdStore implements Store {
     const failures: string[] = [];
     const n = this.endpoints.length;
     let res: Response | null = null;
-    const streamCtl = new AbortController();
+    // One controller per endpoint attempt: a connect that times out is aborted on its own and the next endpoint
+    // is tried (a black-holed endpoint must not hold the watch). The winning one closes the stream at the end.
+    let streamCtl = new AbortController();
     const onAbort = () => streamCtl.abort();
     signal.addEventListener("abort", onAbort, { once: true });
     try {
-      for (let kk = 0; kk < n && !res; kk++) {
+      for (let kk = 0; kk < n && !res && !signal.aborted; kk++) {
         const i = (this.current + kk) % n;
         const ep = this.endpoints[i]!;
+        const ctl = (streamCtl = new AbortController());
         // Bound the connect (until headers arrive); the stream itself stays open.
-        const timer = setTimeout(() => streamCtl.abort(new DOMException("connect timeout", "TimeoutError")), this.requestTimeoutMs);
+        const timer = setTimeout(() => ctl.abort(new DOMException("connect timeout", "TimeoutError")), this.requestTimeoutMs);
         try {
-          const headers = await this.authHeaders(ep, streamCtl.signal);
-          const r = await fetch(`${ep}/v3/watch`, this.fetchInit(body, headers, streamCtl.signal));
+          const headers = await this.authHeaders(ep, ctl.signal);
+          const r = await fetch(`${ep}/v3/watch`, this.fetchInit(body, headers, ctl.signal));
           if (!r.ok) {
             const j = await readJson(r).catch(() => ({}) as Json);
             const msg = gatewayError(j, r.status);
@@ -584,7 +587,6 @@ export class EtcdStore implements Store {
           if (signal.aborted) return;
           if (e instanceof EtcdError) throw e;
           failures.push(`${ep} (${errorMessage(e)})`);
-          if (streamCtl.signal.aborted) break; // the connect timer fired: this controller is spent
         } finally {
           clearTimeout(timer);
         }

@@ -207,6 +207,25 @@ describe("etcd store specifics", () => {
     expect(String((err as Error).message)).toContain(dead2);
   });
 
+  test("failover: a watch whose first endpoint accepts connections but never answers moves on to the next", async () => {
+    // A black hole on loopback: TCP accepted, not a byte back. Writes go through a separate client, so nothing but
+    // the watch itself can move the watching client off the black hole.
+    const hole = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    const prefix = `/flannel-test-${process.pid}-blackhole`;
+    const watcher = await EtcdStore.connect({ endpoints: [`http://127.0.0.1:${hole.port}`, srv().endpoint], prefix, requestTimeoutMs: 500 });
+    const writer = await EtcdStore.connect({ endpoints: [srv().endpoint], prefix });
+    opened.push(watcher, writer);
+    const base = (await writer.list("")).revision;
+    const w = new WatchCollector(watcher, "subnets/", base);
+    try {
+      const r = (await writer.create("subnets/10.5.9.0-24", enc.encode("x"), { ttlMs: 60_000 }))!;
+      await w.until("the put, seen through the second endpoint", () => w.puts().some((kv) => kv.revision === r), 10_000);
+    } finally {
+      await w.stop();
+      hole.stop(true);
+    }
+  });
+
   test("bad options are refused with a clear message", async () => {
     await expect(EtcdStore.connect({ endpoints: [], prefix: "/x" })).rejects.toThrow("no etcd endpoints");
     await expect(EtcdStore.connect({ endpoints: ["127.0.0.1:2379"], prefix: "/x" })).rejects.toThrow("http:// or https://");
