@@ -174,6 +174,8 @@ export class Reconciler {
   private drainTimer: ReturnType<typeof setTimeout> | null = null;
   private fullTimer: ReturnType<typeof setInterval> | null = null;
   private fullPending = false;
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  private retryMs = RETRY_MIN_MS;
   private counts: ReconcileCounts = { added: 0, removed: 0, repaired: 0 };
   /** Totals over every full reconcile since start, for /metrics. */
   readonly totals = { fullRuns: 0, added: 0, removed: 0, repaired: 0 };
@@ -257,6 +259,8 @@ export class Reconciler {
     this.fullTimer = null;
     if (this.drainTimer) clearTimeout(this.drainTimer);
     this.drainTimer = null;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
   }
 
   // ---------------------------------------------------------------------------------------------------------------
@@ -271,8 +275,21 @@ export class Reconciler {
     if (this.drainTimer) return;
     this.drainTimer = setTimeout(() => {
       this.drainTimer = null;
-      this.serial(() => this.drain()).catch((e) => log.warn(`applying kernel state failed: ${(e as Error).message}`));
+      this.serial(() => this.drain()).catch((e) => {
+        log.warn(`applying kernel state failed: ${(e as Error).message}; retrying`);
+        this.retryLater();
+      });
     }, this.coalesceMs);
+  }
+
+  /** A drain that could not finish is tried again with backoff (what it left undone is still dirty). */
+  private retryLater(): void {
+    if (this.retryTimer) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.scheduleDrain();
+    }, this.retryMs);
+    this.retryMs = Math.min(this.retryMs * 2, RETRY_MAX_MS);
   }
 
   private ownedSet(): Set<string> {
@@ -282,7 +299,14 @@ export class Reconciler {
   }
 
   private async drain(): Promise<void> {
-    if (this.devices.dirty.size || this.addresses.dirty.size || this.addrCheck.size) await this.applyDevices();
+    if (this.devices.dirty.size || this.addresses.dirty.size || this.addrCheck.size) {
+      // Peer entries need their device: while it cannot be set up, they wait (dirty) instead of failing one by one.
+      if (!(await this.applyDevices())) {
+        this.retryLater();
+        return;
+      }
+    }
+    this.retryMs = RETRY_MIN_MS;
 
     // Peer entries: one runAll in dependency order. Parallel arrays (no closure per op) keep 30,000 ops cheap.
     const rDel: string[] = [];
@@ -338,8 +362,8 @@ export class Reconciler {
     }
   }
 
-  /** Devices and addresses: rare, so they may read the kernel first. */
-  private async applyDevices(): Promise<void> {
+  /** Devices and addresses: rare, so they may read the kernel first. False if a command failed (all retried later). */
+  private async applyDevices(): Promise<boolean> {
     const dirtyDevs = [...this.devices.dirty];
     const checkAddrDevs = new Set<string>(this.addrCheck);
     for (const k of this.addresses.dirty) checkAddrDevs.add(keyDev(k));
@@ -353,8 +377,7 @@ export class Reconciler {
     try {
       links = (await ipJson(["-d", "addr", "show"], this.netns)) as KLink[];
     } catch (e) {
-      for (const d of dirtyDevs) this.devices.dirty.add(d); // try again on the next drain
-      for (const k of previouslyDesiredAddrs) this.addresses.dirty.add(k);
+      this.redoDevices(dirtyDevs, checkAddrDevs, previouslyDesiredAddrs); // try again on the next drain
       throw e;
     }
     const byName = new Map(links.map((l) => [l.ifname, l]));
@@ -432,15 +455,29 @@ export class Reconciler {
     }
 
     cmds.push(...upCmds);
+    let ok = true;
     if (cmds.length) {
-      const results = await this.queue.runAll(cmds);
-      for (const r of results) if (!r.ok) log.warn(`device setup: ip ${r.cmd.line}: ${r.error}`);
+      for (const r of await this.queue.runAll(cmds)) {
+        if (r.ok) continue;
+        ok = false;
+        log.warn(`device setup: ip ${r.cmd.line}: ${r.error}`);
+      }
     }
-    for (const name of fresh) {
-      this.devices.applied.set(name, this.devices.effective(name)!);
-      this.forgetEntriesOn(name, true);
+    // A (re)created device holds nothing: what we had applied on it must be added again.
+    for (const name of fresh) this.forgetEntriesOn(name, true);
+    if (!ok) {
+      this.redoDevices(dirtyDevs, checkAddrDevs, previouslyDesiredAddrs);
+      return false;
     }
     for (const name of dirtyDevs) if (this.devices.effective(name)) this.devices.applied.set(name, this.devices.effective(name)!);
+    return true;
+  }
+
+  /** Puts back what one device step took on, so the next drain does it again. */
+  private redoDevices(devs: string[], addrDevs: Set<string>, addrKeys: Set<string>): void {
+    for (const d of devs) this.devices.dirty.add(d);
+    for (const d of addrDevs) this.addrCheck.add(d);
+    for (const k of addrKeys) this.addresses.dirty.add(k);
   }
 
   /** A device was deleted or (re)created: whatever we applied on it is gone; desired entries must be re-added. */
@@ -475,9 +512,11 @@ export class Reconciler {
 
     // Routes: all with our proto are ours.
     const actualRoutes = new Map<string, KRoute>();
-    for (const r of [...r4, ...r6]) {
-      const kr = parseRoute(r);
-      if (kr) actualRoutes.set(routeKey(kr.dst), kr);
+    for (const [list, family] of [[r4, 4], [r6, 6]] as const) {
+      for (const r of list) {
+        const kr = parseRoute(r, family);
+        if (kr) actualRoutes.set(routeKey(kr.dst), kr);
+      }
     }
     this.adopt(this.routes, actualRoutes, routeEq);
 
@@ -511,7 +550,8 @@ export class Reconciler {
     const actualFdbs = new Map<string, Fdb>();
     for (const { dev, list } of fdbLists) {
       for (const f of list) {
-        if (typeof f.dst !== "string") continue; // entries without a remote are not ours
+        // Entries without a remote, and entries the kernel learned (vxlan Learning on), are not ours.
+        if (typeof f.dst !== "string" || f.state !== "permanent") continue;
         let v: Fdb;
         try {
           v = validFdb({ dev, mac: f.mac, dst: f.dst });
@@ -589,6 +629,8 @@ function diffInto<T>(
 }
 
 const NONE: never[] = [];
+const RETRY_MIN_MS = 500;
+const RETRY_MAX_MS = 10_000;
 
 /** Validates a fragment into canonical keyed entries (plain loops: this runs once per peer on the 10k path). */
 function normalize(f: StateFragment): NormFragment {
@@ -614,12 +656,12 @@ function keyed<T>(list: T[] | undefined, what: string, valid: (x: unknown) => T,
   return out;
 }
 
-/** One entry of `ip -json route show`: "default" and bare host addresses become CIDRs. */
-function parseRoute(r: Record<string, unknown>): KRoute | null {
+/** One entry of `ip -json -4|-6 route show`: "default" and bare host addresses become CIDRs of that family. */
+function parseRoute(r: Record<string, unknown>, family: 4 | 6): KRoute | null {
   if (typeof r.dst !== "string") return null;
   try {
     let dst = r.dst;
-    const v6 = dst.includes(":") || (typeof r.gateway === "string" && r.gateway.includes(":"));
+    const v6 = family === 6;
     if (dst === "default") dst = v6 ? "::/0" : "0.0.0.0/0";
     else if (!dst.includes("/")) dst += v6 ? "/128" : "/32";
     const kr: KRoute = { dst: validNet(dst, "route dst"), onlink: Array.isArray(r.flags) && r.flags.includes("onlink") };

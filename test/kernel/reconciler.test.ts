@@ -25,8 +25,9 @@ afterEach(() => {
   for (const q of queues.splice(0)) q.close();
   // Leave the namespace as beforeAll made it.
   ns.ip("route", "flush", "proto", String(ROUTE_PROTO));
+  // Deleting an underlay also removes the vxlan devices on it, so a later name may already be gone.
   for (const l of (JSON.parse(ns.ip("-j", "link", "show")) as { ifname: string }[]))
-    if (l.ifname !== "lo" && l.ifname !== "ul0") ns.ip("link", "del", l.ifname);
+    if (l.ifname !== "lo" && l.ifname !== "ul0") Bun.spawnSync(["ip", "-n", ns.name, "link", "del", l.ifname]);
 });
 
 type KRoute = { dst: string; gateway?: string; dev?: string; flags?: string[] };
@@ -227,5 +228,32 @@ describe("Reconciler", () => {
     }
     r.stop();
     expect(ok).toBe(true);
+  });
+  test("a device that cannot be created yet holds its peers back and is retried until it can (no full reconcile running)", async () => {
+    const r = make();
+    r.set("local", local(vxdev({ underlay: "ulx" }))); // underlay missing: `ip link add ... dev ulx` fails
+    r.set("peer:7", vxpeer(7));
+    await r.flush();
+    expect(await routes()).toEqual([]);
+    ns.ip("link", "add", "ulx", "type", "bridge");
+    ns.ip("link", "set", "ulx", "up");
+    let ok = false;
+    for (let i = 0; i < 60 && !ok; i++) {
+      await Bun.sleep(100);
+      ok = (await routes()).includes("10.5.7.0/24 via 10.5.7.0 dev flannel.1");
+    }
+    expect(ok).toBe(true);
+    expect(await fdbs("flannel.1")).toContain(`${mac(7)} 192.168.77.17`);
+  });
+
+  test("fdb entries the kernel learned (vxlan Learning) are not ours: a full reconcile leaves them", async () => {
+    const r = make();
+    r.set("local", local(vxdev({ learning: true })));
+    r.set("peer:7", vxpeer(7));
+    await r.flush();
+    ns.bridge("fdb", "add", "02:cc:00:00:00:01", "dev", "flannel.1", "dst", "192.168.77.99", "self", "dynamic");
+    await r.fullReconcile();
+    expect(await fdbs("flannel.1")).toContain("02:cc:00:00:00:01 192.168.77.99");
+    expect(await fdbs("flannel.1")).toContain(`${mac(7)} 192.168.77.17`);
   });
 });
