@@ -99,9 +99,12 @@ const canonicalIP = (s: string): string => {
   return formatIP(ip.value, ip.family);
 };
 
-/** Go's encoding/json matches keys case-insensitively; the last duplicate wins as in Go. */
+/**
+ * Go's encoding/json matches keys case-insensitively; the last duplicate wins as in Go. The result has no
+ * prototype, so a hostile "__proto__" key is a plain (ignored) field and can never supply values through it.
+ */
 export function foldKeys(o: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
+  const out: Record<string, unknown> = Object.create(null);
   for (const [k, v] of Object.entries(o)) out[k.toLowerCase()] = v;
   return out;
 }

@@ -43,6 +43,10 @@ describe("lease JSON", () => {
     ["bad v6", '{"PublicIP":"1.2.3.4","PublicIPv6":"1.2.3.4"}'],
     ["type", '{"PublicIP":"1.2.3.4","BackendType":7}'],
   ])("rejects %s", (_n, s) => expect(() => decodeLeaseAttrs(enc(s))).toThrow(LeaseRecordError));
+  test('a "__proto__" key supplies nothing (no prototype pollution)', () => {
+    // Without the guard, PublicIP 10.9.9.9 came through the prototype; now the record simply has none.
+    expect(decodeLeaseAttrs(enc('{"__proto__":{"publicip":"10.9.9.9"}}')).publicIP).toBe("0.0.0.0");
+  });
   test("leaseFromKV names the key", () => {
     expect(() => leaseFromKV({ key: "subnets/10.5.1.0-24", value: enc("{"), revision: 1, expiresAt: null })).toThrow(/subnets\/10.5.1.0-24/);
   });
