@@ -15,26 +15,15 @@ import { CommandQueue } from "./kernel/queue.ts";
 import { Reconciler } from "./kernel/reconciler.ts";
 import { ROUTE_PROTO } from "./kernel/types.ts";
 import { type Lease, subnetKey } from "./lease.ts";
-import { acquireLease, reclaimLease, renewDelayMs, renewLease } from "./lease-protocol.ts";
+import { LeaseKeeper, acquireLease } from "./lease-protocol.ts";
 import { watchPeers } from "./peer-watch.ts";
 import { CONFIG_KEY, type Store } from "./store.ts";
 import { configPutHint, openStore } from "./store-open.ts";
+import { sleep } from "./sleep.ts";
 import { readPreviousSubnet, writeSubnetEnv } from "./subnet-env.ts";
 
 const log = logger("agent");
 
-export function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(done, Math.min(ms, 2 ** 31 - 1));
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
-}
 
 /** Repeats `attempt` every second until it returns a value, logging each distinct failure once. */
 async function retryEverySecond<T>(what: string, signal: AbortSignal, attempt: () => Promise<T | null>, onError?: () => void): Promise<T | null> {
@@ -104,7 +93,7 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
   process.on("SIGTERM", onTerm);
 
   const health: HealthState = { ready: false, waitingFor: "connecting to the store" };
-  const stats = { peers: new Set<string>(), ignored: new Set<string>(), renewals: 0, storeErrors: 0 };
+  const stats = { peers: new Set<string>(), ignored: new Set<string>(), storeErrors: 0 };
   const port = Number(f["healthz-port"]);
   const server = port > 0 ? serveHealth(health, String(f["healthz-ip"]), port) : null;
   if (server) log.info(`health API on http://${f["healthz-ip"]}:${server.port} (/healthz, /readyz, /metrics)`);
@@ -138,22 +127,25 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
 
     health.waitingFor = "lease";
     const prev = readPreviousSubnet(subnetFile);
-    let lease: Lease | null = await retryEverySecond("acquiring a lease", signal, () =>
+    const lease: Lease | null = await retryEverySecond("acquiring a lease", signal, () =>
       acquireLease(store!, cfg, backend.leaseAttrs(), { previousSubnet: prev.subnet, ttlMs }), storeError,
     );
     if (!lease) return exitCode;
     const ownKey = subnetKey(lease.subnet, lease.ipv6Subnet);
     log.info(`holding lease ${formatCIDR(lease.subnet)}${lease.expiresAt === null ? " (reserved)" : ""}`);
 
+    // Renewal and re-creation of our lease have one owner; watch events about our own record only wake it.
+    const keeper = new LeaseKeeper(store, lease, { ttlMs, marginMs, onError: storeError });
+
     queue = new CommandQueue();
     reconciler = new Reconciler(queue, { ownedDevices: backend.ownedDevices, routeProto: ROUTE_PROTO, fullIntervalMs: Number(f["reconcile-interval"]) });
     health.metrics = () =>
       renderMetrics({
         ready: () => health.ready,
-        leaseExpiresAt: () => lease?.expiresAt,
+        leaseExpiresAt: () => keeper.lease.expiresAt,
         peers: () => stats.peers.size,
         ignoredPeers: () => stats.ignored.size,
-        leaseRenewals: () => stats.renewals,
+        leaseRenewals: () => keeper.renewals,
         storeErrors: () => stats.storeErrors,
         queue: () => queue?.stats() ?? null,
         reconcile: () => reconciler?.totals ?? null,
@@ -173,35 +165,11 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
     }
     health.waitingFor = subnetEnvWritten ? "initial peer sync" : `writing ${subnetFile} failed`;
 
-    // Renewal: compare-and-set `margin` before expiry; a vanished lease is re-created on the same subnet.
     const keepLease = async () => {
-      while (!signal.aborted && lease) {
-        await sleep(renewDelayMs(lease, marginMs, ttlMs), signal);
-        if (signal.aborted) break;
-        try {
-          const r = await renewLease(store!, lease, ttlMs);
-          if (r.ok) {
-            stats.renewals++;
-            lease = r.lease;
-            log.debug(`renewed lease ${formatCIDR(lease.subnet)}`);
-          } else await onOwnLost(r.reason);
-        } catch (e) {
-          stats.storeErrors++;
-          log.warn(`renewing lease ${formatCIDR(lease.subnet)} failed: ${(e as Error).message}; retrying`);
-          await sleep(Math.min(60_000, ttlMs / 10), signal);
-        }
+      if ((await keeper.run(signal)) === "taken") {
+        log.error(`lease ${formatCIDR(lease.subnet)} is now held by another host; exiting so that a restart takes a new subnet (kernel state is kept)`);
+        stop(1);
       }
-    };
-    const onOwnLost = async (reason: string) => {
-      if (!lease) return;
-      const again = await reclaimLease(store!, lease, ttlMs);
-      if (again) {
-        log.warn(`lease ${formatCIDR(lease.subnet)} was ${reason === "lost" ? "gone" : "changed"}; re-created it`);
-        lease = again;
-        return;
-      }
-      log.error(`lease ${formatCIDR(lease.subnet)} is now held by another host; exiting so that a restart takes a new subnet (kernel state is kept)`);
-      stop(1);
     };
 
     // A peer whose state cannot be used is ignored (logged once) and whatever we had programmed for it removed.
@@ -239,9 +207,7 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
             reconciler!.delete(`peer:${ev.key}`);
             break;
           case "own":
-            if (!ev.lease) await onOwnLost("lost");
-            else if (ev.lease.attrs.publicIP !== lease!.attrs.publicIP) await onOwnLost("changed");
-            else if (ev.lease.revision > lease!.revision) lease = { ...lease!, revision: ev.lease.revision, expiresAt: ev.lease.expiresAt };
+            keeper.notice(ev.lease);
             break;
           case "synced":
             if (!synced) {

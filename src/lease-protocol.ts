@@ -15,6 +15,7 @@ import {
   parseSubnetKey,
   subnetKey,
 } from "./lease.ts";
+import { sleep } from "./sleep.ts";
 import { type KV, type Store, SUBNETS_PREFIX } from "./store.ts";
 
 const log = logger("lease");
@@ -168,8 +169,14 @@ export type RenewResult = { ok: true; lease: Lease } | { ok: false; reason: "los
 
 /** Renews by compare-and-set on the revision we hold; never a blind overwrite. */
 export async function renewLease(store: Store, lease: Lease, ttlMs: number): Promise<RenewResult> {
-  if (lease.expiresAt === null) return { ok: true, lease }; // reservations are not renewed
   const key = subnetKey(lease.subnet, lease.ipv6Subnet);
+  if (lease.expiresAt === null) {
+    // A reservation is never renewed, only checked: is it still there, and still ours?
+    const cur = await store.get(key);
+    const held = cur ? parseLeaseRecord(cur) : null;
+    if (!held) return { ok: false, reason: "lost" };
+    return held.attrs.publicIP === lease.attrs.publicIP ? { ok: true, lease: held } : { ok: false, reason: "changed" };
+  }
   const value = encodeLeaseAttrs(lease.attrs);
   const rev = await store.update(key, value, lease.revision, { ttlMs });
   if (rev !== null) return { ok: true, lease: { ...lease, revision: rev, expiresAt: Date.now() + ttlMs } };
@@ -207,3 +214,63 @@ export function renewDelayMs(lease: Lease, marginMs: number, ttlMs: number, now 
 }
 
 export const leaseEquals = (a: Lease, b: Lease): boolean => netEqual(a.subnet, b.subnet) && sameAttrs(a.attrs, b.attrs);
+
+export interface KeeperOptions {
+  ttlMs: number;
+  /** Renew this long before expiry (clamped to half the TTL). */
+  marginMs: number;
+  /** A store call failed (it is retried). */
+  onError?: (e: Error) => void;
+}
+
+/**
+ * Keeps our lease: renews it by compare-and-set `margin` before expiry and re-creates it on the same subnet when it
+ * vanished. The only place that writes our own record after acquisition: watch events about it just wake it.
+ */
+export class LeaseKeeper {
+  renewals = 0;
+  private wake = new AbortController();
+
+  constructor(
+    private readonly store: Store,
+    public lease: Lease,
+    private readonly opts: KeeperOptions,
+  ) {}
+
+  /** Our own record as a watch saw it (null: gone). Our own newer revision is adopted; anything else is checked now. */
+  notice(own: Lease | null): void {
+    if (own && own.attrs.publicIP === this.lease.attrs.publicIP) {
+      if (own.revision > this.lease.revision) this.lease = { ...this.lease, revision: own.revision, expiresAt: own.expiresAt };
+      return;
+    }
+    this.wake.abort();
+  }
+
+  /** Runs until `signal` aborts ("stopped") or another host holds our subnet ("taken"). */
+  async run(signal: AbortSignal): Promise<"stopped" | "taken"> {
+    const { ttlMs, marginMs } = this.opts;
+    while (!signal.aborted) {
+      const woken = this.wake.signal;
+      await sleep(renewDelayMs(this.lease, marginMs, ttlMs), AbortSignal.any([signal, woken]));
+      if (signal.aborted) break;
+      if (woken.aborted) this.wake = new AbortController();
+      try {
+        const r = await renewLease(this.store, this.lease, ttlMs);
+        if (r.ok) {
+          if (r.lease.expiresAt !== null) this.renewals++;
+          this.lease = r.lease;
+          continue;
+        }
+        const again = await reclaimLease(this.store, this.lease, ttlMs);
+        if (!again) return "taken";
+        log.warn(`lease ${formatCIDR(this.lease.subnet)} was ${r.reason === "lost" ? "gone" : "changed"}; re-created it`);
+        this.lease = again;
+      } catch (e) {
+        this.opts.onError?.(e as Error);
+        log.warn(`keeping lease ${formatCIDR(this.lease.subnet)} failed: ${(e as Error).message}; retrying`);
+        await sleep(Math.min(60_000, ttlMs / 10), signal);
+      }
+    }
+    return "stopped";
+  }
+}

@@ -13,6 +13,7 @@
 import { readFile } from "node:fs/promises";
 import { consola } from "consola";
 import { type KV, type ListResult, type Revision, type Store, StoreUnavailableError, type WatchEvent, type WriteOptions } from "../src/store.ts";
+import { sleep } from "../src/sleep.ts";
 
 const log = consola.withTag("etcd");
 
@@ -106,19 +107,6 @@ const errorMessage = (e: unknown): string => {
   const code = (e as { code?: unknown }).code;
   return typeof code === "string" && !e.message.includes(code) ? `${code}: ${e.message}` : e.message;
 };
-
-function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
-}
 
 async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
   const out = new Array<R>(items.length);
@@ -530,7 +518,7 @@ export class EtcdStore implements Store {
         } catch (e) {
           if (ctl.aborted) return;
           log.warn(`etcd watch: cannot read the current revision after compaction (${errorMessage(e)}); retrying in ${backoff} ms`);
-          await abortableSleep(backoff, ctl);
+          await sleep(backoff, ctl);
           backoff = Math.min(backoff * 2, WATCH_BACKOFF_MAX_MS);
           continue; // the retried watch reports the compaction again
         }
@@ -540,7 +528,7 @@ export class EtcdStore implements Store {
         backoff = WATCH_BACKOFF_MIN_MS;
         continue;
       }
-      await abortableSleep(backoff, ctl);
+      await sleep(backoff, ctl);
       backoff = Math.min(backoff * 2, WATCH_BACKOFF_MAX_MS);
     }
   }

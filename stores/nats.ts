@@ -58,6 +58,7 @@ import {
 } from "@nats-io/jetstream";
 import { Kvm, type KV as NatsKV } from "@nats-io/kv";
 import { StoreUnavailableError, type KV, type ListResult, type Revision, type Store, type WatchEvent, type WriteOptions } from "../src/store.ts";
+import { sleep } from "../src/sleep.ts";
 
 const log = consola.withTag("nats");
 
@@ -835,13 +836,3 @@ class NatsWatch {
   }
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => {
-      clearTimeout(t);
-      resolve();
-    }, { once: true });
-  });
-}

@@ -8,7 +8,7 @@ import { consola } from "consola";
 import type { NetworkConfig } from "../src/config.ts";
 import { formatCIDR, parseCIDR, parseIPv4 } from "../src/ipmath.ts";
 import { type LeaseAttrs, encodeLeaseAttrs, subnetKey } from "../src/lease.ts";
-import { OutOfSubnetsError, acquireLease, listLeases, reclaimLease, renewDelayMs, renewLease } from "../src/lease-protocol.ts";
+import { LeaseKeeper, OutOfSubnetsError, acquireLease, listLeases, reclaimLease, renewDelayMs, renewLease } from "../src/lease-protocol.ts";
 import type { Store } from "../src/store.ts";
 import { SqliteStore } from "../stores/sqlite.ts";
 
@@ -178,5 +178,75 @@ describe("reclaim", () => {
     // Someone else's record under the key is not ours.
     await s.update(key, encodeLeaseAttrs(attrs("192.0.2.99")), again!.revision, { ttlMs: HOUR });
     expect(await reclaimLease(s, l, HOUR)).toBeNull();
+  });
+});
+
+describe("LeaseKeeper", () => {
+  const until = async (cond: () => boolean | Promise<boolean>, ms = 5000) => {
+    const end = Date.now() + ms;
+    while (!(await cond()) && Date.now() < end) await Bun.sleep(20);
+    return cond();
+  };
+
+  test("a lease deleted by hand is re-created as soon as the watch reports it, long before renewal is due", async () => {
+    const s = open(freshPath());
+    const l = await acquireLease(s, cfg("10.5.0.0/16", 24), attrs("192.0.2.1"), { previousSubnet: null, ttlMs: HOUR });
+    const k = new LeaseKeeper(s, l, { ttlMs: HOUR, marginMs: 60_000 });
+    const ac = new AbortController();
+    const done = k.run(ac.signal);
+    await s.delete(subnetKey(l.subnet), l.revision);
+    k.notice(null);
+    expect(await until(async () => (await listLeases(s)).leases.some((x) => x.attrs.publicIP === "192.0.2.1"))).toBe(true);
+    ac.abort();
+    expect(await done).toBe("stopped");
+  });
+
+  test("our record taken over by another host ends the keeper with 'taken'", async () => {
+    const s = open(freshPath());
+    const l = await acquireLease(s, cfg("10.5.0.0/16", 24), attrs("192.0.2.1"), { previousSubnet: null, ttlMs: HOUR });
+    const k = new LeaseKeeper(s, l, { ttlMs: HOUR, marginMs: 60_000 });
+    const ac = new AbortController();
+    const done = k.run(ac.signal);
+    await s.update(subnetKey(l.subnet), encodeLeaseAttrs(attrs("192.0.2.99")), l.revision, { ttlMs: HOUR });
+    k.notice({ ...l, attrs: attrs("192.0.2.99") });
+    expect(await Promise.race([done, Bun.sleep(5000).then(() => "timeout")])).toBe("taken");
+    ac.abort();
+  });
+
+  test("a failing store call is reported and retried; renewal then succeeds", async () => {
+    const s = open(freshPath());
+    const l = await acquireLease(s, cfg("10.5.0.0/16", 24), attrs("192.0.2.1"), { previousSubnet: null, ttlMs: 1000 });
+    let failures = 1;
+    // The real store, with its first update failing as an outage would.
+    const flaky = new Proxy(s, {
+      get: (t, p) =>
+        p === "update" && failures-- > 0 ? () => Promise.reject(new Error("store down")) : Reflect.get(t, p).bind(t),
+    });
+    const errors: string[] = [];
+    const k = new LeaseKeeper(flaky, l, { ttlMs: 1000, marginMs: 60_000, onError: (e) => void errors.push(e.message) });
+    const ac = new AbortController();
+    const done = k.run(ac.signal);
+    expect(await until(() => k.renewals > 0)).toBe(true);
+    expect(errors).toEqual(["store down"]);
+    ac.abort();
+    expect(await done).toBe("stopped");
+  });
+
+  test("a reservation is only checked, never renewed; deleted, it is re-created as a lease", async () => {
+    const s = open(freshPath());
+    await s.create("subnets/10.5.9.0-24", encodeLeaseAttrs(attrs("192.0.2.1")));
+    const l = await acquireLease(s, cfg("10.5.0.0/16", 24), attrs("192.0.2.1"), { previousSubnet: null, ttlMs: HOUR });
+    expect(l.expiresAt).toBeNull();
+    const k = new LeaseKeeper(s, l, { ttlMs: HOUR, marginMs: 60_000 });
+    const ac = new AbortController();
+    const done = k.run(ac.signal);
+    const rev = (await s.get("subnets/10.5.9.0-24"))!.revision;
+    await s.delete("subnets/10.5.9.0-24", rev);
+    k.notice(null);
+    expect(await until(async () => (await s.get("subnets/10.5.9.0-24")) !== null)).toBe(true);
+    expect(k.lease.expiresAt).not.toBeNull();
+    expect(k.renewals).toBe(0);
+    ac.abort();
+    await done;
   });
 });
