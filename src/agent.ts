@@ -17,7 +17,7 @@ import { ROUTE_PROTO } from "./kernel/types.ts";
 import { type Lease, subnetKey } from "./lease.ts";
 import { LeaseKeeper, acquireLease } from "./lease-protocol.ts";
 import { watchPeers } from "./peer-watch.ts";
-import { CONFIG_KEY, type Store } from "./store.ts";
+import { CONFIG_KEY, type Store, StoreUnavailableError } from "./store.ts";
 import { configPutHint, openStore } from "./store-open.ts";
 import { sleep } from "./sleep.ts";
 import { readPreviousSubnet, writeSubnetEnv } from "./subnet-env.ts";
@@ -25,7 +25,13 @@ import { readPreviousSubnet, writeSubnetEnv } from "./subnet-env.ts";
 const log = logger("agent");
 
 
-/** Repeats `attempt` every second until it returns a value, logging each distinct failure once. */
+class FatalError extends Error {}
+const settingsAreFatal = (e: unknown): never => {
+  if (e instanceof StoreUnavailableError) throw e;
+  throw new FatalError(`cannot use the store: ${(e as Error).message}`);
+};
+
+/** Repeats `attempt` every second until it returns a value, logging each distinct failure once; FatalError ends it. */
 async function retryEverySecond<T>(what: string, signal: AbortSignal, attempt: () => Promise<T | null>, onError?: () => void): Promise<T | null> {
   let last = "";
   while (!signal.aborted) {
@@ -33,6 +39,7 @@ async function retryEverySecond<T>(what: string, signal: AbortSignal, attempt: (
       const v = await attempt();
       if (v !== null) return v;
     } catch (e) {
+      if (e instanceof FatalError) throw e;
       onError?.();
       const msg = (e as Error).message;
       if (msg !== last) log.error(`${what}: ${msg} (retrying every second)`);
@@ -107,7 +114,9 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
   let queue: CommandQueue | null = null;
   try {
     const storeError = () => void stats.storeErrors++;
-    store = await retryEverySecond(`${f.store} store`, signal, () => openStore(f), storeError);
+    // An unreachable store is waited for; settings that can never work (a lone certfile, an unreadable CA file,
+    // a bad path) end the agent with their message instead of being retried forever.
+    store = await retryEverySecond(`${f.store} store`, signal, () => openStore(f).catch(settingsAreFatal), storeError);
     if (!store) return exitCode;
     log.info(`using the ${store.kind} store at ${store.location}`);
 

@@ -97,6 +97,11 @@ describe("agent processes", () => {
     expect(r3.err).toContain("network is too small. Minimum useful network prefix is /28");
     const r4 = lab.cli(["nonsense"]);
     expect(r4.code).toBe(2);
+    // Store settings that can never work end the agent (instead of a retry every second forever).
+    const r5 = lab.cli(["run", "--etcd-endpoints", "http://192.0.2.250:2379", "--etcd-certfile", "/nonexistent.pem", "--healthz-port", "0"]);
+    expect(r5.code).toBe(1);
+    expect(r5.err + r5.out).toContain("cannot use the store");
+    expect(r5.err + r5.out).toContain("--etcd-keyfile");
   });
 });
 
