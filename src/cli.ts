@@ -17,18 +17,6 @@ import { labCommand } from "./lab/cli.ts";
 declare const FLANNEL_BIN_VERSION: string | undefined;
 export const VERSION: string = typeof FLANNEL_BIN_VERSION === "string" ? FLANNEL_BIN_VERSION : "0.1.0-dev";
 
-export class UsageError extends Error {}
-
-/** Parses a command's raw arguments with its flag specs; errors become UsageError (exit 2). */
-function flagsOf(rawArgs: string[], specs: FlagSpecs) {
-  try {
-    return parseFlags(rawArgs, specs);
-  } catch (e) {
-    if (e instanceof FlagError) throw new UsageError(e.message);
-    throw e;
-  }
-}
-
 async function withStore<T>(f: Record<string, unknown>, fn: (s: Store) => Promise<T>): Promise<T> {
   const store = await openStore(f as never);
   try {
@@ -42,8 +30,8 @@ const run = defineCommand({
   meta: { name: "run", description: "run the agent: take a subnet lease, write subnet.env, program routes to every peer" },
   args: cittyArgs(RUN_FLAGS),
   async run({ rawArgs }) {
-    const { values, positionals } = flagsOf(rawArgs, RUN_FLAGS);
-    if (positionals.length) throw new UsageError(`run takes no arguments, got ${JSON.stringify(positionals.join(" "))}`);
+    const { values, positionals } = parseFlags(rawArgs, RUN_FLAGS);
+    if (positionals.length) throw new FlagError(`run takes no arguments, got ${JSON.stringify(positionals.join(" "))}`);
     process.exitCode = await runAgent(values);
   },
 });
@@ -54,14 +42,14 @@ const configPut = defineCommand({
   meta: { name: "put", description: "store the network config (validated first): config put '<json>' or --file F" },
   args: cittyArgs(CONFIG_PUT_FLAGS),
   async run({ rawArgs }) {
-    const { values, positionals } = flagsOf(rawArgs, CONFIG_PUT_FLAGS);
+    const { values, positionals } = parseFlags(rawArgs, CONFIG_PUT_FLAGS);
     const text = values.file ? readFileSync(String(values.file), "utf8") : positionals[0];
     if (text === undefined || positionals.length > (values.file ? 0 : 1))
-      throw new UsageError("usage: flannel-bin config put '<json>'  or  flannel-bin config put --file net-conf.json");
+      throw new FlagError("usage: flannel-bin config put '<json>'  or  flannel-bin config put --file net-conf.json");
     try {
       parseNetworkConfig(text);
     } catch (e) {
-      if (e instanceof ConfigError) throw new UsageError(`invalid network config: ${e.message}`);
+      if (e instanceof ConfigError) throw new FlagError(`invalid network config: ${e.message}`);
       throw e;
     }
     await withStore(values, async (store) => {
@@ -80,7 +68,7 @@ const configGet = defineCommand({
   meta: { name: "get", description: "print the network config" },
   args: cittyArgs(STORE_FLAGS),
   async run({ rawArgs }) {
-    const { values } = flagsOf(rawArgs, STORE_FLAGS);
+    const { values } = parseFlags(rawArgs, STORE_FLAGS);
     await withStore(values, async (store) => {
       const kv = await store.get(CONFIG_KEY);
       if (!kv) throw new Error(`no network config in the ${store.kind} store (${store.location})`);
@@ -100,17 +88,17 @@ const leases = defineCommand({
   meta: { name: "leases", description: "list subnet leases (or: leases delete <subnet>)" },
   args: cittyArgs(LEASES_FLAGS),
   async run({ rawArgs }) {
-    const { values, positionals } = flagsOf(rawArgs, LEASES_FLAGS);
+    const { values, positionals } = parseFlags(rawArgs, LEASES_FLAGS);
     await withStore(values, async (store) => {
       if (positionals[0] === "delete") {
         const net = tryParseCIDR(positionals[1] ?? "");
-        if (!net || net.family !== 4) throw new UsageError("usage: flannel-bin leases delete <a.b.c.d/len>");
+        if (!net || net.family !== 4) throw new FlagError("usage: flannel-bin leases delete <a.b.c.d/len>");
         const key = subnetKey(net);
         const kv = await store.get(key);
         if (!kv || !(await store.delete(key, kv.revision))) throw new Error(`no lease ${formatCIDR(net)} (or it changed meanwhile)`);
         return consola.success(`deleted lease ${formatCIDR(net)}`);
       }
-      if (positionals.length) throw new UsageError(`unknown leases argument ${JSON.stringify(positionals[0])}`);
+      if (positionals.length) throw new FlagError(`unknown leases argument ${JSON.stringify(positionals[0])}`);
       const snap = await listLeases(store);
       const rows = snap.leases.map((l) => ({
         subnet: formatCIDR(l.subnet),

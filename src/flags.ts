@@ -20,6 +20,7 @@ export type FlagSpecs = Record<string, FlagSpec>;
 export type FlagValue = string | number | boolean | string[] | undefined;
 export type ParsedFlags = { values: Record<string, FlagValue>; positionals: string[] };
 
+/** A wrong flag, value or argument: the message names it; the command exits 2. */
 export class FlagError extends Error {}
 
 export const envName = (flag: string): string => `FLANNELD_${flag.toUpperCase().replaceAll("-", "_")}`;

@@ -2,7 +2,8 @@
 // Entry point of the flannel-bin binary.
 import { runCommand, showUsage } from "citty";
 import { consola } from "consola";
-import { UsageError, VERSION, main } from "./cli.ts";
+import { VERSION, main } from "./cli.ts";
+import { FlagError } from "./flags.ts";
 
 async function entry(argv: string[]): Promise<void> {
   if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-version" || argv[0] === "-v")) {
@@ -27,7 +28,7 @@ async function entry(argv: string[]): Promise<void> {
     await runCommand(main, { rawArgs: argv });
   } catch (e) {
     const err = e as Error & { code?: string };
-    if (e instanceof UsageError || err.code === "E_UNKNOWN_COMMAND" || err.code === "E_NO_COMMAND") {
+    if (e instanceof FlagError || err.code === "E_UNKNOWN_COMMAND" || err.code === "E_NO_COMMAND") {
       consola.error(err.message.replace(/\x1b\[[0-9;]*m/g, ""));
       process.exitCode = 2;
     } else {

@@ -77,7 +77,12 @@ export async function netnsExists(name: string): Promise<boolean> {
 /** Creates a namespace with lo up. Fails if it already exists (the lab never adopts a namespace it did not make). */
 export async function netnsAdd(name: string): Promise<void> {
   await run(["ip", "netns", "add", name]);
-  await ip(["link", "set", "lo", "up"], name);
+  try {
+    await ip(["link", "set", "lo", "up"], name);
+  } catch (e) {
+    await run(["ip", "netns", "del", name], { allowFail: true }); // ours, just made: leave nothing half-built
+    throw e;
+  }
 }
 
 /** Deletes a namespace; a missing one is not an error. */
@@ -169,7 +174,8 @@ export function processAlive(pid: number): boolean {
 
 /**
  * Stops a process we started, by PID: only if its argv still contains `mustContain` (guards against PID reuse).
- * SIGTERM, then SIGKILL after graceMs. Returns false if it was not running (or was someone else's).
+ * SIGTERM, then SIGKILL after graceMs. True once it is gone; false if it was not running, was someone else's,
+ * or survived SIGKILL.
  */
 export async function stopProcess(pid: number, mustContain: string, graceMs = 5_000): Promise<boolean> {
   const argv = processArgv(pid);
@@ -190,7 +196,7 @@ export async function stopProcess(pid: number, mustContain: string, graceMs = 5_
     /* already gone */
   }
   for (let i = 0; i < 40 && processAlive(pid); i++) await Bun.sleep(50);
-  return true;
+  return !processAlive(pid);
 }
 
 /** Thrown from a waitFor check to stop waiting at once (e.g. the process being waited for has died). */

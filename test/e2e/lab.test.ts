@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LabError, labDown, labStatus, labUp, readLabState } from "../../src/lab/lab.ts";
 import { execIn, ip, netnsList, run } from "../../src/lab/netns.ts";
+import { ensureBinary } from "./helpers.ts";
 
 // Explicit: these tests wait (bounded) for agents and kernels, longer than bun's default per-test timeout.
 const TEST_TIMEOUT_MS = 90_000;
@@ -83,5 +84,20 @@ describe("lab topology", () => {
     await expect(labUp({ name: "e2bad", binary: join(tmp, "missing") })).rejects.toThrow(/agent binary not found/);
     expect(await ours("e2bad")).toEqual([]);
     expect(readLabState({ name: "e2bad" })).toBeNull();
+  }, TEST_TIMEOUT_MS);
+
+  test("the lab command line: unknown flags and bad values exit 2 naming them, before anything is created", async () => {
+    const bin = await ensureBinary();
+    for (const [args, said] of [
+      [["lab", "status", "--name", "e2bad", "--bogus"], "unknown flag --bogus"],
+      [["lab", "up", "--name", "e2bad", "--hosts", "abc"], 'invalid value "abc" for flag --hosts'],
+      [["lab", "up", "--name", "e2bad", "--backend", "udp"], "expected one of vxlan, host-gw"],
+      [["lab", "down", "--name", "e2bad", "extra"], 'unexpected argument "extra"'],
+    ] as const) {
+      const r = Bun.spawnSync([bin, ...args], { stdout: "pipe", stderr: "pipe" });
+      expect(r.exitCode).toBe(2);
+      expect(r.stdout.toString() + r.stderr.toString()).toContain(said);
+    }
+    expect(await ours("e2bad")).toEqual([]);
   }, TEST_TIMEOUT_MS);
 });
