@@ -783,14 +783,7 @@ class NatsWatch {
       yield { type: "delete", key: e.key, revision: e.revision };
       return;
     }
-    if (e.rec === null) {
-      // Unreadable value: list() would not show the key, so neither does the watch.
-      if (known) {
-        this.live.delete(e.key);
-        yield { type: "delete", key: e.key, revision: e.revision };
-      }
-      return;
-    }
+    if (e.rec === null) return; // unreadable (warned): skipped as by the other stores; the key keeps its last good state
     if (isExpired(e.rec)) {
       if (known && known.revision > e.revision) return; // superseded by a newer record we already know of
       this.live.delete(e.key);

@@ -494,6 +494,11 @@ export function runStoreConformance(name: string, h: StoreHarness): void {
           await w.until("the good put after the corrupt one", () => w.puts().some((kv) => kv.revision === r2));
           expect(w.error).toBeUndefined();
           expect(w.puts().filter((kv) => kv.key.startsWith(`${p}good`)).length).toBe(2);
+          // Garbage written over a live key is skipped too: no delete (a peer keeps its last good state).
+          await h.writeRaw!(`${p}good1`, new Uint8Array([0xff, 0x00, 0xfe]));
+          const r3 = (await s.create(`${p}good3`, bytes("g3")))!;
+          await w.until("the put after the corrupt overwrite", () => w.puts().some((kv) => kv.revision === r3));
+          expect(w.deletes().map((d) => d.key)).not.toContain(`${p}good1`);
         } finally {
           await w.stop();
         }
