@@ -8,14 +8,13 @@
 //   "/"                 -> "."      (path segments become tokens, so prefix "subnets/" lists as filter "subnets.>")
 //   "."                 -> "_"
 //   ":"                 -> "="
-//   "&"                 -> ".v6."   (the dual-stack part of a subnet key becomes its own "v6" token)
 //   a-z A-Z 0-9 "-"     -> themselves
-//   any other character -> "/" + two lowercase hex digits per UTF-8 byte ("_" -> "/5f", "=" -> "/3d")
-//   a part that would encode to exactly "v6" is written "/766", so the "v6" token always means "&"
+//   any other character -> "/" + two lowercase hex digits per UTF-8 byte ("_" -> "/5f", "=" -> "/3d", "&" -> "/26")
+//   The scheme knows nothing of what keys mean: a dual-stack subnet key's "&" is escaped like any other character.
 //   Examples:  config                                   -> config
 //              subnets/10.5.52.0-24                     -> subnets.10_5_52_0-24
-//              subnets/10.5.52.0-24&fc00:0:0:34::-64    -> subnets.10_5_52_0-24.v6.fc00=0=0=34==-64
-//   Empty path segments or parts ("a//b", "x&", "") are rejected. Decoding is exact: a NATS key that is not the
+//              subnets/10.5.52.0-24&fc00:0:0:34::-64    -> subnets.10_5_52_0-24/26fc00=0=0=34==-64
+//   Empty path segments ("a//b", "") are rejected. Decoding is exact: a NATS key that is not the
 //   encoding of some logical key is skipped with a warning.
 //
 // Values
@@ -107,7 +106,6 @@ const MAX_TIMER_MS = 60 * 60 * 1000;
 // ---------------------------------------------------------------------------------------------------------------
 // Key scheme
 
-const V6_TOKEN = "v6";
 const LITERAL_RE = /^[a-zA-Z0-9-]$/;
 const textEncoder = new TextEncoder();
 
@@ -120,14 +118,14 @@ function encodePart(part: string, key: string): string {
     else if (ch === ":") out += "=";
     else for (const b of textEncoder.encode(ch)) out += "/" + b.toString(16).padStart(2, "0");
   }
-  return out === V6_TOKEN ? "/766" : out;
+  return out;
 }
 
 /** Logical key ("subnets/10.5.52.0-24") -> NATS KV key ("subnets.10_5_52_0-24"). Throws on an unusable key. */
 export function encodeNatsKey(key: string): string {
   return key
     .split("/")
-    .map((seg) => seg.split("&").map((p) => encodePart(p, key)).join(`.${V6_TOKEN}.`))
+    .map((seg) => encodePart(seg, key))
     .join(".");
 }
 
@@ -155,20 +153,13 @@ function decodeToken(tok: string): string | null {
 /** NATS KV key -> logical key, or null if it is not the exact encoding of any logical key. */
 export function decodeNatsKey(natsKey: string): string | null {
   const tokens = natsKey.split(".");
-  let out = "";
-  let sep = "";
+  const parts: string[] = [];
   for (const tok of tokens) {
-    if (tok === V6_TOKEN) {
-      if (sep !== "/") return null; // first token, or two markers in a row
-      sep = "&";
-      continue;
-    }
     const part = decodeToken(tok);
-    if (part === null) return null;
-    out += sep + part;
-    sep = "/";
+    if (part === null || part === "") return null;
+    parts.push(part);
   }
-  if (sep !== "/") return null; // empty, or ends with the marker
+  const out = parts.join("/");
   // Only canonical encodings decode, so that decode(encode(k)) == k and encode(decode(n)) == n.
   try {
     return encodeNatsKey(out) === natsKey ? out : null;
