@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 node_modules/.bin/bun run build
-# A lab left from an earlier run of this script is replaced (only the default-named one, only what it recorded).
-dist/flannel-bin lab down >/dev/null 2>&1 || true
+# A lab of the same name left from an earlier run is replaced (only what its lab.json recorded).
+name=(); prev=""
+for a in "$@"; do
+  case "$a" in --name=*|-name=*) name=(--name "${a#*=}") ;; esac
+  case "$prev" in --name|-name) name=(--name "$a") ;; esac
+  prev=$a
+done
+dist/flannel-bin lab down "${name[@]}" >/dev/null 2>&1 || true
 exec dist/flannel-bin lab up "$@"
