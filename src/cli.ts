@@ -17,8 +17,8 @@ import { labCommand } from "./lab/cli.ts";
 declare const FLANNEL_BIN_VERSION: string | undefined;
 export const VERSION: string = typeof FLANNEL_BIN_VERSION === "string" ? FLANNEL_BIN_VERSION : "0.1.0-dev";
 
-async function withStore<T>(f: Record<string, unknown>, fn: (s: Store) => Promise<T>): Promise<T> {
-  const store = await openStore(f as never);
+async function withStore<T>(f: Record<string, unknown>, fn: (s: Store) => Promise<T>, opts: { existing?: boolean } = {}): Promise<T> {
+  const store = await openStore(f as never, opts);
   try {
     return await fn(store);
   } finally {
@@ -73,7 +73,7 @@ const configGet = defineCommand({
       const kv = await store.get(CONFIG_KEY);
       if (!kv) throw new Error(`no network config in the ${store.kind} store (${store.location})`);
       process.stdout.write(new TextDecoder().decode(kv.value) + "\n");
-    });
+    }, { existing: true });
   },
 });
 
@@ -113,7 +113,7 @@ const leases = defineCommand({
       const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
       for (const r of table) process.stdout.write(r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd() + "\n");
       if (snap.corrupt.length) process.stdout.write(`(${snap.corrupt.length} corrupt record(s) skipped: ${snap.corrupt.map(formatCIDR).join(", ")})\n`);
-    });
+    }, { existing: true });
   },
 });
 

@@ -1,6 +1,7 @@
 // Opens the store named by --store with its flags. The one place that knows every store implementation.
 // Stores are imported on use: the NATS client is not loaded by an agent on SQLite (the bundler still embeds all).
 
+import { existsSync } from "node:fs";
 import type { FlagValue } from "./flags.ts";
 import type { Store } from "./store.ts";
 
@@ -10,7 +11,11 @@ const list = (v: FlagValue): string[] =>
     .split(",")
     .filter((x) => x !== "");
 
-export async function openStore(f: Record<string, FlagValue>): Promise<Store> {
+/**
+ * `existing`: only an existing SQLite database is opened (commands that read must not create an empty one at a
+ * mistyped path; the agent and `config put` create it).
+ */
+export async function openStore(f: Record<string, FlagValue>, opts: { existing?: boolean } = {}): Promise<Store> {
   switch (f.store) {
     case "etcd": {
       const { EtcdStore } = await import("../stores/etcd.ts");
@@ -39,8 +44,10 @@ export async function openStore(f: Record<string, FlagValue>): Promise<Store> {
       });
     }
     default: {
+      const path = str(f["sqlite-path"]) ?? "/var/lib/flannel-bin/flannel.db";
+      if (opts.existing && !existsSync(path)) throw new Error(`no SQLite database at ${path} (check --sqlite-path)`);
       const { SqliteStore } = await import("../stores/sqlite.ts");
-      return SqliteStore.open(str(f["sqlite-path"]) ?? "/var/lib/flannel-bin/flannel.db");
+      return SqliteStore.open(path);
     }
   }
 }

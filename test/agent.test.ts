@@ -1,5 +1,6 @@
 // The agent as real processes: the compiled binary, one network namespace per host, one shared SQLite file.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync } from "node:fs";
 import { AgentLab, BINARY, ensureBinary, until } from "./helpers/agents.ts";
 
 const HOST_GW = '{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}';
@@ -97,6 +98,11 @@ describe("agent processes", () => {
     expect(r3.err).toContain("network is too small. Minimum useful network prefix is /28");
     const r4 = lab.cli(["nonsense"]);
     expect(r4.code).toBe(2);
+    // Reading commands never create a database at a mistyped path.
+    const r6 = lab.cli(["leases", "--sqlite-path", `${lab.dir}/typo/flannel.db`]);
+    expect(r6.code).toBe(1);
+    expect(r6.err + r6.out).toContain(`no SQLite database at ${lab.dir}/typo/flannel.db`);
+    expect(existsSync(`${lab.dir}/typo`)).toBe(false);
     // Store settings that can never work end the agent (instead of a retry every second forever).
     const r5 = lab.cli(["run", "--etcd-endpoints", "http://192.0.2.250:2379", "--etcd-certfile", "/nonexistent.pem", "--healthz-port", "0"]);
     expect(r5.code).toBe(1);
