@@ -40,7 +40,7 @@ export function parseDuration(s: string): number | null {
   return pos === s.length && pos > 0 ? total : null;
 }
 
-function convert(name: string, spec: FlagSpec, raw: string, from: string): FlagValue {
+function convert(spec: FlagSpec, raw: string, from: string): FlagValue {
   const bad = (why: string) => new FlagError(`invalid value ${JSON.stringify(raw)} for ${from}: ${why}`);
   switch (spec.type) {
     case "boolean": {
@@ -67,7 +67,6 @@ function convert(name: string, spec: FlagSpec, raw: string, from: string): FlagV
       if (spec.choices && !spec.choices.includes(raw)) throw bad(`expected one of ${spec.choices.join(", ")}`);
       return raw;
   }
-  void name;
 }
 
 export function parseFlags(argv: string[], specs: FlagSpecs, env: Record<string, string | undefined> = process.env): ParsedFlags {
@@ -98,7 +97,7 @@ export function parseFlags(argv: string[], specs: FlagSpecs, env: Record<string,
       raw = next;
       i++;
     }
-    const v = convert(name, spec, raw, `flag --${name}`);
+    const v = convert(spec, raw, `flag --${name}`);
     // Repeatable list flags (--iface a --iface b) accumulate; others: the last one wins, as in Go.
     values[name] = spec.type === "list" && Array.isArray(values[name]) ? [...(values[name] as string[]), ...(v as string[])] : v;
     given.add(name);
@@ -107,7 +106,7 @@ export function parseFlags(argv: string[], specs: FlagSpecs, env: Record<string,
     if (given.has(name)) continue;
     const e = env[envName(name)];
     if (e !== undefined && e !== "") {
-      values[name] = convert(name, spec, e, envName(name));
+      values[name] = convert(spec, e, envName(name));
       given.add(name);
     } else if (spec.default !== undefined) values[name] = spec.type === "duration" ? parseDuration(String(spec.default))! : spec.type === "list" ? String(spec.default).split(",") : spec.default;
   }

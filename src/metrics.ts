@@ -9,7 +9,7 @@ export interface MetricsSource {
   leaseRenewals: () => number;
   storeErrors: () => number;
   queue: () => { sent: number; failed: number; retried: number; batches: number } | null;
-  reconcile: () => { fullRuns: number; added: number; removed: number; repaired: number } | null;
+  reconcile: () => { fullRuns: number; removed: number; repaired: number } | null;
 }
 
 type Sample = [name: string, type: "gauge" | "counter", help: string, value: number | null | undefined];

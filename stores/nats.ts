@@ -561,7 +561,6 @@ export class NatsStore implements Store {
       jsm: this.jsm,
       stream: this.stream,
       subjectPrefix: this.subjectPrefix,
-      bucket: this.bucket,
       location: this.location,
       snapshot: (filter: string) => this.snapshot(filter),
       toRawEntry: (m: JsMsg) => this.toRawEntry(m),

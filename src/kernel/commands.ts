@@ -68,11 +68,6 @@ export function fdbReplace(fdb: Fdb): Command {
 }
 
 /** Adds a further remote for the MAC (vxlan keeps a list of remotes per MAC); idempotent for an equal entry. */
-export function fdbAppend(fdb: Fdb): Command {
-  const f = validFdb(fdb);
-  return make("bridge", ["fdb", "append", f.mac, "dev", f.dev, "dst", f.dst, "self", "permanent"]);
-}
-
 export function fdbDel(fdb: Fdb): Command {
   const f = validFdb(fdb);
   return make("bridge", ["fdb", "del", f.mac, "dev", f.dev, "dst", f.dst, "self"], true);
