@@ -622,6 +622,8 @@ class NatsWatch {
   private readonly expired = new Map<string, number>();
   private readonly inbox: Inbox;
   private timer: ReturnType<typeof setTimeout> | null = null;
+  /** When the timer fires (epoch ms): a new record re-arms it only if it expires sooner. */
+  private timerAt = Infinity;
   private generation = 0;
   private stopConsumer: (() => void) | null = null;
 
@@ -667,10 +669,9 @@ class NatsWatch {
           needStart = true;
           continue;
         }
-        if (item.kind === "msg") {
-          for (const ev of this.onMessage(item.msg)) yield ev;
-        }
-        for (const ev of this.expireDue()) yield ev;
+        if (item.kind === "msg") for (const ev of this.onMessage(item.msg)) yield ev;
+        else for (const ev of this.expireDue()) yield ev; // the expiry timer fired: the one full scan
+
       }
     } finally {
       this.stopConsumer?.();
@@ -786,7 +787,8 @@ class NatsWatch {
     }
     this.expired.delete(e.key);
     if (!known || known.revision <= e.revision) this.live.set(e.key, { revision: e.revision, expiresAt: e.rec.e });
-    this.armTimer();
+    // A new record can only bring the timer forward: no scan of every key per message (a backlog replay is O(N)).
+    if (e.rec.e !== null && (this.timer === null || e.rec.e < this.timerAt)) this.armAt(e.rec.e);
     yield { type: "put", kv: { key: e.key, value: e.rec.v, revision: e.revision, expiresAt: e.rec.e } };
   }
 
@@ -806,12 +808,18 @@ class NatsWatch {
 
   /** One timer, at the soonest tracked expiry; it only wakes the generator, which does the work. */
   private armTimer(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
     let soonest = Infinity;
     for (const k of this.live.values()) if (k.expiresAt !== null && k.expiresAt < soonest) soonest = k.expiresAt;
-    if (soonest === Infinity || this.signal.aborted) return;
-    const delay = Math.min(Math.max(0, soonest - Date.now()) + 1, MAX_TIMER_MS);
+    this.armAt(soonest);
+  }
+
+  /** Sets the one timer to fire at `at` (epoch ms); Infinity clears it. */
+  private armAt(at: number): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    if (at === Infinity || this.signal.aborted) return;
+    this.timerAt = at;
+    const delay = Math.min(Math.max(0, at - Date.now()) + 1, MAX_TIMER_MS);
     this.timer = setTimeout(() => {
       this.timer = null;
       this.inbox.push({ kind: "timer" });
