@@ -62,7 +62,8 @@ export class AgentLab {
   }
 
   cli(args: string[]): { code: number; out: string; err: string } {
-    const r = Bun.spawnSync([ensureBinary(), ...args], { stdout: "pipe", stderr: "pipe" });
+    // Bounded: a synchronous spawn blocks the event loop, so bun's own per-test timeout could not end a hang.
+    const r = Bun.spawnSync([ensureBinary(), ...args], { stdout: "pipe", stderr: "pipe", timeout: 30_000, killSignal: "SIGKILL" });
     return { code: r.exitCode ?? -1, out: r.stdout.toString(), err: r.stderr.toString() };
   }
 
