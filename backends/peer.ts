@@ -20,7 +20,7 @@ export function subnetLabel(lease: Lease): string {
 export function checkUnderlayIPv4(v: unknown, what = "PublicIP"): { ip: string } | { error: string } {
   if (typeof v !== "string") return { error: `${what} is not a string: ${JSON.stringify(v) ?? String(v)}` };
   const ip = parseIP(v);
-  if (!ip || ip.family !== 4) return { error: `${what} is not an IPv4 address: ${JSON.stringify(v)}` };
+  if (ip?.family !== 4) return { error: `${what} is not an IPv4 address: ${JSON.stringify(v)}` };
   const x = ip.value;
   if (x === 0n) return { error: `${what} is unspecified (0.0.0.0)` };
   if (x >> 24n === 127n) return { error: `${what} is a loopback address: ${v}` };
@@ -35,7 +35,7 @@ export function checkUnderlayIPv4(v: unknown, what = "PublicIP"): { ip: string }
  */
 export function checkPeerSubnet(lease: Lease, config: NetworkConfig): string | null {
   const s = lease.subnet;
-  if (!s || s.family !== 4 || typeof s.ip !== "bigint" || !Number.isInteger(s.prefix)) return "subnet is not an IPv4 network";
+  if (s?.family !== 4 || typeof s.ip !== "bigint" || !Number.isInteger(s.prefix)) return "subnet is not an IPv4 network";
   if (config.network && !containsNet(config.network, s))
     return `subnet is outside the configured Network ${formatCIDR(config.network)}`;
   return null;

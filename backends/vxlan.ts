@@ -116,7 +116,7 @@ export function createVxlanBackend(ctx: BackendContext): Backend {
       return { publicIP, publicIPv6: null, backendType: "vxlan", backendData: { VNI: opts.vni, VtepMAC: mac } };
     },
     localState(own: Lease): StateFragment {
-      if (!own.subnet || own.subnet.family !== 4) throw new BackendError("vxlan backend: own lease has no IPv4 subnet");
+      if (own.subnet?.family !== 4) throw new BackendError("vxlan backend: own lease has no IPv4 subnet");
       // /32: a source address for host->pod traffic without a connected route for the whole subnet.
       return { devices: [device], addresses: [{ dev: name, cidr: `${formatIP(own.subnet.ip, 4)}/32` }] };
     },

@@ -72,7 +72,7 @@ const configGet = defineCommand({
     await withStore(values, async (store) => {
       const kv = await store.get(CONFIG_KEY);
       if (!kv) throw new Error(`no network config in the ${store.kind} store (${store.location})`);
-      process.stdout.write(new TextDecoder().decode(kv.value) + "\n");
+      process.stdout.write(`${new TextDecoder().decode(kv.value)}\n`);
     }, { existing: true });
   },
 });
@@ -92,7 +92,7 @@ const leases = defineCommand({
     await withStore(values, async (store) => {
       if (positionals[0] === "delete") {
         const net = tryParseCIDR(positionals[1] ?? "");
-        if (!net || net.family !== 4) throw new FlagError("usage: flannel-bin leases delete <a.b.c.d/len>");
+        if (net?.family !== 4) throw new FlagError("usage: flannel-bin leases delete <a.b.c.d/len>");
         const key = subnetKey(net);
         const kv = await store.get(key);
         if (!kv || !(await store.delete(key, kv.revision))) throw new Error(`no lease ${formatCIDR(net)} (or it changed meanwhile)`);
@@ -108,10 +108,10 @@ const leases = defineCommand({
         expires: l.expiresAt === null ? null : new Date(l.expiresAt).toISOString(),
         reservation: l.expiresAt === null,
       }));
-      if (values.json) return void process.stdout.write(JSON.stringify(rows, null, 2) + "\n");
+      if (values.json) return void process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
       const table = [["SUBNET", "PUBLIC IP", "BACKEND", "EXPIRES", "RESERVATION"], ...rows.map((r) => [r.subnet, r.publicIP, r.backend, r.expires ?? "never", r.reservation ? "yes" : "no"])];
       const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
-      for (const r of table) process.stdout.write(r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd() + "\n");
+      for (const r of table) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()}\n`);
       if (snap.corrupt.length) process.stdout.write(`(${snap.corrupt.length} corrupt record(s) skipped: ${snap.corrupt.map(formatCIDR).join(", ")})\n`);
     }, { existing: true });
   },

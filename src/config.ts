@@ -300,7 +300,9 @@ function decodeConfig(root: JVal): RawConfig {
         const field = v6 ? "IPv6Networks" : "Networks";
         if (v.t === "null") break;
         if (v.t !== "arr") throw typeError(field, "an array of CIDR strings", v);
-        v.items.forEach((x, n) => decodeCIDR(`${field}[${n}]`, x, v6 ? 6 : 4));
+        v.items.forEach((x, n) => {
+          decodeCIDR(`${field}[${n}]`, x, v6 ? 6 : 4);
+        });
         break;
       }
       case "subnetlen":

@@ -88,7 +88,7 @@ type AddrClass = "global" | "linklocal" | null;
 /** Go's IsGlobalUnicast / IsLinkLocalUnicast for IPv4. */
 function classify(ip: string): AddrClass {
   const v = parseIP(ip);
-  if (!v || v.family !== 4) return null;
+  if (v?.family !== 4) return null;
   const x = v.value;
   if (x === 0n || x === 0xffffffffn || x >> 24n === 127n || x >> 28n === 0xen) return null;
   if (x >> 16n === 0xa9fen) return "linklocal";

@@ -44,7 +44,7 @@ function parseV6(s: string): bigint | null {
     // Embedded IPv4 in the last 32 bits, e.g. ::ffff:1.2.3.4
     tail = parseV4(s.slice(lastColon + 1));
     if (tail === null) return null;
-    body = s.slice(0, lastColon + 1) + "0:0";
+    body = `${s.slice(0, lastColon + 1)}0:0`;
   }
   const halves = body.split("::");
   if (halves.length > 2) return null;
@@ -106,7 +106,7 @@ export function formatIP(value: bigint, family: Family): string {
   }
   const hex = (xs: number[]) => xs.map((x) => x.toString(16)).join(":");
   if (bestStart < 0) return hex(g);
-  return hex(g.slice(0, bestStart)) + "::" + hex(g.slice(bestStart + bestLen));
+  return `${hex(g.slice(0, bestStart))}::${hex(g.slice(bestStart + bestLen))}`;
 }
 
 export const ipString = (ip: IP): string => formatIP(ip.value, ip.family);

@@ -44,13 +44,13 @@ export function parseSubnetKey(key: string): { subnet: IPNet; ipv6Subnet: IPNet 
   // flannel: IPv4 prefix must fit 5 bits (0-31), IPv6 7 bits (0-127).
   if (Number(m[2]) > 31) return null;
   const subnet = tryParseCIDR(`${m[1]}/${m[2]}`);
-  if (!subnet || subnet.family !== 4 || formatCIDR(subnet) !== `${m[1]}/${m[2]}`) return null;
+  if (subnet?.family !== 4 || formatCIDR(subnet) !== `${m[1]}/${m[2]}`) return null;
   let ipv6Subnet: IPNet | null = null;
   if (m[3] !== undefined) {
     if (Number(m[4]) > 127) return null;
     ipv6Subnet = tryParseCIDR(`${m[3]}/${m[4]}`);
     // Only the canonical form (as flannel writes it): one subnet must have exactly one key.
-    if (!ipv6Subnet || ipv6Subnet.family !== 6 || formatCIDR(ipv6Subnet) !== `${m[3]}/${m[4]}`) return null;
+    if (ipv6Subnet?.family !== 6 || formatCIDR(ipv6Subnet) !== `${m[3]}/${m[4]}`) return null;
   }
   return { subnet, ipv6Subnet };
 }

@@ -54,7 +54,7 @@ export async function openStore(f: Record<string, FlagValue>, opts: { existing?:
 
 /** The exact command an operator runs to create the network config in the store in use. */
 export function configPutHint(f: Record<string, FlagValue>, example: string): string {
-  const ours = `flannel-bin config put '${example}'` + (f.store && f.store !== "sqlite" ? ` --store ${f.store}` : "");
+  const ours = `flannel-bin config put '${example}'${f.store && f.store !== "sqlite" ? ` --store ${f.store}` : ""}`;
   if (f.store === "etcd") {
     const prefix = (str(f["etcd-prefix"]) ?? "/coreos.com/network").replace(/\/+$/, "");
     return `ETCDCTL_API=3 etcdctl --endpoints=${list(f["etcd-endpoints"]).join(",")} put ${prefix}/config '${example}'  (or: ${ours})`;

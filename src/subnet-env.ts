@@ -22,7 +22,7 @@ export function formatSubnetEnv(e: SubnetEnv): string {
   if (e.ipv6Network && e.ipv6Subnet)
     lines.push(`FLANNEL_IPV6_NETWORK=${formatCIDR(e.ipv6Network)}`, `FLANNEL_IPV6_SUBNET=${firstHost(e.ipv6Subnet)}`);
   lines.push(`FLANNEL_MTU=${e.mtu}`, `FLANNEL_IPMASQ=${e.ipMasq}`);
-  return lines.join("\n") + "\n";
+  return `${lines.join("\n")}\n`;
 }
 
 export function writeSubnetEnv(path: string, e: SubnetEnv): void {

@@ -341,7 +341,7 @@ export class EtcdStore implements Store {
     const ids = [...new Set(raw.map((r) => r.lease).filter((l) => l !== "0"))];
     const exp = new Map<string, LeaseExpiry>();
     const got = await mapLimit(ids, TTL_LOOKUP_CONCURRENCY, (id) => this.cachedExpiry(id));
-    ids.forEach((id, i) => exp.set(id, got[i]!));
+    for (const [i, id] of ids.entries()) exp.set(id, got[i]!);
     const out: KV[] = [];
     for (const r of raw) {
       const e = r.lease === "0" ? null : exp.get(r.lease)!;

@@ -116,7 +116,7 @@ function encodePart(part: string, key: string): string {
     if (LITERAL_RE.test(ch)) out += ch;
     else if (ch === ".") out += "_";
     else if (ch === ":") out += "=";
-    else for (const b of textEncoder.encode(ch)) out += "/" + b.toString(16).padStart(2, "0");
+    else for (const b of textEncoder.encode(ch)) out += `/${b.toString(16).padStart(2, "0")}`;
   }
   return out;
 }

@@ -206,7 +206,7 @@ describe("parseNetworkConfig: errors", () => {
     ["leading zero number", '{"SubnetLen":024}', 'config is not valid JSON: unexpected character "2" at line 1, column 15'],
     ["byte order mark", '\ufeff{"Network":"10.5.0.0/16"}', "config is not valid JSON: unexpected character U+FEFF (byte order mark) at line 1, column 1"],
     ["NaN", '{"SubnetLen":NaN}', 'config is not valid JSON: unexpected character "N" at line 1, column 14'],
-    ["very deep nesting", '{"x":' + "[".repeat(5000) + "]".repeat(5000) + "}", /^config is not valid JSON: nesting deeper than 64 at line 1, column \d+$/],
+    ["very deep nesting", `{"x":${"[".repeat(5000)}${"]".repeat(5000)}}`, /^config is not valid JSON: nesting deeper than 64 at line 1, column \d+$/],
   ];
   for (const [name, text, message] of cases) {
     test(name, () => {

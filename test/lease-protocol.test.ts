@@ -147,7 +147,7 @@ describe("lease protocol", () => {
 
   test("renewDelayMs: margin before expiry, at most half the TTL", () => {
     const l = { subnet: parseCIDR("10.5.1.0/24"), ipv6Subnet: null, attrs: attrs("1.1.1.1"), revision: 1, expiresAt: 1_000_000 };
-    expect(renewDelayMs(l, 60 * 60_000, 24 * HOUR, 0)).toBe(1_000_000 - HOUR > 0 ? 1_000_000 - HOUR : 0);
+    expect(renewDelayMs(l, 60 * 60_000, 24 * HOUR, 0)).toBe(Math.max(1_000_000 - HOUR , 0));
     expect(renewDelayMs(l, 60 * 60_000, 10_000, 990_000)).toBe(5_000);
   });
 });

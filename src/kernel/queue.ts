@@ -243,7 +243,7 @@ export class CommandQueue {
     lines: string[],
     probe: boolean,
   ): Promise<{ results: (LineResult | undefined)[]; settled: number; abortError: string }> {
-    const text = probe ? lines.map((l) => `${l}\n${MARKER}\n`).join("") : lines.join("\n") + "\n";
+    const text = probe ? lines.map((l) => `${l}\n${MARKER}\n`).join("") : `${lines.join("\n")}\n`;
     this.counters.batches++;
     const proc = Bun.spawn([tool, ...this.ns, "-force", "-batch", "-"], {
       stdin: Buffer.from(text),

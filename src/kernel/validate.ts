@@ -11,7 +11,7 @@ export class ValidationError extends Error {
 const show = (v: unknown): string => {
   try {
     const s = JSON.stringify(v);
-    return s === undefined ? String(v) : s.length > 80 ? s.slice(0, 77) + "..." : s;
+    return s === undefined ? String(v) : s.length > 80 ? `${s.slice(0, 77)}...` : s;
   } catch {
     return String(v);
   }

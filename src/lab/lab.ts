@@ -18,7 +18,6 @@ import {
   bridgeAdd,
   defaultRouteAdd,
   execIn,
-  ip,
   linkSetMaster,
   linkUp,
   netnsAdd,
@@ -170,7 +169,7 @@ export function readLabState(opts: { name?: string; stateDir?: string }): LabSta
     throw new LabError(`${file} is not valid JSON: ${(e as Error).message}`);
   }
   const s = raw as LabState;
-  if (!s || s.version !== 1 || !Array.isArray(s.namespaces) || !Array.isArray(s.hosts) || !Array.isArray(s.servers))
+  if (s?.version !== 1 || !Array.isArray(s.namespaces) || !Array.isArray(s.hosts) || !Array.isArray(s.servers))
     throw new LabError(`${file} is not a lab state file (version 1)`);
   return s;
 }
@@ -178,7 +177,7 @@ export function readLabState(opts: { name?: string; stateDir?: string }): LabSta
 function saveState(s: LabState): void {
   const file = stateFile(s.stateDir);
   const tmp = `${file}.tmp`;
-  writeFileSync(tmp, JSON.stringify(s, null, 2) + "\n", { mode: 0o644 });
+  writeFileSync(tmp, `${JSON.stringify(s, null, 2)}\n`, { mode: 0o644 });
   renameSync(tmp, file);
 }
 
@@ -358,7 +357,7 @@ function logTail(file: string, lines = 15): string {
 function agentAlive(h: LabHost): boolean {
   if (h.agentPid === null || !processAlive(h.agentPid)) return false;
   const argv = processArgv(h.agentPid);
-  return argv !== null && argv.includes(h.subnetFile);
+  return argv?.includes(h.subnetFile) ?? false;
 }
 
 async function agentReady(h: LabHost): Promise<boolean> {
@@ -366,7 +365,7 @@ async function agentReady(h: LabHost): Promise<boolean> {
   return r.code === 0;
 }
 
-async function waitAgentReady(s: LabState, h: LabHost, timeoutMs = 30_000): Promise<void> {
+async function waitAgentReady(_s: LabState, h: LabHost, timeoutMs = 30_000): Promise<void> {
   await waitFor(`agent in ${h.netns} to be ready (/readyz and ${h.subnetFile})`, timeoutMs, async () => {
     // Only liveness here: right after the spawn the child's argv is still ours until `ip netns exec` has exec'd.
     if (h.agentPid === null || !processAlive(h.agentPid)) throw new GiveUp(`agent in ${h.netns} (pid ${h.agentPid}) exited; last lines of ${h.logFile}:\n${logTail(h.logFile)}`);

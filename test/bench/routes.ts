@@ -98,7 +98,7 @@ async function timeAgent(kind: Kind, frags: StateFragment[]): Promise<{ ms: numb
 }
 
 async function timeRaw(groups: { tool: "ip" | "bridge"; lines: string[] }[]): Promise<number> {
-  const texts = groups.map((g) => ({ tool: g.tool, text: g.lines.join("\n") + "\n" }));
+  const texts = groups.map((g) => ({ tool: g.tool, text: `${g.lines.join("\n")}\n` }));
   const t0 = performance.now();
   for (const g of texts) {
     const p = Bun.spawn([g.tool, "-n", ns, "-force", "-batch", "-"], { stdin: Buffer.from(g.text), stdout: "ignore", stderr: "pipe" });

@@ -117,7 +117,7 @@ export function updateLabState(lab: { name: string; stateDir?: string }, change:
   const s = labState(lab);
   change(s);
   const file = join(labStateDir(lab), "lab.json");
-  writeFileSync(`${file}.tmp`, JSON.stringify(s, null, 2) + "\n", { mode: 0o644 });
+  writeFileSync(`${file}.tmp`, `${JSON.stringify(s, null, 2)}\n`, { mode: 0o644 });
   renameSync(`${file}.tmp`, file);
   return s;
 }

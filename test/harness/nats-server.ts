@@ -94,7 +94,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
       if (t.verify !== undefined) fields.push(`verify: ${t.verify}`);
       lines.push(`tls { ${fields.join(", ")} }`);
     }
-    await writeFile(confPath, lines.join("\n") + "\n", { mode: 0o600 });
+    await writeFile(confPath, `${lines.join("\n")}\n`, { mode: 0o600 });
   }
 
   function spawnServer() {

@@ -26,8 +26,10 @@ const dec = new TextDecoder();
 const b64 = (s: string | Uint8Array) => Buffer.from(typeof s === "string" ? enc.encode(s) : s).toString("base64");
 
 /** A raw v3 gateway call, bypassing the store (as another etcd client would write). */
+// biome-ignore lint/suspicious/noExplicitAny: raw gateway JSON, read field by field in the tests
 async function gateway(path: string, body: unknown): Promise<Record<string, any>> {
   const r = await fetch(srv().endpoint + path, { method: "POST", body: JSON.stringify(body), signal: AbortSignal.timeout(5000) });
+  // biome-ignore lint/suspicious/noExplicitAny: as above
   const j = (await r.json()) as Record<string, any>;
   if (!r.ok) throw new Error(`${path}: ${JSON.stringify(j)}`);
   return j;
