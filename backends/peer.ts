@@ -36,8 +36,7 @@ export function checkUnderlayIPv4(v: unknown, what = "PublicIP"): { ip: string }
 export function checkPeerSubnet(lease: Lease, config: NetworkConfig): string | null {
   const s = lease.subnet;
   if (s?.family !== 4 || typeof s.ip !== "bigint" || !Number.isInteger(s.prefix)) return "subnet is not an IPv4 network";
-  if (config.network && !containsNet(config.network, s))
-    return `subnet is outside the configured Network ${formatCIDR(config.network)}`;
+  if (config.network && !containsNet(config.network, s)) return `subnet is outside the configured Network ${formatCIDR(config.network)}`;
   return null;
 }
 

@@ -123,8 +123,7 @@ export function createVxlanBackend(ctx: BackendContext): Backend {
     peerState(peer: Lease): PeerState {
       const label = subnetLabel(peer);
       const ignore = (why: string): PeerState => ({ ignored: `${label}: ${why}` });
-      if (peer.attrs.backendType !== "vxlan")
-        return ignore(`BackendType ${JSON.stringify(peer.attrs.backendType)} is not vxlan`);
+      if (peer.attrs.backendType !== "vxlan") return ignore(`BackendType ${JSON.stringify(peer.attrs.backendType)} is not vxlan`);
       const badSubnet = checkPeerSubnet(peer, config);
       if (badSubnet) return ignore(badSubnet);
       const ip = checkUnderlayIPv4(peer.attrs.publicIP);

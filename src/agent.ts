@@ -24,7 +24,6 @@ import { readPreviousSubnet, writeSubnetEnv } from "./subnet-env.ts";
 
 const log = logger("agent");
 
-
 class FatalError extends Error {}
 const settingsAreFatal = (e: unknown): never => {
   if (e instanceof StoreUnavailableError) throw e;
@@ -32,7 +31,12 @@ const settingsAreFatal = (e: unknown): never => {
 };
 
 /** Repeats `attempt` every second until it returns a value, logging each distinct failure once; FatalError ends it. */
-async function retryEverySecond<T>(what: string, signal: AbortSignal, attempt: () => Promise<T | null>, onError?: () => void): Promise<T | null> {
+async function retryEverySecond<T>(
+  what: string,
+  signal: AbortSignal,
+  attempt: () => Promise<T | null>,
+  onError?: () => void,
+): Promise<T | null> {
   let last = "";
   while (!signal.aborted) {
     try {
@@ -50,22 +54,35 @@ async function retryEverySecond<T>(what: string, signal: AbortSignal, attempt: (
   return null;
 }
 
-async function waitForConfig(store: Store, f: Record<string, FlagValue>, signal: AbortSignal, onError: () => void): Promise<NetworkConfig | null> {
+async function waitForConfig(
+  store: Store,
+  f: Record<string, FlagValue>,
+  signal: AbortSignal,
+  onError: () => void,
+): Promise<NetworkConfig | null> {
   let told = false;
-  return retryEverySecond("network config", signal, async () => {
-    const kv = await store.get(CONFIG_KEY);
-    if (!kv) {
-      if (!told) log.warn(`network config not found in the ${store.kind} store (${store.location}); create it with:\n  ${configPutHint(f, DEFAULT_CONFIG_EXAMPLE)}\nretrying every second`);
-      told = true;
-      return null;
-    }
-    try {
-      return parseNetworkConfig(new TextDecoder().decode(kv.value));
-    } catch (e) {
-      if (e instanceof ConfigError) throw new Error(`invalid network config in the ${store.kind} store: ${e.message}`);
-      throw e;
-    }
-  }, onError);
+  return retryEverySecond(
+    "network config",
+    signal,
+    async () => {
+      const kv = await store.get(CONFIG_KEY);
+      if (!kv) {
+        if (!told)
+          log.warn(
+            `network config not found in the ${store.kind} store (${store.location}); create it with:\n  ${configPutHint(f, DEFAULT_CONFIG_EXAMPLE)}\nretrying every second`,
+          );
+        told = true;
+        return null;
+      }
+      try {
+        return parseNetworkConfig(new TextDecoder().decode(kv.value));
+      } catch (e) {
+        if (e instanceof ConfigError) throw new Error(`invalid network config in the ${store.kind} store: ${e.message}`);
+        throw e;
+      }
+    },
+    onError,
+  );
 }
 
 function enableIPForward(): void {
@@ -136,8 +153,11 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
 
     health.waitingFor = "lease";
     const prev = readPreviousSubnet(subnetFile);
-    const lease: Lease | null = await retryEverySecond("acquiring a lease", signal, () =>
-      acquireLease(store!, cfg, backend.leaseAttrs(), { previousSubnet: prev.subnet, ttlMs }), storeError,
+    const lease: Lease | null = await retryEverySecond(
+      "acquiring a lease",
+      signal,
+      () => acquireLease(store!, cfg, backend.leaseAttrs(), { previousSubnet: prev.subnet, ttlMs }),
+      storeError,
     );
     if (!lease) return exitCode;
     const ownKey = subnetKey(lease.subnet, lease.ipv6Subnet);
@@ -147,7 +167,11 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
     const keeper = new LeaseKeeper(store, lease, { ttlMs, marginMs, onError: storeError });
 
     queue = new CommandQueue();
-    reconciler = new Reconciler(queue, { ownedDevices: backend.ownedDevices, routeProto: ROUTE_PROTO, fullIntervalMs: Number(f["reconcile-interval"]) });
+    reconciler = new Reconciler(queue, {
+      ownedDevices: backend.ownedDevices,
+      routeProto: ROUTE_PROTO,
+      fullIntervalMs: Number(f["reconcile-interval"]),
+    });
     health.metrics = () =>
       renderMetrics({
         ready: () => health.ready,
@@ -176,7 +200,9 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
 
     const keepLease = async () => {
       if ((await keeper.run(signal)) === "taken") {
-        log.error(`lease ${formatCIDR(lease.subnet)} is now held by another host; exiting so that a restart takes a new subnet (kernel state is kept)`);
+        log.error(
+          `lease ${formatCIDR(lease.subnet)} is now held by another host; exiting so that a restart takes a new subnet (kernel state is kept)`,
+        );
         stop(1);
       }
     };
@@ -236,10 +262,13 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
       }
     };
 
-    await Promise.all([keepLease(), peers().catch((e) => {
-      log.error(`peer watch failed: ${(e as Error).message}`);
-      stop(1);
-    })]);
+    await Promise.all([
+      keepLease(),
+      peers().catch((e) => {
+        log.error(`peer watch failed: ${(e as Error).message}`);
+        stop(1);
+      }),
+    ]);
     return exitCode;
   } catch (e) {
     log.error((e as Error).message);

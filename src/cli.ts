@@ -36,7 +36,10 @@ const run = defineCommand({
   },
 });
 
-const CONFIG_PUT_FLAGS = { ...STORE_FLAGS, file: { type: "string", description: "read the config JSON from this file" } } as const satisfies FlagSpecs;
+const CONFIG_PUT_FLAGS = {
+  ...STORE_FLAGS,
+  file: { type: "string", description: "read the config JSON from this file" },
+} as const satisfies FlagSpecs;
 
 const configPut = defineCommand({
   meta: { name: "put", description: "store the network config (validated first): config put '<json>' or --file F" },
@@ -69,11 +72,15 @@ const configGet = defineCommand({
   args: cittyArgs(STORE_FLAGS),
   async run({ rawArgs }) {
     const { values } = parseFlags(rawArgs, STORE_FLAGS);
-    await withStore(values, async (store) => {
-      const kv = await store.get(CONFIG_KEY);
-      if (!kv) throw new Error(`no network config in the ${store.kind} store (${store.location})`);
-      process.stdout.write(`${new TextDecoder().decode(kv.value)}\n`);
-    }, { existing: true });
+    await withStore(
+      values,
+      async (store) => {
+        const kv = await store.get(CONFIG_KEY);
+        if (!kv) throw new Error(`no network config in the ${store.kind} store (${store.location})`);
+        process.stdout.write(`${new TextDecoder().decode(kv.value)}\n`);
+      },
+      { existing: true },
+    );
   },
 });
 
@@ -89,31 +96,45 @@ const leases = defineCommand({
   args: cittyArgs(LEASES_FLAGS),
   async run({ rawArgs }) {
     const { values, positionals } = parseFlags(rawArgs, LEASES_FLAGS);
-    await withStore(values, async (store) => {
-      if (positionals[0] === "delete") {
-        const net = tryParseCIDR(positionals[1] ?? "");
-        if (net?.family !== 4) throw new FlagError("usage: flannel-bin leases delete <a.b.c.d/len>");
-        const key = subnetKey(net);
-        const kv = await store.get(key);
-        if (!kv || !(await store.delete(key, kv.revision))) throw new Error(`no lease ${formatCIDR(net)} (or it changed meanwhile)`);
-        return consola.success(`deleted lease ${formatCIDR(net)}`);
-      }
-      if (positionals.length) throw new FlagError(`unknown leases argument ${JSON.stringify(positionals[0])}`);
-      const snap = await listLeases(store);
-      const rows = snap.leases.map((l) => ({
-        subnet: formatCIDR(l.subnet),
-        publicIP: l.attrs.publicIP,
-        backend: l.attrs.backendType,
-        backendData: l.attrs.backendData ?? null,
-        expires: l.expiresAt === null ? null : new Date(l.expiresAt).toISOString(),
-        reservation: l.expiresAt === null,
-      }));
-      if (values.json) return void process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
-      const table = [["SUBNET", "PUBLIC IP", "BACKEND", "EXPIRES", "RESERVATION"], ...rows.map((r) => [r.subnet, r.publicIP, r.backend, r.expires ?? "never", r.reservation ? "yes" : "no"])];
-      const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
-      for (const r of table) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()}\n`);
-      if (snap.corrupt.length) process.stdout.write(`(${snap.corrupt.length} corrupt record(s) skipped: ${snap.corrupt.map(formatCIDR).join(", ")})\n`);
-    }, { existing: true });
+    await withStore(
+      values,
+      async (store) => {
+        if (positionals[0] === "delete") {
+          const net = tryParseCIDR(positionals[1] ?? "");
+          if (net?.family !== 4) throw new FlagError("usage: flannel-bin leases delete <a.b.c.d/len>");
+          const key = subnetKey(net);
+          const kv = await store.get(key);
+          if (!kv || !(await store.delete(key, kv.revision))) throw new Error(`no lease ${formatCIDR(net)} (or it changed meanwhile)`);
+          return consola.success(`deleted lease ${formatCIDR(net)}`);
+        }
+        if (positionals.length) throw new FlagError(`unknown leases argument ${JSON.stringify(positionals[0])}`);
+        const snap = await listLeases(store);
+        const rows = snap.leases.map((l) => ({
+          subnet: formatCIDR(l.subnet),
+          publicIP: l.attrs.publicIP,
+          backend: l.attrs.backendType,
+          backendData: l.attrs.backendData ?? null,
+          expires: l.expiresAt === null ? null : new Date(l.expiresAt).toISOString(),
+          reservation: l.expiresAt === null,
+        }));
+        if (values.json) return void process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+        const table = [
+          ["SUBNET", "PUBLIC IP", "BACKEND", "EXPIRES", "RESERVATION"],
+          ...rows.map((r) => [r.subnet, r.publicIP, r.backend, r.expires ?? "never", r.reservation ? "yes" : "no"]),
+        ];
+        const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
+        for (const r of table)
+          process.stdout.write(
+            `${r
+              .map((c, i) => c.padEnd(widths[i]!))
+              .join("  ")
+              .trimEnd()}\n`,
+          );
+        if (snap.corrupt.length)
+          process.stdout.write(`(${snap.corrupt.length} corrupt record(s) skipped: ${snap.corrupt.map(formatCIDR).join(", ")})\n`);
+      },
+      { existing: true },
+    );
   },
 });
 
@@ -125,6 +146,10 @@ const version = defineCommand({
 });
 
 export const main: CommandDef = defineCommand({
-  meta: { name: "flannel-bin", version: VERSION, description: "flannel's job in one binary: subnet leases over etcd, NATS or SQLite; host-gw and vxlan" },
+  meta: {
+    name: "flannel-bin",
+    version: VERSION,
+    description: "flannel's job in one binary: subnet leases over etcd, NATS or SQLite; host-gw and vxlan",
+  },
   subCommands: { run, config, leases, lab: labCommand, version },
 });

@@ -69,9 +69,10 @@ function readJSON(text: string): JVal {
   };
   // printable ASCII quoted, anything else as U+XXXX so invisible characters (a BOM, NBSP) are visible in logs
   const show = (ch: string): string =>
-    /^[\x21-\x7e]$/.test(ch) ? JSON.stringify(ch) : `U+${ch.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}${ch === "\ufeff" ? " (byte order mark)" : ""}`;
-  const unexpected = (): never =>
-    i >= text.length ? fail("unexpected end of input") : fail(`unexpected character ${show(text[i]!)}`);
+    /^[\x21-\x7e]$/.test(ch)
+      ? JSON.stringify(ch)
+      : `U+${ch.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}${ch === "\ufeff" ? " (byte order mark)" : ""}`;
+  const unexpected = (): never => (i >= text.length ? fail("unexpected end of input") : fail(`unexpected character ${show(text[i]!)}`));
   const ws = () => {
     while (i < text.length && (text[i] === " " || text[i] === "\t" || text[i] === "\n" || text[i] === "\r")) i++;
   };
@@ -151,7 +152,11 @@ function readJSON(text: string): JVal {
       }
     }
     if (c === '"') return { t: "str", v: str() };
-    for (const [word, v] of [["true", { t: "bool", v: true }], ["false", { t: "bool", v: false }], ["null", { t: "null" }]] as const) {
+    for (const [word, v] of [
+      ["true", { t: "bool", v: true }],
+      ["false", { t: "bool", v: false }],
+      ["null", { t: "null" }],
+    ] as const) {
       if (text.startsWith(word, i)) {
         i += word.length;
         return v;
@@ -182,7 +187,8 @@ function toPlain(v: JVal): unknown {
     case "obj": {
       const o: Record<string, unknown> = {};
       // defineProperty so a "__proto__" key stays an ordinary own key
-      for (const [k, x] of v.entries) Object.defineProperty(o, k, { value: toPlain(x), enumerable: true, writable: true, configurable: true });
+      for (const [k, x] of v.entries)
+        Object.defineProperty(o, k, { value: toPlain(x), enumerable: true, writable: true, configurable: true });
       return o;
     }
     case "arr":
@@ -213,8 +219,7 @@ function decodeBool(field: string, v: JVal, current: boolean): boolean {
 /** Go uint: a non-negative integer literal without fraction or exponent; null leaves the current value. */
 function decodeUint(field: string, v: JVal, current: number): number {
   if (v.t === "null") return current;
-  if (v.t !== "num" || !/^[0-9]+$/.test(v.raw) || BigInt(v.raw) > 0xffffffffffffffffn)
-    throw typeError(field, "a non-negative integer", v);
+  if (v.t !== "num" || !/^[0-9]+$/.test(v.raw) || BigInt(v.raw) > 0xffffffffffffffffn) throw typeError(field, "a non-negative integer", v);
   return Number(v.raw);
 }
 

@@ -90,7 +90,8 @@ export function parseFlags(argv: string[], specs: FlagSpecs, env: Record<string,
     if (!spec) throw new FlagError(`unknown flag ${arg.split("=")[0]} (see --help for the flags of this command)`);
     let raw: string;
     if (eq >= 0) raw = body.slice(eq + 1);
-    else if (spec.type === "boolean") raw = "true"; // Go: a bare boolean flag is true; `--x false` is not a value
+    else if (spec.type === "boolean")
+      raw = "true"; // Go: a bare boolean flag is true; `--x false` is not a value
     else {
       const next = argv[i + 1];
       if (next === undefined) throw new FlagError(`flag needs an argument: ${arg}`);
@@ -108,7 +109,13 @@ export function parseFlags(argv: string[], specs: FlagSpecs, env: Record<string,
     if (e !== undefined && e !== "") {
       values[name] = convert(spec, e, envName(name));
       given.add(name);
-    } else if (spec.default !== undefined) values[name] = spec.type === "duration" ? parseDuration(String(spec.default))! : spec.type === "list" ? String(spec.default).split(",") : spec.default;
+    } else if (spec.default !== undefined)
+      values[name] =
+        spec.type === "duration"
+          ? parseDuration(String(spec.default))!
+          : spec.type === "list"
+            ? String(spec.default).split(",")
+            : spec.default;
   }
   if ("store" in specs && !given.has("store")) values.store = inferStore(given);
   return { values, positionals };
@@ -146,7 +153,11 @@ export const STORE_FLAGS = {
     choices: ["sqlite", "etcd", "nats"],
   },
   "sqlite-path": { type: "string", description: "SQLite database file (--store sqlite)", default: "/var/lib/flannel-bin/flannel.db" },
-  "etcd-endpoints": { type: "string", description: "comma-separated etcd endpoints", default: "http://127.0.0.1:4001,http://127.0.0.1:2379" },
+  "etcd-endpoints": {
+    type: "string",
+    description: "comma-separated etcd endpoints",
+    default: "http://127.0.0.1:4001,http://127.0.0.1:2379",
+  },
   "etcd-prefix": { type: "string", description: "etcd prefix of the network config and leases", default: "/coreos.com/network" },
   "etcd-keyfile": { type: "string", description: "SSL key file used to secure etcd communication" },
   "etcd-certfile": { type: "string", description: "SSL certification file used to secure etcd communication" },
@@ -169,11 +180,35 @@ export const RUN_FLAGS = {
   "public-ip": { type: "string", description: "IP accessible by other nodes for inter-host communication (default: the interface's IP)" },
   iface: { type: "list", description: "interface to use (IP or name) for inter-host communication; repeatable, tried in order" },
   "iface-regex": { type: "list", description: "regex of interface IPs or names; repeatable, tried after --iface" },
-  "subnet-file": { type: "string", description: "filename where env variables (subnet, MTU, ...) will be written to", default: "/run/flannel/subnet.env" },
-  "subnet-lease-renew-margin": { type: "int", description: "subnet lease renewal margin, in minutes, ranging from 1 to 1439", default: 60, min: 1, max: 1439 },
+  "subnet-file": {
+    type: "string",
+    description: "filename where env variables (subnet, MTU, ...) will be written to",
+    default: "/run/flannel/subnet.env",
+  },
+  "subnet-lease-renew-margin": {
+    type: "int",
+    description: "subnet lease renewal margin, in minutes, ranging from 1 to 1439",
+    default: 60,
+    min: 1,
+    max: 1439,
+  },
   "subnet-lease-ttl": { type: "duration", description: 'subnet lease time to live ("24h", "30s", or seconds)', default: "24h" },
   "healthz-ip": { type: "string", description: "the IP address for the healthz server to listen on", default: "127.0.0.1" },
-  "healthz-port": { type: "int", description: "the port for the healthz server to listen on (0 to disable)", default: 8471, min: 0, max: 65535 },
-  "ip-masq": { type: "boolean", description: "written to subnet.env as FLANNEL_IPMASQ (masquerade rules are not installed yet)", default: false },
-  "reconcile-interval": { type: "duration", description: "how often the kernel state is fully compared with the desired state", default: "10s" },
+  "healthz-port": {
+    type: "int",
+    description: "the port for the healthz server to listen on (0 to disable)",
+    default: 8471,
+    min: 0,
+    max: 65535,
+  },
+  "ip-masq": {
+    type: "boolean",
+    description: "written to subnet.env as FLANNEL_IPMASQ (masquerade rules are not installed yet)",
+    default: false,
+  },
+  "reconcile-interval": {
+    type: "duration",
+    description: "how often the kernel state is fully compared with the desired state",
+    default: "10s",
+  },
 } as const satisfies FlagSpecs;

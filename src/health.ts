@@ -16,7 +16,9 @@ export function healthApp(state: HealthState): Hono {
   app.get("/metrics", (c) => c.text(state.metrics?.() ?? "", 200, { "content-type": "text/plain; version=0.0.4" }));
   app.all("/healthz", (c) => c.text("flannel-bin is running"));
   app.all("/readyz", (c) =>
-    state.ready ? c.text("flannel-bin is ready") : c.text(`flannel-bin is not ready yet${state.waitingFor ? `: ${state.waitingFor}` : ""}`, 503),
+    state.ready
+      ? c.text("flannel-bin is ready")
+      : c.text(`flannel-bin is not ready yet${state.waitingFor ? `: ${state.waitingFor}` : ""}`, 503),
   );
   return app;
 }

@@ -7,7 +7,10 @@ import { ipJson } from "./kernel/queue.ts";
 
 export class IfaceError extends Error {
   /** For "no match": why each --iface / --iface-regex entry failed. */
-  constructor(message: string, readonly notes: string[] = []) {
+  constructor(
+    message: string,
+    readonly notes: string[] = [],
+  ) {
     super(message);
   }
 }
@@ -228,6 +231,9 @@ export function selectInterface(addrsJson: unknown, routesJson: unknown, opts: S
 
 /** Reads the kernel's addresses and main-table IPv4 routes (optionally in a netns) and selects the interface. */
 export async function chooseExternalInterface(opts: ChooseOptions): Promise<Selection> {
-  const [addrs, routes] = await Promise.all([ipJson(["addr", "show"], opts.netns), ipJson(["-4", "route", "show", "table", "main"], opts.netns)]);
+  const [addrs, routes] = await Promise.all([
+    ipJson(["addr", "show"], opts.netns),
+    ipJson(["-4", "route", "show", "table", "main"], opts.netns),
+  ]);
   return selectInterface(addrs, routes, opts);
 }

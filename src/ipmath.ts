@@ -151,11 +151,9 @@ export const containsNet = (outer: IPNet, inner: IPNet): boolean =>
   outer.family === inner.family && inner.prefix >= outer.prefix && containsIP(outer, inner.ip);
 
 /** Two networks overlap when they are equal under the shorter of the two masks (flannel's rule). */
-export const overlaps = (a: IPNet, b: IPNet): boolean =>
-  a.family === b.family && (containsIP(a, b.ip) || containsIP(b, a.ip));
+export const overlaps = (a: IPNet, b: IPNet): boolean => a.family === b.family && (containsIP(a, b.ip) || containsIP(b, a.ip));
 
-export const netEqual = (a: IPNet, b: IPNet): boolean =>
-  a.family === b.family && a.ip === b.ip && a.prefix === b.prefix;
+export const netEqual = (a: IPNet, b: IPNet): boolean => a.family === b.family && a.ip === b.ip && a.prefix === b.prefix;
 
 /** The next network of the same size, or null past the end of the address space. */
 export function nextSubnet(n: IPNet): IPNet | null {
@@ -163,5 +161,4 @@ export function nextSubnet(n: IPNet): IPNet | null {
   return next > maxValue(n.family) ? null : { ...n, ip: next };
 }
 
-export const isAligned = (ip: bigint, prefix: number, family: Family): boolean =>
-  (ip & ~mask(prefix, family) & maxValue(family)) === 0n;
+export const isAligned = (ip: bigint, prefix: number, family: Family): boolean => (ip & ~mask(prefix, family) & maxValue(family)) === 0n;

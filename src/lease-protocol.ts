@@ -6,15 +6,7 @@
 import { logger } from "./log.ts";
 import type { NetworkConfig } from "./config.ts";
 import { type IPNet, formatCIDR, isAligned, netEqual, netSize, overlaps } from "./ipmath.ts";
-import {
-  type Lease,
-  type LeaseAttrs,
-  LeaseRecordError,
-  encodeLeaseAttrs,
-  leaseFromKV,
-  parseSubnetKey,
-  subnetKey,
-} from "./lease.ts";
+import { type Lease, type LeaseAttrs, LeaseRecordError, encodeLeaseAttrs, leaseFromKV, parseSubnetKey, subnetKey } from "./lease.ts";
 import { sleep } from "./sleep.ts";
 import { type KV, type Store, SUBNETS_PREFIX } from "./store.ts";
 
@@ -102,8 +94,7 @@ export interface AcquireOptions {
   random?: () => number;
 }
 
-const sameAttrs = (a: LeaseAttrs, b: LeaseAttrs): boolean =>
-  Buffer.from(encodeLeaseAttrs(a)).equals(Buffer.from(encodeLeaseAttrs(b)));
+const sameAttrs = (a: LeaseAttrs, b: LeaseAttrs): boolean => Buffer.from(encodeLeaseAttrs(a)).equals(Buffer.from(encodeLeaseAttrs(b)));
 
 /**
  * Takes a lease for `attrs.publicIP`: reuse ours, else the previous subnet, else a random free one.
@@ -120,7 +111,10 @@ export async function acquireLease(store: Store, cfg: NetworkConfig, attrs: Leas
     if (mine) {
       if (mine.expiresAt === null) {
         // A reservation is held as it is: refresh its attrs (e.g. VtepMAC) but never give it an expiry.
-        if (!isCompatible(cfg, mine.subnet)) log.warn(`reservation ${formatCIDR(mine.subnet)} for ${attrs.publicIP} does not fit the network config; using it anyway as reserved`);
+        if (!isCompatible(cfg, mine.subnet))
+          log.warn(
+            `reservation ${formatCIDR(mine.subnet)} for ${attrs.publicIP} does not fit the network config; using it anyway as reserved`,
+          );
         if (sameAttrs(mine.attrs, attrs)) return mine;
         const rev = await store.update(subnetKey(mine.subnet, mine.ipv6Subnet), value, mine.revision, {});
         if (rev !== null) return { ...mine, attrs, revision: rev };

@@ -71,7 +71,8 @@ const MAX_RECORD_BYTES = 64 * 1024;
  * every field that can reach the kernel. Throws LeaseRecordError naming the problem.
  */
 export function decodeLeaseAttrs(value: Uint8Array): LeaseAttrs {
-  if (value.byteLength > MAX_RECORD_BYTES) throw new LeaseRecordError(`lease record is ${value.byteLength} bytes (limit ${MAX_RECORD_BYTES})`);
+  if (value.byteLength > MAX_RECORD_BYTES)
+    throw new LeaseRecordError(`lease record is ${value.byteLength} bytes (limit ${MAX_RECORD_BYTES})`);
   let raw: unknown;
   try {
     raw = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(value));
@@ -87,7 +88,8 @@ export function decodeLeaseAttrs(value: Uint8Array): LeaseAttrs {
   if (v6 !== null && (typeof v6 !== "string" || parseIP(v6)?.family !== 6))
     throw new LeaseRecordError(`lease PublicIPv6 is not an IPv6 address: ${JSON.stringify(v6)}`);
   const bt = f.backendtype ?? "";
-  if (typeof bt !== "string" || bt.length > 64) throw new LeaseRecordError(`lease BackendType is not a short string: ${JSON.stringify(bt)}`);
+  if (typeof bt !== "string" || bt.length > 64)
+    throw new LeaseRecordError(`lease BackendType is not a short string: ${JSON.stringify(bt)}`);
   const attrs: LeaseAttrs = { publicIP: canonicalIP(publicIP), publicIPv6: v6 === null ? null : canonicalIP(v6), backendType: bt };
   if (f.backenddata !== undefined && f.backenddata !== null) attrs.backendData = f.backenddata;
   if (f.backendv6data !== undefined && f.backendv6data !== null) attrs.backendV6Data = f.backendv6data;

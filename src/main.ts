@@ -15,7 +15,9 @@ async function entry(argv: string[]): Promise<void> {
     let cmd = main;
     let parent = undefined as typeof main | undefined;
     for (const a of argv) {
-      const subs = (await (typeof cmd.subCommands === "function" ? cmd.subCommands() : cmd.subCommands)) as Record<string, typeof main> | undefined;
+      const subs = (await (typeof cmd.subCommands === "function" ? cmd.subCommands() : cmd.subCommands)) as
+        | Record<string, typeof main>
+        | undefined;
       if (!subs || !(a in subs)) break;
       parent = cmd;
       cmd = (await (typeof subs[a] === "function" ? (subs[a] as unknown as () => Promise<typeof main>)() : subs[a])) as typeof main;

@@ -20,7 +20,12 @@ export function renderMetrics(m: MetricsSource): string {
   const exp = m.leaseExpiresAt();
   const samples: Sample[] = [
     ["flannel_bin_ready", "gauge", "1 once the lease is held, subnet.env written and peers programmed", m.ready() ? 1 : 0],
-    ["flannel_bin_lease_expiry_timestamp_seconds", "gauge", "when the held lease expires (absent for a reservation)", exp ? exp / 1000 : undefined],
+    [
+      "flannel_bin_lease_expiry_timestamp_seconds",
+      "gauge",
+      "when the held lease expires (absent for a reservation)",
+      exp ? exp / 1000 : undefined,
+    ],
     ["flannel_bin_peers", "gauge", "peer leases programmed into the kernel", m.peers()],
     ["flannel_bin_peers_ignored", "gauge", "peer leases ignored (other backend, invalid data)", m.ignoredPeers()],
     ["flannel_bin_lease_renewals_total", "counter", "successful lease renewals", m.leaseRenewals()],

@@ -12,7 +12,15 @@
 
 import { readFile } from "node:fs/promises";
 import { consola } from "consola";
-import { type KV, type ListResult, type Revision, type Store, StoreUnavailableError, type WatchEvent, type WriteOptions } from "../src/store.ts";
+import {
+  type KV,
+  type ListResult,
+  type Revision,
+  type Store,
+  StoreUnavailableError,
+  type WatchEvent,
+  type WriteOptions,
+} from "../src/store.ts";
 import { sleep } from "../src/sleep.ts";
 
 const log = consola.withTag("etcd");
@@ -32,7 +40,10 @@ export interface EtcdStoreOptions {
 
 /** An answer from etcd that is an error (not an unreachable endpoint): bad request, auth refused, etc. */
 export class EtcdError extends Error {
-  constructor(message: string, readonly code?: number) {
+  constructor(
+    message: string,
+    readonly code?: number,
+  ) {
     super(message);
     this.name = "EtcdError";
   }
@@ -155,7 +166,8 @@ export class EtcdStore implements Store {
       } catch {
         throw new Error(`etcd endpoint is not an http:// or https:// URL: ${JSON.stringify(e)}`);
       }
-      if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error(`etcd endpoint is not an http:// or https:// URL: ${JSON.stringify(e)}`);
+      if (u.protocol !== "http:" && u.protocol !== "https:")
+        throw new Error(`etcd endpoint is not an http:// or https:// URL: ${JSON.stringify(e)}`);
     }
     if (typeof opts.prefix !== "string") throw new Error("etcd prefix must be a string");
     if (!!opts.certfile !== !!opts.keyfile) {
@@ -220,9 +232,13 @@ export class EtcdStore implements Store {
   private async authHeaders(endpoint: string, signal: AbortSignal): Promise<Record<string, string>> {
     if (!this.auth) return {};
     if (this.token?.endpoint === endpoint) return { authorization: this.token.token };
-    const res = await fetch(`${endpoint}/v3/auth/authenticate`, this.fetchInit({ name: this.auth.username, password: this.auth.password }, {}, signal));
+    const res = await fetch(
+      `${endpoint}/v3/auth/authenticate`,
+      this.fetchInit({ name: this.auth.username, password: this.auth.password }, {}, signal),
+    );
     const j = await readJson(res);
-    if (!res.ok) throw new EtcdError(`etcd authentication as ${this.auth.username} at ${endpoint} failed: ${gatewayError(j, res.status)}`, res.status);
+    if (!res.ok)
+      throw new EtcdError(`etcd authentication as ${this.auth.username} at ${endpoint} failed: ${gatewayError(j, res.status)}`, res.status);
     if (typeof j.token !== "string" || j.token === "") throw new EtcdError(`etcd at ${endpoint} returned no auth token`);
     this.token = { endpoint, token: j.token };
     return { authorization: j.token };
@@ -250,7 +266,9 @@ export class EtcdStore implements Store {
         } catch (e) {
           if (this.closeCtl.signal.aborted) throw new Error("etcd store is closed");
           if (e instanceof EtcdError) throw e;
-          failures.push(`${ep} (${(e as Error).name === "TimeoutError" ? `no answer within ${this.requestTimeoutMs} ms` : errorMessage(e)})`);
+          failures.push(
+            `${ep} (${(e as Error).name === "TimeoutError" ? `no answer within ${this.requestTimeoutMs} ms` : errorMessage(e)})`,
+          );
           break;
         }
         if (res.ok) {
@@ -475,7 +493,8 @@ export class EtcdStore implements Store {
           if (!Array.isArray(events)) throw new Error("watch response events is not an array");
           for (const ev of events as Json[]) {
             const isDelete = ev.type === "DELETE";
-            if (ev.type !== undefined && ev.type !== "PUT" && !isDelete) throw new Error(`unknown watch event type ${JSON.stringify(ev.type)}`);
+            if (ev.type !== undefined && ev.type !== "PUT" && !isDelete)
+              throw new Error(`unknown watch event type ${JSON.stringify(ev.type)}`);
             let raw: RawKV | null;
             try {
               raw = this.parseKV(ev.kv);

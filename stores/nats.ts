@@ -56,7 +56,15 @@ import {
   type JsMsg,
 } from "@nats-io/jetstream";
 import { Kvm, type KV as NatsKV } from "@nats-io/kv";
-import { StoreUnavailableError, type KV, type ListResult, type Revision, type Store, type WatchEvent, type WriteOptions } from "../src/store.ts";
+import {
+  StoreUnavailableError,
+  type KV,
+  type ListResult,
+  type Revision,
+  type Store,
+  type WatchEvent,
+  type WriteOptions,
+} from "../src/store.ts";
 import { sleep } from "../src/sleep.ts";
 
 const log = consola.withTag("nats");
@@ -295,7 +303,11 @@ export class NatsStore implements Store {
     }
     if (opts.cafile !== undefined || opts.certfile !== undefined || opts.keyfile !== undefined) {
       // Checked here so a bad path names its flag; the client itself re-reads the files on every (re)connect.
-      for (const [flag, path] of [["--nats-cafile", opts.cafile], ["--nats-certfile", opts.certfile], ["--nats-keyfile", opts.keyfile]] as const) {
+      for (const [flag, path] of [
+        ["--nats-cafile", opts.cafile],
+        ["--nats-certfile", opts.certfile],
+        ["--nats-keyfile", opts.keyfile],
+      ] as const) {
         if (path === undefined) continue;
         try {
           readFileSync(path);
@@ -409,7 +421,8 @@ export class NatsStore implements Store {
           try {
             await new Promise<void>((resolve, reject) => {
               const timer = setTimeout(
-                () => reject(new StoreUnavailableError(`NATS ${this.location}: listing ${filter} timed out after ${SNAPSHOT_TIMEOUT_MS} ms`)),
+                () =>
+                  reject(new StoreUnavailableError(`NATS ${this.location}: listing ${filter} timed out after ${SNAPSHOT_TIMEOUT_MS} ms`)),
                 SNAPSHOT_TIMEOUT_MS,
               );
               oc.consume({
@@ -671,7 +684,6 @@ class NatsWatch {
         }
         if (item.kind === "msg") for (const ev of this.onMessage(item.msg)) yield ev;
         else for (const ev of this.expireDue()) yield ev; // the expiry timer fired: the one full scan
-
       }
     } finally {
       this.stopConsumer?.();
@@ -719,7 +731,9 @@ class NatsWatch {
     // (An emptied stream reports first_seq = last_seq + 1; a never-used one 0.)
     const lost = this.lastRev > state.last_seq || from < state.first_seq;
     if (lost) {
-      log.warn(`watch ${this.prefix} on NATS ${this.s.location}: revision ${from} is no longer in ${this.s.stream} (first ${state.first_seq}, last ${state.last_seq}); relisting`);
+      log.warn(
+        `watch ${this.prefix} on NATS ${this.s.location}: revision ${from} is no longer in ${this.s.stream} (first ${state.first_seq}, last ${state.last_seq}); relisting`,
+      );
       this.lastRev = state.last_seq;
     }
     if (first || lost) {
@@ -727,7 +741,8 @@ class NatsWatch {
       this.live.clear();
       this.expired.clear();
       for (const e of snap.entries) {
-        if (e.op === "PUT" && e.rec !== null && e.key.startsWith(this.prefix)) this.live.set(e.key, { revision: e.revision, expiresAt: e.rec.e });
+        if (e.op === "PUT" && e.rec !== null && e.key.startsWith(this.prefix))
+          this.live.set(e.key, { revision: e.revision, expiresAt: e.rec.e });
       }
       if (lost) this.lastRev = Math.max(this.lastRev, snap.revision);
     }
@@ -826,4 +841,3 @@ class NatsWatch {
     }, delay);
   }
 }
-

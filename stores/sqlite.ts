@@ -286,9 +286,7 @@ export class SqliteStore implements Store {
     const expiresAt = ttlMs === null ? null : now + ttlMs;
     const record = encode({ v: value, e: expiresAt }) as Uint8Array;
     const rev = this.appendChange(key, "put", record, now);
-    this.db
-      .query("INSERT OR REPLACE INTO kv(key, revision, expires_at, record) VALUES (?, ?, ?, ?)")
-      .run(key, rev, expiresAt, record);
+    this.db.query("INSERT OR REPLACE INTO kv(key, revision, expires_at, record) VALUES (?, ?, ?, ?)").run(key, rev, expiresAt, record);
     return rev;
   }
 
@@ -307,15 +305,13 @@ export class SqliteStore implements Store {
 
   /** Deletes expired rows through the change log. Cheap read first: the write lock is taken only when needed. */
   private reapExpired(): void {
-    const any = this.db
-      .query("SELECT 1 AS x FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT 1")
-      .get(Date.now());
+    const any = this.db.query("SELECT 1 AS x FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT 1").get(Date.now());
     if (!any) return;
     const reaped = this.write(() => {
       const now = Date.now();
-      const rows = this.db
-        .query("SELECT key FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?")
-        .all(now, BATCH) as { key: string }[];
+      const rows = this.db.query("SELECT key FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?").all(now, BATCH) as {
+        key: string;
+      }[];
       for (const r of rows) this.deleteRow(r.key, now);
       return rows.length;
     });
@@ -326,9 +322,12 @@ export class SqliteStore implements Store {
   private readChanges(prefix: string, pos: Revision): { events: WatchEvent[]; pos: Revision; more: boolean } {
     return this.db
       .transaction(() => {
-        const trimmed = (this.db.query("SELECT value FROM meta WHERE name = 'trimmed_through'").get() as {
-          value: number;
-        } | null)?.value ?? 0;
+        const trimmed =
+          (
+            this.db.query("SELECT value FROM meta WHERE name = 'trimmed_through'").get() as {
+              value: number;
+            } | null
+          )?.value ?? 0;
         const head = this.currentRevision();
         // pos > head: the database was replaced under us; we cannot know what changed either.
         if (pos < trimmed || pos > head) {
@@ -380,10 +379,9 @@ export class SqliteStore implements Store {
   private wrap(err: unknown): unknown {
     const code = (err as { code?: unknown })?.code;
     if (code === "SQLITE_BUSY" || code === "SQLITE_LOCKED") {
-      return new StoreUnavailableError(
-        `sqlite ${this.location}: database stayed locked by another process for ${this.busyTimeoutMs} ms`,
-        { cause: err },
-      );
+      return new StoreUnavailableError(`sqlite ${this.location}: database stayed locked by another process for ${this.busyTimeoutMs} ms`, {
+        cause: err,
+      });
     }
     return err;
   }

@@ -104,7 +104,15 @@ describe("agent processes", () => {
     expect(r6.err + r6.out).toContain(`no SQLite database at ${lab.dir}/typo/flannel.db`);
     expect(existsSync(`${lab.dir}/typo`)).toBe(false);
     // Store settings that can never work end the agent (instead of a retry every second forever).
-    const r5 = lab.cli(["run", "--etcd-endpoints", "http://192.0.2.250:2379", "--etcd-certfile", "/nonexistent.pem", "--healthz-port", "0"]);
+    const r5 = lab.cli([
+      "run",
+      "--etcd-endpoints",
+      "http://192.0.2.250:2379",
+      "--etcd-certfile",
+      "/nonexistent.pem",
+      "--healthz-port",
+      "0",
+    ]);
     expect(r5.code).toBe(1);
     expect(r5.err + r5.out).toContain("cannot use the store");
     expect(r5.err + r5.out).toContain("--etcd-keyfile");
@@ -120,7 +128,10 @@ describe("a network with room for 4 subnets", () => {
     // Of the six subnets, one is reserved for a host that is not here and one holds a corrupt record: four are left.
     const { SqliteStore } = await import("../stores/sqlite.ts");
     const s = SqliteStore.open(lab.db);
-    await s.create("subnets/10.5.3.0-24", new TextEncoder().encode('{"PublicIP":"198.51.100.7","PublicIPv6":null,"BackendType":"host-gw"}'));
+    await s.create(
+      "subnets/10.5.3.0-24",
+      new TextEncoder().encode('{"PublicIP":"198.51.100.7","PublicIPv6":null,"BackendType":"host-gw"}'),
+    );
     await s.create("subnets/10.5.5.0-24", new TextEncoder().encode('{"PublicIP":"not an ip"}'), { ttlMs: 600_000 });
     await s.close();
     for (let i = 0; i < 5; i++) lab.addHost();
@@ -138,7 +149,11 @@ describe("a network with room for 4 subnets", () => {
     for (const h of lab.hosts.slice(0, 4)) expect(lab.health(h, "/readyz")).toBe(200);
     // The reservation is untouched and still has no expiry.
     const leases = JSON.parse(lab.cli(["leases", "--json", ...lab.storeFlags()]).out);
-    expect(leases.find((l: { subnet: string }) => l.subnet === "10.5.3.0/24")).toMatchObject({ publicIP: "198.51.100.7", reservation: true, expires: null });
+    expect(leases.find((l: { subnet: string }) => l.subnet === "10.5.3.0/24")).toMatchObject({
+      publicIP: "198.51.100.7",
+      reservation: true,
+      expires: null,
+    });
   });
 });
 

@@ -27,7 +27,12 @@ test("dist/flannel-bin alone runs --version and run with the SQLite store", asyn
   expect(v.stdout.toString()).toMatch(/^\d+\.\d+\.\d+/);
 
   const db = join(dir, "flannel.db");
-  const put = Bun.spawnSync([bin, "config", "put", '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}', "--sqlite-path", db], { cwd: dir, env, stdout: "pipe", stderr: "pipe" });
+  const put = Bun.spawnSync([bin, "config", "put", '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}', "--sqlite-path", db], {
+    cwd: dir,
+    env,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   expect(put.stdout.toString() + put.stderr.toString()).toContain("network config stored");
   expect(put.exitCode).toBe(0);
 
@@ -43,11 +48,18 @@ test("dist/flannel-bin alone runs --version and run with the SQLite store", asyn
     expect(Bun.spawnSync(c).exitCode).toBe(0);
   const envFile = join(dir, "subnet.env");
   const log = join(dir, "agent.log");
-  const p = Bun.spawn(["ip", "netns", "exec", ns, bin, "run", "--sqlite-path", db, "--subnet-file", envFile], { cwd: dir, env, stdout: Bun.file(log), stderr: Bun.file(log) });
+  const p = Bun.spawn(["ip", "netns", "exec", ns, bin, "run", "--sqlite-path", db, "--subnet-file", envFile], {
+    cwd: dir,
+    env,
+    stdout: Bun.file(log),
+    stderr: Bun.file(log),
+  });
   try {
     const ok = await until(() => existsSync(envFile), 20_000);
     expect(ok ? "" : readFileSync(log, "utf8")).toBe("");
-    expect(readFileSync(envFile, "utf8")).toMatch(/^FLANNEL_NETWORK=10\.5\.0\.0\/16\nFLANNEL_SUBNET=10\.5\.\d+\.1\/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n$/);
+    expect(readFileSync(envFile, "utf8")).toMatch(
+      /^FLANNEL_NETWORK=10\.5\.0\.0\/16\nFLANNEL_SUBNET=10\.5\.\d+\.1\/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n$/,
+    );
     // The vxlan device exists with the derived MAC and MTU 1500 - 50.
     const link = JSON.parse(Bun.spawnSync(["ip", "-n", ns, "-json", "link", "show", "flannel.1"], { stdout: "pipe" }).stdout.toString());
     expect(link[0].mtu).toBe(1450);

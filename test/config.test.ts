@@ -1,11 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import {
-  ConfigError,
-  DEFAULT_CONFIG_EXAMPLE,
-  type NetworkConfig,
-  formatNetworkConfigSummary,
-  parseNetworkConfig,
-} from "../src/config.ts";
+import { ConfigError, DEFAULT_CONFIG_EXAMPLE, type NetworkConfig, formatNetworkConfigSummary, parseNetworkConfig } from "../src/config.ts";
 import { formatCIDR, formatIP } from "../src/ipmath.ts";
 
 /** The parts of a config that tests compare, in readable form. */
@@ -31,8 +25,20 @@ const V6 = { Network: "10.5.0.0/16", EnableIPv6: true };
 
 describe("parseNetworkConfig: valid configs", () => {
   const cases: [string, string, Partial<ReturnType<typeof view>>][] = [
-    ["defaults for a /16", cfg({ Network: "10.5.0.0/16" }),
-      { enableIPv4: true, enableIPv6: false, enableNFTables: false, network: "10.5.0.0/16", subnetLen: 24, subnetMin: "10.5.1.0", subnetMax: "10.5.255.0", backend: "vxlan" }],
+    [
+      "defaults for a /16",
+      cfg({ Network: "10.5.0.0/16" }),
+      {
+        enableIPv4: true,
+        enableIPv6: false,
+        enableNFTables: false,
+        network: "10.5.0.0/16",
+        subnetLen: 24,
+        subnetMin: "10.5.1.0",
+        subnetMax: "10.5.255.0",
+        backend: "vxlan",
+      },
+    ],
     ["host bits masked", cfg({ Network: "10.5.1.3/16" }), { network: "10.5.0.0/16", subnetMin: "10.5.1.0" }],
     ["/22 still gets /24", cfg({ Network: "10.0.0.0/22" }), { subnetLen: 24, subnetMin: "10.0.1.0", subnetMax: "10.0.3.0" }],
     ["/23 gets /25", cfg({ Network: "10.0.0.0/23" }), { subnetLen: 25 }],
@@ -41,39 +47,91 @@ describe("parseNetworkConfig: valid configs", () => {
     ["/8", cfg({ Network: "10.0.0.0/8" }), { subnetLen: 24, subnetMin: "10.0.1.0", subnetMax: "10.255.255.0" }],
     ["top of address space", cfg({ Network: "255.255.0.0/16" }), { subnetMax: "255.255.255.0" }],
     ["0.0.0.0/8 is not empty", cfg({ Network: "0.0.0.0/8" }), { subnetMin: "0.0.1.0" }],
-    ["explicit SubnetLen", cfg({ Network: "10.5.0.0/16", SubnetLen: 20 }), { subnetLen: 20, subnetMin: "10.5.16.0", subnetMax: "10.5.240.0" }],
+    [
+      "explicit SubnetLen",
+      cfg({ Network: "10.5.0.0/16", SubnetLen: 20 }),
+      { subnetLen: 20, subnetMin: "10.5.16.0", subnetMax: "10.5.240.0" },
+    ],
     ["SubnetLen 30", cfg({ Network: "10.5.0.0/16", SubnetLen: 30 }), { subnetLen: 30, subnetMax: "10.5.255.252" }],
-    ["SubnetLen = prefix+2", cfg({ Network: "10.5.0.0/16", SubnetLen: 18 }), { subnetLen: 18, subnetMin: "10.5.64.0", subnetMax: "10.5.192.0" }],
+    [
+      "SubnetLen = prefix+2",
+      cfg({ Network: "10.5.0.0/16", SubnetLen: 18 }),
+      { subnetLen: 18, subnetMin: "10.5.64.0", subnetMax: "10.5.192.0" },
+    ],
     ["SubnetLen 0 means default", cfg({ Network: "10.5.0.0/16", SubnetLen: 0 }), { subnetLen: 24 }],
-    ["explicit SubnetMin/Max", cfg({ Network: "10.5.0.0/16", SubnetMin: "10.5.10.0", SubnetMax: "10.5.20.0" }),
-      { subnetMin: "10.5.10.0", subnetMax: "10.5.20.0" }],
+    [
+      "explicit SubnetMin/Max",
+      cfg({ Network: "10.5.0.0/16", SubnetMin: "10.5.10.0", SubnetMax: "10.5.20.0" }),
+      { subnetMin: "10.5.10.0", subnetMax: "10.5.20.0" },
+    ],
     ["SubnetMin 0.0.0.0 means unset", cfg({ Network: "10.5.0.0/16", SubnetMin: "0.0.0.0" }), { subnetMin: "10.5.1.0" }],
-    ["inverted range is not checked", cfg({ Network: "10.5.0.0/16", SubnetMin: "10.5.20.0", SubnetMax: "10.5.10.0" }),
-      { subnetMin: "10.5.20.0", subnetMax: "10.5.10.0" }],
+    [
+      "inverted range is not checked",
+      cfg({ Network: "10.5.0.0/16", SubnetMin: "10.5.20.0", SubnetMax: "10.5.10.0" }),
+      { subnetMin: "10.5.20.0", subnetMax: "10.5.10.0" },
+    ],
     ["SubnetMin = network address allowed", cfg({ Network: "10.5.0.0/16", SubnetMin: "10.5.0.0" }), { subnetMin: "10.5.0.0" }],
-    ["case-insensitive keys", '{"network":"10.5.0.0/16","SUBNETLEN":25,"subnetmin":"10.5.0.128","BACKEND":{"tYpE":"host-gw"}}',
-      { network: "10.5.0.0/16", subnetLen: 25, subnetMin: "10.5.0.128", backend: "host-gw" }],
+    [
+      "case-insensitive keys",
+      '{"network":"10.5.0.0/16","SUBNETLEN":25,"subnetmin":"10.5.0.128","BACKEND":{"tYpE":"host-gw"}}',
+      { network: "10.5.0.0/16", subnetLen: 25, subnetMin: "10.5.0.128", backend: "host-gw" },
+    ],
     ["Go folds the long s (U+017F) to s", '{"Network":"10.5.0.0/16","\u017fubnetLen":26}', { subnetLen: 26 }],
-    ["unknown keys ignored", cfg({ Network: "10.5.0.0/16", Foo: [1, { x: null }], BackendType: 7, Networks: null }), { network: "10.5.0.0/16" }],
-    ["last duplicate wins in document order", '{"Network":"10.1.0.0/16","network":"10.2.0.0/16","Network":"10.3.0.0/16"}',
-      { network: "10.3.0.0/16" }],
-    ["null leaves bool and uint defaults", '{"Network":"10.5.0.0/16","EnableIPv4":null,"SubnetLen":null}', { enableIPv4: true, subnetLen: 24 }],
+    [
+      "unknown keys ignored",
+      cfg({ Network: "10.5.0.0/16", Foo: [1, { x: null }], BackendType: 7, Networks: null }),
+      { network: "10.5.0.0/16" },
+    ],
+    [
+      "last duplicate wins in document order",
+      '{"Network":"10.1.0.0/16","network":"10.2.0.0/16","Network":"10.3.0.0/16"}',
+      { network: "10.3.0.0/16" },
+    ],
+    [
+      "null leaves bool and uint defaults",
+      '{"Network":"10.5.0.0/16","EnableIPv4":null,"SubnetLen":null}',
+      { enableIPv4: true, subnetLen: 24 },
+    ],
     ["EnableNFTables", cfg({ Network: "10.5.0.0/16", EnableNFTables: true }), { enableNFTables: true }],
-    ["whitespace and nesting", ' \n\t{ "Network" : "10.5.0.0/16" , "Backend" : { "Type" : "vxlan" , "VNI" : 4096 } }\r\n', { backend: "vxlan" }],
+    [
+      "whitespace and nesting",
+      ' \n\t{ "Network" : "10.5.0.0/16" , "Backend" : { "Type" : "vxlan" , "VNI" : 4096 } }\r\n',
+      { backend: "vxlan" },
+    ],
     // IPv6
-    ["dual stack defaults /48", cfg({ ...V6, IPv6Network: "fc00::/48" }),
-      { enableIPv6: true, ipv6Network: "fc00::/48", ipv6SubnetLen: 64, ipv6SubnetMin: "fc00:0:0:1::", ipv6SubnetMax: "fc00:0:0:ffff::" }],
+    [
+      "dual stack defaults /48",
+      cfg({ ...V6, IPv6Network: "fc00::/48" }),
+      { enableIPv6: true, ipv6Network: "fc00::/48", ipv6SubnetLen: 64, ipv6SubnetMin: "fc00:0:0:1::", ipv6SubnetMax: "fc00:0:0:ffff::" },
+    ],
     ["IPv6 host bits masked", cfg({ ...V6, IPv6Network: "fc00::1234/48" }), { ipv6Network: "fc00::/48" }],
     ["IPv6 /62 gets /64", cfg({ ...V6, IPv6Network: "fc00::/62" }), { ipv6SubnetLen: 64, ipv6SubnetMax: "fc00:0:0:3::" }],
     ["IPv6 /63 gets /65", cfg({ ...V6, IPv6Network: "fc00::/63" }), { ipv6SubnetLen: 65 }],
-    ["IPv6 /124 gets /126", cfg({ ...V6, IPv6Network: "fc00::/124" }), { ipv6SubnetLen: 126, ipv6SubnetMin: "fc00::4", ipv6SubnetMax: "fc00::c" }],
-    ["IPv6 explicit len/min/max", cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetLen: 56, IPv6SubnetMin: "fc00:0:0:200::", IPv6SubnetMax: "fc00:0:0:f00::" }),
-      { ipv6SubnetLen: 56, ipv6SubnetMin: "fc00:0:0:200::", ipv6SubnetMax: "fc00:0:0:f00::" }],
-    ["IPv6SubnetMin null and :: mean unset", '{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:5::","ipv6subnetmin":null,"IPv6SubnetMax":"::"}',
-      { ipv6SubnetMin: "fc00:0:0:1::", ipv6SubnetMax: "fc00:0:0:ffff::" }],
-    ["IPv6 only", cfg({ EnableIPv4: false, EnableIPv6: true, IPv6Network: "fd00:10::/56" }),
-      { enableIPv4: false, network: null, subnetLen: 0, subnetMin: "0.0.0.0", ipv6SubnetLen: 64, ipv6SubnetMin: "fd00:10:0:1::" }],
-    ["IPv4 disabled: its fields are not checked", cfg({ EnableIPv4: false, EnableIPv6: true, IPv6Network: "fc00::/48", SubnetLen: 99 }), { subnetLen: 99 }],
+    [
+      "IPv6 /124 gets /126",
+      cfg({ ...V6, IPv6Network: "fc00::/124" }),
+      { ipv6SubnetLen: 126, ipv6SubnetMin: "fc00::4", ipv6SubnetMax: "fc00::c" },
+    ],
+    [
+      "IPv6 explicit len/min/max",
+      cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetLen: 56, IPv6SubnetMin: "fc00:0:0:200::", IPv6SubnetMax: "fc00:0:0:f00::" }),
+      { ipv6SubnetLen: 56, ipv6SubnetMin: "fc00:0:0:200::", ipv6SubnetMax: "fc00:0:0:f00::" },
+    ],
+    [
+      "IPv6SubnetMin null and :: mean unset",
+      '{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:5::","ipv6subnetmin":null,"IPv6SubnetMax":"::"}',
+      { ipv6SubnetMin: "fc00:0:0:1::", ipv6SubnetMax: "fc00:0:0:ffff::" },
+    ],
+    [
+      "IPv6 only",
+      cfg({ EnableIPv4: false, EnableIPv6: true, IPv6Network: "fd00:10::/56" }),
+      { enableIPv4: false, network: null, subnetLen: 0, subnetMin: "0.0.0.0", ipv6SubnetLen: 64, ipv6SubnetMin: "fd00:10:0:1::" },
+    ],
+    [
+      "IPv4 disabled: its fields are not checked",
+      cfg({ EnableIPv4: false, EnableIPv6: true, IPv6Network: "fc00::/48", SubnetLen: 99 }),
+      { subnetLen: 99 },
+    ],
     ["IPv6 fields ignored when disabled", cfg({ Network: "10.5.0.0/16", IPv6SubnetLen: 200 }), { enableIPv6: false, ipv6SubnetLen: 200 }],
     // Backend
     ["missing Backend = vxlan (flannel docs, not its udp code default)", cfg({ Network: "10.5.0.0/16" }), { backend: "vxlan" }],
@@ -88,9 +146,19 @@ describe("parseNetworkConfig: valid configs", () => {
   }
 
   test("backend options keep every key, lower-cased, values as JSON", () => {
-    const c = parseNetworkConfig('{"Network":"10.5.0.0/16","Backend":{"Type":"VXLAN","VNI":4096,"Port":4789,"DirectRouting":true,"gbp":false,"Nested":{"A":[1,"x"]},"__proto__":1}}');
+    const c = parseNetworkConfig(
+      '{"Network":"10.5.0.0/16","Backend":{"Type":"VXLAN","VNI":4096,"Port":4789,"DirectRouting":true,"gbp":false,"Nested":{"A":[1,"x"]},"__proto__":1}}',
+    );
     expect(c.backend.type).toBe("vxlan");
-    expect(c.backend.options).toEqual({ type: "VXLAN", vni: 4096, port: 4789, directrouting: true, gbp: false, nested: { A: [1, "x"] }, ["__proto__"]: 1 });
+    expect(c.backend.options).toEqual({
+      type: "VXLAN",
+      vni: 4096,
+      port: 4789,
+      directrouting: true,
+      gbp: false,
+      nested: { A: [1, "x"] },
+      ["__proto__"]: 1,
+    });
     expect(Object.getPrototypeOf(c.backend.options)).toBe(Object.prototype);
   });
 
@@ -134,22 +202,58 @@ describe("parseNetworkConfig: errors", () => {
     ["SubnetMax outside", cfg({ ...NET, SubnetMax: "10.4.255.0" }), "SubnetMax is not in the range of the Network"],
     ["SubnetMin unaligned", cfg({ ...NET, SubnetMin: "10.5.1.1" }), "SubnetMin is not on a SubnetLen boundary: 10.5.1.1"],
     ["SubnetMax unaligned", cfg({ ...NET, SubnetMax: "10.5.255.128" }), "SubnetMax is not on a SubnetLen boundary: 10.5.255.128"],
-    ["SubnetMin unaligned to explicit len", cfg({ ...NET, SubnetLen: 20, SubnetMin: "10.5.1.0" }), "SubnetMin is not on a SubnetLen boundary: 10.5.1.0"],
-    ["range check before alignment", cfg({ ...NET, SubnetMin: "10.5.1.1", SubnetMax: "11.0.0.0" }), "SubnetMax is not in the range of the Network"],
+    [
+      "SubnetMin unaligned to explicit len",
+      cfg({ ...NET, SubnetLen: 20, SubnetMin: "10.5.1.0" }),
+      "SubnetMin is not on a SubnetLen boundary: 10.5.1.0",
+    ],
+    [
+      "range check before alignment",
+      cfg({ ...NET, SubnetMin: "10.5.1.1", SubnetMax: "11.0.0.0" }),
+      "SubnetMax is not in the range of the Network",
+    ],
     ["Network must be IPv4", cfg({ Network: "fc00::/48" }), 'invalid IPv4 CIDR format (Network "fc00::/48")'],
-    ["Network checked even when IPv4 disabled", cfg({ EnableIPv4: false, EnableIPv6: true, IPv6Network: "fc00::/48", Network: "x" }), "Network: invalid CIDR address: x"],
+    [
+      "Network checked even when IPv4 disabled",
+      cfg({ EnableIPv4: false, EnableIPv6: true, IPv6Network: "fc00::/48", Network: "x" }),
+      "Network: invalid CIDR address: x",
+    ],
     // §1 IPv6 validation, verbatim
     ["IPv6Network missing", cfg({ ...V6 }), "please define a correct IPv6Network parameter in the flannel config"],
     ["IPv6Network ::/0", cfg({ ...V6, IPv6Network: "::/0" }), "please define a correct IPv6Network parameter in the flannel config"],
     ["IPv6SubnetLen 127", cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetLen: 127 }), "SubnetLen must be less than /127"],
-    ["IPv6SubnetLen < prefix+2", cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetLen: 49 }), "network must be able to accommodate at least four subnets"],
+    [
+      "IPv6SubnetLen < prefix+2",
+      cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetLen: 49 }),
+      "network must be able to accommodate at least four subnets",
+    ],
     ["IPv6 /125 too small", cfg({ ...V6, IPv6Network: "fc00::/125" }), "IPv6Network is too small. Minimum useful network prefix is /124"],
-    ["IPv6SubnetMin outside", cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetMin: "fc01::" }), "IPv6SubnetMin is not in the range of the IPv6Network"],
-    ["IPv6SubnetMax outside", cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetMax: "fc00:1::" }), "IPv6SubnetMax is not in the range of the IPv6Network"],
-    ["IPv6SubnetMin unaligned", cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetMin: "fc00:0:0:1::1" }), "IPv6SubnetMin is not on a SubnetLen boundary: fc00:0:0:1::1"],
-    ["IPv6SubnetMax unaligned", cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetMax: "fc00:0:0:ff:8000::" }), "IPv6SubnetMax is not on a SubnetLen boundary: fc00:0:0:ff:8000::"],
+    [
+      "IPv6SubnetMin outside",
+      cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetMin: "fc01::" }),
+      "IPv6SubnetMin is not in the range of the IPv6Network",
+    ],
+    [
+      "IPv6SubnetMax outside",
+      cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetMax: "fc00:1::" }),
+      "IPv6SubnetMax is not in the range of the IPv6Network",
+    ],
+    [
+      "IPv6SubnetMin unaligned",
+      cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetMin: "fc00:0:0:1::1" }),
+      "IPv6SubnetMin is not on a SubnetLen boundary: fc00:0:0:1::1",
+    ],
+    [
+      "IPv6SubnetMax unaligned",
+      cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetMax: "fc00:0:0:ff:8000::" }),
+      "IPv6SubnetMax is not on a SubnetLen boundary: fc00:0:0:ff:8000::",
+    ],
     ["IPv6Network must be IPv6", cfg({ ...V6, IPv6Network: "10.0.0.0/8" }), 'invalid IPv6 CIDR format (IPv6Network "10.0.0.0/8")'],
-    ["IPv4 errors come first", cfg({ EnableIPv6: true, IPv6Network: "fc00::/125" }), "please define a correct Network parameter in the flannel config"],
+    [
+      "IPv4 errors come first",
+      cfg({ EnableIPv6: true, IPv6Network: "fc00::/125" }),
+      "please define a correct Network parameter in the flannel config",
+    ],
     ["no family", cfg({ EnableIPv4: false }), "none defined stack"],
     ["no family (explicit both false)", cfg({ EnableIPv4: false, EnableIPv6: false, Network: "10.5.0.0/16" }), "none defined stack"],
     // wrong JSON types, naming the field
@@ -163,8 +267,16 @@ describe("parseNetworkConfig: errors", () => {
     ["SubnetLen negative", '{"Network":"10.5.0.0/16","SubnetLen":-1}', "SubnetLen must be a non-negative integer, got a number (-1)"],
     ["SubnetLen fraction", '{"Network":"10.5.0.0/16","SubnetLen":24.0}', "SubnetLen must be a non-negative integer, got a number (24.0)"],
     ["SubnetLen exponent", '{"Network":"10.5.0.0/16","SubnetLen":2e1}', "SubnetLen must be a non-negative integer, got a number (2e1)"],
-    ["SubnetLen overflows uint64", '{"Network":"10.5.0.0/16","SubnetLen":18446744073709551616}', "SubnetLen must be a non-negative integer, got a number (18446744073709551616)"],
-    ["IPv6SubnetLen bool", cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetLen: true }), "IPv6SubnetLen must be a non-negative integer, got a boolean"],
+    [
+      "SubnetLen overflows uint64",
+      '{"Network":"10.5.0.0/16","SubnetLen":18446744073709551616}',
+      "SubnetLen must be a non-negative integer, got a number (18446744073709551616)",
+    ],
+    [
+      "IPv6SubnetLen bool",
+      cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetLen: true }),
+      "IPv6SubnetLen must be a non-negative integer, got a boolean",
+    ],
     ["EnableIPv4 string", cfg({ ...NET, EnableIPv4: "true" }), "EnableIPv4 must be true or false, got a string"],
     ["EnableIPv6 number", cfg({ ...NET, EnableIPv6: 1 }), "EnableIPv6 must be true or false, got a number (1)"],
     ["EnableNFTables array", cfg({ ...NET, EnableNFTables: [] }), "EnableNFTables must be true or false, got an array"],
@@ -172,12 +284,24 @@ describe("parseNetworkConfig: errors", () => {
     ["SubnetMin null", '{"Network":"10.5.0.0/16","SubnetMin":null}', "SubnetMin must be an IPv4 address string, got null"],
     ["SubnetMin not an IP", cfg({ ...NET, SubnetMin: "10.5.1" }), "SubnetMin: invalid IP address format: 10.5.1"],
     ["SubnetMax IPv6", cfg({ ...NET, SubnetMax: "fc00::" }), "SubnetMax: fc00:: is not an IPv4 address"],
-    ["IPv6SubnetMin IPv4", cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetMin: "10.0.0.0" }), "IPv6SubnetMin: 10.0.0.0 is not an IPv6 address"],
-    ["IPv6SubnetMax number", cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetMax: 5 }), "IPv6SubnetMax must be an IPv6 address string, got a number (5)"],
+    [
+      "IPv6SubnetMin IPv4",
+      cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetMin: "10.0.0.0" }),
+      "IPv6SubnetMin: 10.0.0.0 is not an IPv6 address",
+    ],
+    [
+      "IPv6SubnetMax number",
+      cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetMax: 5 }),
+      "IPv6SubnetMax must be an IPv6 address string, got a number (5)",
+    ],
     ["Networks wrong type", cfg({ ...NET, Networks: "10.0.0.0/8" }), "Networks must be an array of CIDR strings, got a string"],
     ["Networks bad element", cfg({ ...NET, Networks: ["10.0.0.0/8", "x"] }), "Networks[1]: invalid CIDR address: x"],
     ["IPv6Networks IPv4 element", cfg({ ...NET, IPv6Networks: ["10.0.0.0/8"] }), 'invalid IPv6 CIDR format (IPv6Networks[0] "10.0.0.0/8")'],
-    ["type error even in a duplicate that is later overwritten", '{"SubnetLen":"x","Network":"10.5.0.0/16","subnetlen":24}', "SubnetLen must be a non-negative integer, got a string"],
+    [
+      "type error even in a duplicate that is later overwritten",
+      '{"SubnetLen":"x","Network":"10.5.0.0/16","subnetlen":24}',
+      "SubnetLen must be a non-negative integer, got a string",
+    ],
     ["config is an array", "[]", /^config must be a JSON object, got an array/],
     ["config is a string", '"10.5.0.0/16"', /^config must be a JSON object, got a string/],
     // Backend
@@ -188,25 +312,57 @@ describe("parseNetworkConfig: errors", () => {
     ["Backend string", cfg({ ...NET, Backend: "vxlan" }), /^Backend must be an object such as \{"Type":"vxlan"\}, got a string$/],
     ["Backend array", cfg({ ...NET, Backend: [] }), /^Backend must be an object/],
     ["Backend decode error before network checks", cfg({ Backend: 3 }), /^Backend must be an object/],
-    ["network checks before backend lookup", cfg({ Backend: { Type: "udp" } }), "please define a correct Network parameter in the flannel config"],
-    ["Backend Type with spaces is unknown", cfg({ ...NET, Backend: { Type: " vxlan" } }), 'unsupported backend type " vxlan": flannel-bin supports vxlan and host-gw (not a backend type known to flannel or flannel-bin)'],
-    ["unknown backend", cfg({ ...NET, Backend: { Type: "geneve" } }), 'unsupported backend type "geneve": flannel-bin supports vxlan and host-gw (not a backend type known to flannel or flannel-bin)'],
+    [
+      "network checks before backend lookup",
+      cfg({ Backend: { Type: "udp" } }),
+      "please define a correct Network parameter in the flannel config",
+    ],
+    [
+      "Backend Type with spaces is unknown",
+      cfg({ ...NET, Backend: { Type: " vxlan" } }),
+      'unsupported backend type " vxlan": flannel-bin supports vxlan and host-gw (not a backend type known to flannel or flannel-bin)',
+    ],
+    [
+      "unknown backend",
+      cfg({ ...NET, Backend: { Type: "geneve" } }),
+      'unsupported backend type "geneve": flannel-bin supports vxlan and host-gw (not a backend type known to flannel or flannel-bin)',
+    ],
     // invalid JSON, with position
     ["empty text", "", "config is not valid JSON: unexpected end of input at line 1, column 1"],
     ["truncated", '{"Network":"10.5.0.0/16"', "config is not valid JSON: unexpected end of input at line 1, column 25"],
-    ["bad token on line 2", '{"Network":"10.5.0.0/16",\n  SubnetLen: 24}', 'config is not valid JSON: unexpected character "S" at line 2, column 3'],
+    [
+      "bad token on line 2",
+      '{"Network":"10.5.0.0/16",\n  SubnetLen: 24}',
+      'config is not valid JSON: unexpected character "S" at line 2, column 3',
+    ],
     ["trailing comma", '{"Network":"10.5.0.0/16",}', 'config is not valid JSON: unexpected character "}" at line 1, column 26'],
-    ["trailing garbage", '{"Network":"10.5.0.0/16"} x', 'config is not valid JSON: unexpected "x" after the top-level value at line 1, column 27'],
-    ["NBSP shown as code point", '{"Network":\u00a0"10.5.0.0/16"}', "config is not valid JSON: unexpected character U+00A0 at line 1, column 12"],
-    ["single quotes", "{'Network':'10.5.0.0/16'}", "config is not valid JSON: unexpected character \"'\" at line 1, column 2"],
+    [
+      "trailing garbage",
+      '{"Network":"10.5.0.0/16"} x',
+      'config is not valid JSON: unexpected "x" after the top-level value at line 1, column 27',
+    ],
+    [
+      "NBSP shown as code point",
+      '{"Network":\u00a0"10.5.0.0/16"}',
+      "config is not valid JSON: unexpected character U+00A0 at line 1, column 12",
+    ],
+    ["single quotes", "{'Network':'10.5.0.0/16'}", 'config is not valid JSON: unexpected character "\'" at line 1, column 2'],
     ["unterminated string", '{"Network":"10.5', "config is not valid JSON: unterminated string at line 1, column 12"],
     ["bad escape", '{"Network":"\\x"}', "config is not valid JSON: invalid escape in string at line 1, column 13"],
     ["raw newline in string", '{"Network":"a\nb"}', "config is not valid JSON: control character in string at line 1, column 14"],
     ["comment", '{"Network":"10.5.0.0/16" // x\n}', 'config is not valid JSON: unexpected character "/" at line 1, column 26'],
     ["leading zero number", '{"SubnetLen":024}', 'config is not valid JSON: unexpected character "2" at line 1, column 15'],
-    ["byte order mark", '\ufeff{"Network":"10.5.0.0/16"}', "config is not valid JSON: unexpected character U+FEFF (byte order mark) at line 1, column 1"],
+    [
+      "byte order mark",
+      '\ufeff{"Network":"10.5.0.0/16"}',
+      "config is not valid JSON: unexpected character U+FEFF (byte order mark) at line 1, column 1",
+    ],
     ["NaN", '{"SubnetLen":NaN}', 'config is not valid JSON: unexpected character "N" at line 1, column 14'],
-    ["very deep nesting", `{"x":${"[".repeat(5000)}${"]".repeat(5000)}}`, /^config is not valid JSON: nesting deeper than 64 at line 1, column \d+$/],
+    [
+      "very deep nesting",
+      `{"x":${"[".repeat(5000)}${"]".repeat(5000)}}`,
+      /^config is not valid JSON: nesting deeper than 64 at line 1, column \d+$/,
+    ],
   ];
   for (const [name, text, message] of cases) {
     test(name, () => {
@@ -234,7 +390,10 @@ describe("parseNetworkConfig: errors", () => {
   test("exact verbatim messages", () => {
     const exact: [string, string][] = [
       [cfg({ ...NET, SubnetMin: "10.5.1.1" }), "SubnetMin is not on a SubnetLen boundary: 10.5.1.1"],
-      [cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetMin: "fc00:0:0:1::1" }), "IPv6SubnetMin is not on a SubnetLen boundary: fc00:0:0:1::1"],
+      [
+        cfg({ ...V6, IPv6Network: "fc00::/48", IPv6SubnetMin: "fc00:0:0:1::1" }),
+        "IPv6SubnetMin is not on a SubnetLen boundary: fc00:0:0:1::1",
+      ],
       [cfg({ Network: "10.0.0.0/29" }), "network is too small. Minimum useful network prefix is /28"],
       [cfg({ ...V6, IPv6Network: "fc00::/125" }), "IPv6Network is too small. Minimum useful network prefix is /124"],
     ];

@@ -16,7 +16,11 @@ describe("flags", () => {
     expect(values["subnet-lease-renew-margin"]).toBe(60);
   });
   test("Go-style spellings", () => {
-    const { values } = parseFlags(["-etcd-endpoints=http://a:1", "--etcd-prefix", "/kube-centos/network", "-ip-masq", "--store=etcd"], RUN_FLAGS, {});
+    const { values } = parseFlags(
+      ["-etcd-endpoints=http://a:1", "--etcd-prefix", "/kube-centos/network", "-ip-masq", "--store=etcd"],
+      RUN_FLAGS,
+      {},
+    );
     expect(values["etcd-endpoints"]).toBe("http://a:1");
     expect(values["etcd-prefix"]).toBe("/kube-centos/network");
     expect(values["ip-masq"]).toBe(true);

@@ -3,10 +3,22 @@ import { candidateAddrs, chooseExternalInterface, IfaceError, parseIpAddr, selec
 import { formatCIDR } from "../src/ipmath.ts";
 
 const inet = (local: string, prefixlen: number, extra: Record<string, unknown> = {}) => ({
-  family: "inet", local, prefixlen, scope: "global", valid_life_time: 4294967295, preferred_life_time: 4294967295, ...extra,
+  family: "inet",
+  local,
+  prefixlen,
+  scope: "global",
+  valid_life_time: 4294967295,
+  preferred_life_time: 4294967295,
+  ...extra,
 });
 const link = (ifindex: number, ifname: string, mtu: number, addr_info: unknown[]) => ({
-  ifindex, ifname, flags: ["UP"], mtu, operstate: "UP", link_type: "ether", addr_info,
+  ifindex,
+  ifname,
+  flags: ["UP"],
+  mtu,
+  operstate: "UP",
+  link_type: "ether",
+  addr_info,
 });
 
 // Shaped like real `ip -json addr show` output.
@@ -108,7 +120,12 @@ describe("selectInterface (pure)", () => {
     expect(() => selectInterface({}, ROUTES, {})).toThrow(IfaceError);
     expect(() => selectInterface(ADDRS, "x", {})).toThrow(IfaceError);
     // Junk entries are skipped, not trusted.
-    const junk = [null, 5, { ifname: "x" }, link(9, "eth9", 1500, [inet("1.2.3.4 dev lo", 24), inet("10.1.1.1", 99), inet("10.2.2.2", 24)])];
+    const junk = [
+      null,
+      5,
+      { ifname: "x" },
+      link(9, "eth9", 1500, [inet("1.2.3.4 dev lo", 24), inet("10.1.1.1", 99), inet("10.2.2.2", 24)]),
+    ];
     const s = selectInterface(junk, [{ dst: "default", dev: "eth9" }], {});
     expect(s.iface.ipv4).toBe("10.2.2.2");
     expect(s.iface.ipv4Nets.map(formatCIDR)).toEqual(["10.2.2.0/24"]);

@@ -59,10 +59,11 @@ describe("parseIP / formatIP: IPv4", () => {
     "1000.1.1.1",
     "1.1.1.1/24",
   ];
-  for (const s of invalid) test(`rejects ${JSON.stringify(s)}`, () => {
-    expect(parseIP(s)).toBeNull();
-    expect(parseIPv4(s)).toBeNull();
-  });
+  for (const s of invalid)
+    test(`rejects ${JSON.stringify(s)}`, () => {
+      expect(parseIP(s)).toBeNull();
+      expect(parseIPv4(s)).toBeNull();
+    });
   test("parseIPv4 rejects IPv6", () => expect(parseIPv4("::1")).toBeNull());
   test("non-string input", () => expect(parseIP(42 as unknown as string)).toBeNull());
 });

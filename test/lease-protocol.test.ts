@@ -31,11 +31,17 @@ function cfg(network: string, subnetLen: number, min?: string, max?: string): Ne
   const net = parseCIDR(network);
   const size = 1n << BigInt(32 - subnetLen);
   return {
-    enableIPv4: true, enableIPv6: false, enableNFTables: false,
-    network: net, subnetLen,
+    enableIPv4: true,
+    enableIPv6: false,
+    enableNFTables: false,
+    network: net,
+    subnetLen,
     subnetMin: min ? parseIPv4(min)! : net.ip + size,
     subnetMax: max ? parseIPv4(max)! : net.ip + (1n << BigInt(32 - net.prefix)) - size,
-    ipv6Network: null, ipv6SubnetLen: 0, ipv6SubnetMin: 0n, ipv6SubnetMax: 0n,
+    ipv6Network: null,
+    ipv6SubnetLen: 0,
+    ipv6SubnetMin: 0n,
+    ipv6SubnetMax: 0n,
     backend: { type: "host-gw", options: {} },
   };
 }
@@ -59,7 +65,12 @@ describe("lease protocol", () => {
     const s = open(freshPath());
     const c = cfg("10.5.0.0/16", 24);
     const a = await acquireLease(s, c, attrs("192.0.2.1"), { previousSubnet: null, ttlMs: HOUR });
-    const b = await acquireLease(s, c, { ...attrs("192.0.2.1"), backendType: "vxlan", backendData: { VNI: 1, VtepMAC: "02:00:00:00:00:01" } }, { previousSubnet: null, ttlMs: HOUR });
+    const b = await acquireLease(
+      s,
+      c,
+      { ...attrs("192.0.2.1"), backendType: "vxlan", backendData: { VNI: 1, VtepMAC: "02:00:00:00:00:01" } },
+      { previousSubnet: null, ttlMs: HOUR },
+    );
     expect(formatCIDR(b.subnet)).toBe(formatCIDR(a.subnet));
     expect((await listLeases(s)).leases[0]!.attrs.backendType).toBe("vxlan");
   });
@@ -69,7 +80,10 @@ describe("lease protocol", () => {
     const l = await acquireLease(s, cfg("10.5.0.0/16", 24), attrs("192.0.2.9"), { previousSubnet: parseCIDR("10.5.77.0/24"), ttlMs: HOUR });
     expect(formatCIDR(l.subnet)).toBe("10.5.77.0/24");
     // Held by someone else: not taken.
-    const m = await acquireLease(s, cfg("10.5.0.0/16", 24), attrs("192.0.2.10"), { previousSubnet: parseCIDR("10.5.77.0/24"), ttlMs: HOUR });
+    const m = await acquireLease(s, cfg("10.5.0.0/16", 24), attrs("192.0.2.10"), {
+      previousSubnet: parseCIDR("10.5.77.0/24"),
+      ttlMs: HOUR,
+    });
     expect(formatCIDR(m.subnet)).not.toBe("10.5.77.0/24");
   });
 
@@ -123,7 +137,9 @@ describe("lease protocol", () => {
     expect(mine.expiresAt).toBeNull();
     expect((await s.get("subnets/10.5.2.0-24"))!.expiresAt).toBeNull();
     expect(renewDelayMs(mine, HOUR, HOUR)).toBe(Number.POSITIVE_INFINITY);
-    await expect(acquireLease(s, c, attrs("192.0.2.3"), { previousSubnet: parseCIDR("10.5.1.0/24"), ttlMs: HOUR })).rejects.toBeInstanceOf(OutOfSubnetsError);
+    await expect(acquireLease(s, c, attrs("192.0.2.3"), { previousSubnet: parseCIDR("10.5.1.0/24"), ttlMs: HOUR })).rejects.toBeInstanceOf(
+      OutOfSubnetsError,
+    );
   });
 
   test("a corrupt record is skipped and logged, and its subnet is not handed out", async () => {
@@ -147,7 +163,7 @@ describe("lease protocol", () => {
 
   test("renewDelayMs: margin before expiry, at most half the TTL", () => {
     const l = { subnet: parseCIDR("10.5.1.0/24"), ipv6Subnet: null, attrs: attrs("1.1.1.1"), revision: 1, expiresAt: 1_000_000 };
-    expect(renewDelayMs(l, 60 * 60_000, 24 * HOUR, 0)).toBe(Math.max(1_000_000 - HOUR , 0));
+    expect(renewDelayMs(l, 60 * 60_000, 24 * HOUR, 0)).toBe(Math.max(1_000_000 - HOUR, 0));
     expect(renewDelayMs(l, 60 * 60_000, 10_000, 990_000)).toBe(5_000);
   });
 });
@@ -219,8 +235,7 @@ describe("LeaseKeeper", () => {
     let failures = 1;
     // The real store, with its first update failing as an outage would.
     const flaky = new Proxy(s, {
-      get: (t, p) =>
-        p === "update" && failures-- > 0 ? () => Promise.reject(new Error("store down")) : Reflect.get(t, p).bind(t),
+      get: (t, p) => (p === "update" && failures-- > 0 ? () => Promise.reject(new Error("store down")) : Reflect.get(t, p).bind(t)),
     });
     const errors: string[] = [];
     const k = new LeaseKeeper(flaky, l, { ttlMs: 1000, marginMs: 60_000, onError: (e) => void errors.push(e.message) });

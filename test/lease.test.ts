@@ -13,17 +13,31 @@ describe("subnet keys", () => {
     expect(p.subnet.prefix).toBe(24);
     expect(p.ipv6Subnet!.prefix).toBe(64);
   });
-  test.each(["subnets/10.5.52.0-32", "subnets/10.5.52.1-24", "subnets/010.5.52.0-24", "subnets/x", "subnets/10.5.52.0-24; rm", "config", "subnets/256.1.1.0-24", "subnets/10.5.52.0-24&fc00:0000:0:34::-64", "subnets/10.5.52.0-24&fc00:0:0:34::1-64"])(
-    "rejects %p",
-    (k) => expect(parseSubnetKey(k)).toBeNull(),
-  );
+  test.each([
+    "subnets/10.5.52.0-32",
+    "subnets/10.5.52.1-24",
+    "subnets/010.5.52.0-24",
+    "subnets/x",
+    "subnets/10.5.52.0-24; rm",
+    "config",
+    "subnets/256.1.1.0-24",
+    "subnets/10.5.52.0-24&fc00:0000:0:34::-64",
+    "subnets/10.5.52.0-24&fc00:0:0:34::1-64",
+  ])("rejects %p", (k) => expect(parseSubnetKey(k)).toBeNull());
 });
 
 describe("lease JSON", () => {
   test("encodes byte-for-byte as flanneld", () => {
-    expect(dec(encodeLeaseAttrs({ publicIP: "192.168.64.3", publicIPv6: null, backendType: "vxlan", backendData: { VNI: 1, VtepMAC: "c6:d2:32:6f:8f:44" } }))).toBe(
-      '{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}',
-    );
+    expect(
+      dec(
+        encodeLeaseAttrs({
+          publicIP: "192.168.64.3",
+          publicIPv6: null,
+          backendType: "vxlan",
+          backendData: { VNI: 1, VtepMAC: "c6:d2:32:6f:8f:44" },
+        }),
+      ),
+    ).toBe('{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}');
     expect(dec(encodeLeaseAttrs({ publicIP: "192.168.64.3", publicIPv6: null, backendType: "host-gw" }))).toBe(
       '{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"host-gw"}',
     );
@@ -31,7 +45,11 @@ describe("lease JSON", () => {
   test("decodes flannel records, lower-case keys and unknown fields", () => {
     const a = decodeLeaseAttrs(enc('{"publicip":"10.0.0.1","backendtype":"host-gw","Extra":1}'));
     expect(a).toEqual({ publicIP: "10.0.0.1", publicIPv6: null, backendType: "host-gw" });
-    const b = decodeLeaseAttrs(enc('{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"},"BackendV6Data":{"VNI":1}}'));
+    const b = decodeLeaseAttrs(
+      enc(
+        '{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"},"BackendV6Data":{"VNI":1}}',
+      ),
+    );
     expect(b.publicIPv6).toBe("fd00::3");
     expect(b.backendV6Data).toEqual({ VNI: 1 });
   });
@@ -48,6 +66,8 @@ describe("lease JSON", () => {
     expect(decodeLeaseAttrs(enc('{"__proto__":{"publicip":"10.9.9.9"}}')).publicIP).toBe("0.0.0.0");
   });
   test("leaseFromKV names the key", () => {
-    expect(() => leaseFromKV({ key: "subnets/10.5.1.0-24", value: enc("{"), revision: 1, expiresAt: null })).toThrow(/subnets\/10.5.1.0-24/);
+    expect(() => leaseFromKV({ key: "subnets/10.5.1.0-24", value: enc("{"), revision: 1, expiresAt: null })).toThrow(
+      /subnets\/10.5.1.0-24/,
+    );
   });
 });

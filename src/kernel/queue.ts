@@ -77,7 +77,8 @@ const NETNS = /^[A-Za-z0-9._-]{1,64}$/;
 const MARKER = "fbt-marker";
 const FAILED = /^Command failed .*:(\d+)$/;
 // What iproute2 prints when the thing to delete is already gone (ESRCH, ENOENT, EADDRNOTAVAIL, missing device).
-const ABSENT = /No such process|No such file or directory|Address not found|Cannot assign requested address|Cannot find device|does not exist/;
+const ABSENT =
+  /No such process|No such file or directory|Address not found|Cannot assign requested address|Cannot find device|does not exist/;
 
 function nsArgs(netns: string | undefined): string[] {
   if (netns === undefined) return [];
@@ -291,11 +292,7 @@ export async function bridgeJson(args: string[], netns?: string): Promise<unknow
 async function runJson(tool: Tool, args: string[], netns?: string): Promise<unknown> {
   for (const a of args) if (typeof a !== "string") throw new Error(`${tool} argument is not a string: ${String(a)}`);
   const proc = Bun.spawn([tool, ...nsArgs(netns), "-json", ...args], { stdout: "pipe", stderr: "pipe" });
-  const [out, err, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
+  const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
   if (code !== 0) throw new Error(`${tool} -json ${args.join(" ")}: ${err.trim() || `exit status ${code}`}`);
   const s = out.trim();
   if (!s) return [];

@@ -512,7 +512,10 @@ export class Reconciler {
 
     // Routes: all with our proto are ours.
     const actualRoutes = new Map<string, KRoute>();
-    for (const [list, family] of [[r4, 4], [r6, 6]] as const) {
+    for (const [list, family] of [
+      [r4, 4],
+      [r6, 6],
+    ] as const) {
       for (const r of list) {
         const kr = parseRoute(r, family);
         if (kr) actualRoutes.set(routeKey(kr.dst), kr);
@@ -526,8 +529,16 @@ export class Reconciler {
     const fdbDevs = new Set(owned);
     for (const k of this.fdbs.desired.keys()) fdbDevs.add(keyDev(k));
     const [neighLists, fdbLists] = await Promise.all([
-      Promise.all([...neighDevs].filter((d) => present.has(d)).map(async (dev) => ({ dev, list: (await ipJson(["neigh", "show", "dev", dev], this.netns)) as Record<string, unknown>[] }))),
-      Promise.all([...fdbDevs].filter((d) => present.has(d)).map(async (dev) => ({ dev, list: (await bridgeJson(["fdb", "show", "dev", dev], this.netns)) as Record<string, unknown>[] }))),
+      Promise.all(
+        [...neighDevs]
+          .filter((d) => present.has(d))
+          .map(async (dev) => ({ dev, list: (await ipJson(["neigh", "show", "dev", dev], this.netns)) as Record<string, unknown>[] })),
+      ),
+      Promise.all(
+        [...fdbDevs]
+          .filter((d) => present.has(d))
+          .map(async (dev) => ({ dev, list: (await bridgeJson(["fdb", "show", "dev", dev], this.netns)) as Record<string, unknown>[] })),
+      ),
     ]);
 
     const actualNeighs = new Map<string, Neigh>();
@@ -608,13 +619,7 @@ function split<T>(t: Table<T>, eq: (a: T, b: T) => boolean, add: string[], del: 
   t.dirty.clear();
 }
 
-function diffInto<T>(
-  t: Table<T>,
-  id: string,
-  prev: Entry<T>[] | undefined,
-  next: Entry<T>[],
-  eq: (a: T, b: T) => boolean,
-): void {
+function diffInto<T>(t: Table<T>, id: string, prev: Entry<T>[] | undefined, next: Entry<T>[], eq: (a: T, b: T) => boolean): void {
   if (!prev || prev.length === 0) {
     for (const e of next) t.upsert(e.key, id, e.value);
     return;

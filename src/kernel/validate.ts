@@ -82,7 +82,6 @@ export function validIP(v: unknown, field = "IP address", family?: Family): stri
   return formatIP(ip.value, ip.family);
 }
 
-
 /** A network (host bits zero), canonical "a.b.c.d/n". Host bits set is an error, never silently masked. */
 export function validNet(v: unknown, field = "network"): string {
   if (typeof v !== "string") fail(field, v, "not a string");

@@ -23,7 +23,10 @@ const UP = {
   },
   network: { type: "string", description: "flannel Network", default: "10.5.0.0/16" },
   binary: { type: "string", description: "agent binary (default: this executable, or dist/flannel-bin)" },
-  "store-args": { type: "string", description: 'store flags of a server you run yourself (reachable from the lab namespaces), e.g. "--etcd-endpoints http://…"' },
+  "store-args": {
+    type: "string",
+    description: 'store flags of a server you run yourself (reachable from the lab namespaces), e.g. "--etcd-endpoints http://…"',
+  },
   "agent-args": { type: "string", description: "extra flags for every agent, space-separated" },
 } as const satisfies FlagSpecs;
 

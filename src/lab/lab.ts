@@ -25,7 +25,6 @@ import {
   netnsExists,
   processAlive,
   processArgv,
-
   spawnDetachedIn,
   stopProcess,
   sysctlSet,
@@ -143,7 +142,8 @@ function requireRoot(): void {
 function labName(opts: { name?: string }): string {
   const name = opts.name ?? "flab";
   // Namespace names and file paths are built from it: keep it short and plain.
-  if (!/^[a-z][a-z0-9]{0,11}$/.test(name)) throw new LabError(`lab name ${JSON.stringify(name)} must be 1-12 lower-case letters/digits, starting with a letter`);
+  if (!/^[a-z][a-z0-9]{0,11}$/.test(name))
+    throw new LabError(`lab name ${JSON.stringify(name)} must be 1-12 lower-case letters/digits, starting with a letter`);
   return name;
 }
 
@@ -204,19 +204,23 @@ export async function labUp(opts: LabOptions = {}): Promise<LabReport> {
   const nHosts = opts.hosts ?? 3;
   if (!Number.isInteger(nHosts) || nHosts < 1 || nHosts > MAX_HOSTS) throw new LabError(`--hosts must be 1-${MAX_HOSTS}, got ${nHosts}`);
   const backend = opts.backend ?? "vxlan";
-  if (backend !== "vxlan" && backend !== "host-gw") throw new LabError(`--backend must be vxlan or host-gw, got ${JSON.stringify(backend)}`);
+  if (backend !== "vxlan" && backend !== "host-gw")
+    throw new LabError(`--backend must be vxlan or host-gw, got ${JSON.stringify(backend)}`);
   const store = opts.store ?? "sqlite";
   if (!["sqlite", "etcd", "nats"].includes(store)) throw new LabError(`--store must be sqlite, etcd or nats, got ${JSON.stringify(store)}`);
   const stateDir = labStateDir(opts);
   if (existsSync(stateFile(stateDir)))
     throw new LabError(`lab ${name} already exists (${stateFile(stateDir)}); run \`flannel-bin lab down --name ${name}\` first`);
   const binary = resolve(opts.binary ?? defaultBinary());
-  if (!opts.topologyOnly && !existsSync(binary)) throw new LabError(`agent binary not found: ${binary} (run \`bun run build\` or pass --binary)`);
+  if (!opts.topologyOnly && !existsSync(binary))
+    throw new LabError(`agent binary not found: ${binary} (run \`bun run build\` or pass --binary)`);
 
   // Never adopt namespaces we did not make: refuse if any of our names is taken.
   const wanted = [`${name}-ul`];
   for (let i = 1; i <= nHosts; i++) wanted.push(`${name}-h${i}`, `${name}-c${i}`);
-  for (const ns of wanted) if (await netnsExists(ns)) throw new LabError(`network namespace ${ns} already exists and is not recorded by a lab; remove it or pick another --name`);
+  for (const ns of wanted)
+    if (await netnsExists(ns))
+      throw new LabError(`network namespace ${ns} already exists and is not recorded by a lab; remove it or pick another --name`);
 
   const createdStateDir = !existsSync(stateDir);
   mkdirSync(stateDir, { recursive: true, mode: 0o755 });
@@ -259,7 +263,9 @@ export async function labUp(opts: LabOptions = {}): Promise<LabReport> {
   } catch (e) {
     saveState(s);
     const msg = e instanceof Error ? e.message : String(e);
-    throw new LabError(`lab up failed: ${msg}\n(state and logs kept in ${stateDir}; clean up with \`flannel-bin lab down --name ${name}\`)`);
+    throw new LabError(
+      `lab up failed: ${msg}\n(state and logs kept in ${stateDir}; clean up with \`flannel-bin lab down --name ${name}\`)`,
+    );
   }
 }
 
@@ -320,19 +326,30 @@ async function setupStore(s: LabState, storeArgs: string[] | undefined): Promise
 async function putNetworkConfig(s: LabState, backendOptions: Record<string, unknown> = {}): Promise<void> {
   const config = JSON.stringify({ Network: s.network, Backend: { Type: s.backend, ...backendOptions } });
   // From inside the underlay so a server listening on 192.0.2.1 is reachable. A fresh server may need a moment.
-  await waitFor(`\`config put\` to succeed`, 15_000, async () => {
-    await execIn(s.underlay, [s.binary, "config", "put", config, ...s.storeFlags], { timeoutMs: 10_000 });
-    return true;
-  }, 500);
+  await waitFor(
+    `\`config put\` to succeed`,
+    15_000,
+    async () => {
+      await execIn(s.underlay, [s.binary, "config", "put", config, ...s.storeFlags], { timeoutMs: 10_000 });
+      return true;
+    },
+    500,
+  );
 }
 
 function agentArgv(s: LabState, h: LabHost): string[] {
   return [
-    s.binary, "run", ...s.storeFlags,
-    "--iface", "eth0",
-    "--subnet-file", h.subnetFile,
-    "--healthz-ip", "127.0.0.1",
-    "--healthz-port", String(HEALTHZ_PORT),
+    s.binary,
+    "run",
+    ...s.storeFlags,
+    "--iface",
+    "eth0",
+    "--subnet-file",
+    h.subnetFile,
+    "--healthz-ip",
+    "127.0.0.1",
+    "--healthz-port",
+    String(HEALTHZ_PORT),
     ...s.agentArgs,
   ];
 }
@@ -361,14 +378,18 @@ function agentAlive(h: LabHost): boolean {
 }
 
 async function agentReady(h: LabHost): Promise<boolean> {
-  const r = await execIn(h.netns, ["curl", "-sf", "--max-time", "1", `http://127.0.0.1:${HEALTHZ_PORT}/readyz`], { allowFail: true, timeoutMs: 3000 });
+  const r = await execIn(h.netns, ["curl", "-sf", "--max-time", "1", `http://127.0.0.1:${HEALTHZ_PORT}/readyz`], {
+    allowFail: true,
+    timeoutMs: 3000,
+  });
   return r.code === 0;
 }
 
 async function waitAgentReady(_s: LabState, h: LabHost, timeoutMs = 30_000): Promise<void> {
   await waitFor(`agent in ${h.netns} to be ready (/readyz and ${h.subnetFile})`, timeoutMs, async () => {
     // Only liveness here: right after the spawn the child's argv is still ours until `ip netns exec` has exec'd.
-    if (h.agentPid === null || !processAlive(h.agentPid)) throw new GiveUp(`agent in ${h.netns} (pid ${h.agentPid}) exited; last lines of ${h.logFile}:\n${logTail(h.logFile)}`);
+    if (h.agentPid === null || !processAlive(h.agentPid))
+      throw new GiveUp(`agent in ${h.netns} (pid ${h.agentPid}) exited; last lines of ${h.logFile}:\n${logTail(h.logFile)}`);
     return (await agentReady(h)) && readSubnetEnv(h) !== null ? true : undefined;
   });
 }
@@ -421,7 +442,11 @@ async function addContainer(s: LabState, h: LabHost): Promise<void> {
 // Reachability
 
 /** One ping run: `ping -c N -W 1 -i 0.2`, parsed. */
-export async function pingFrom(netns: string, target: string, opts: { count?: number; size?: number; dontFragment?: boolean } = {}): Promise<{ ok: boolean; rttMs: number | null; output: string }> {
+export async function pingFrom(
+  netns: string,
+  target: string,
+  opts: { count?: number; size?: number; dontFragment?: boolean } = {},
+): Promise<{ ok: boolean; rttMs: number | null; output: string }> {
   const count = opts.count ?? 3;
   const cmd = ["ping", "-n", "-c", String(count), "-W", "1", "-i", "0.2"];
   if (opts.size !== undefined) cmd.push("-s", String(opts.size));
@@ -446,12 +471,19 @@ async function pingPair(from: LabHost, to: LabHost, converge: boolean, count: nu
     if (last.ok) return { ...base, ok: true, rttMs: last.rttMs, detail: "" };
     await Bun.sleep(500);
   }
-  const lastLine = last.output.split("\n").filter((l) => l.trim() !== "").pop() ?? "";
+  const lastLine =
+    last.output
+      .split("\n")
+      .filter((l) => l.trim() !== "")
+      .pop() ?? "";
   return { ...base, ok: false, rttMs: null, detail: lastLine };
 }
 
 /** Pings every pair of (live) hosts' containers; from the host namespaces if there are no containers. */
-export async function pingAllPairs(s: LabState, opts: { converge?: boolean; count?: number; hosts?: LabHost[] } = {}): Promise<PairReport[]> {
+export async function pingAllPairs(
+  s: LabState,
+  opts: { converge?: boolean; count?: number; hosts?: LabHost[] } = {},
+): Promise<PairReport[]> {
   const hosts = opts.hosts ?? s.hosts;
   const jobs: Promise<PairReport>[] = [];
   for (const a of hosts) for (const b of hosts) if (a !== b) jobs.push(pingPair(a, b, opts.converge ?? false, opts.count ?? 3));
@@ -479,10 +511,21 @@ async function labReport(s: LabState, opts: { converge?: boolean; pingCount?: nu
 
 /** Human-readable tables: hosts, then one line per pair. */
 export function formatLabReport(r: LabReport): string {
-  const pad = (cells: string[], widths: number[]) => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join("  ").trimEnd();
+  const pad = (cells: string[], widths: number[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join("  ")
+      .trimEnd();
   const table = (head: string[], rows: string[][]) => {
     const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] ?? "").length)));
-    return [pad(head, widths), pad(widths.map((w) => "-".repeat(w)), widths), ...rows.map((row) => pad(row, widths))].join("\n");
+    return [
+      pad(head, widths),
+      pad(
+        widths.map((w) => "-".repeat(w)),
+        widths,
+      ),
+      ...rows.map((row) => pad(row, widths)),
+    ].join("\n");
   };
   const hostRows = r.hosts.map((h) => [
     h.host,
@@ -492,7 +535,14 @@ export function formatLabReport(r: LabReport): string {
     h.mtu === null ? "-" : String(h.mtu),
     h.agentAlive ? (h.ready ? "ready" : "alive, not ready") : "not running",
   ]);
-  const pairRows = r.pairs.map((p) => [p.from, p.to, p.toIP, p.ok ? "ok" : "FAIL", p.rttMs === null ? "-" : `${p.rttMs.toFixed(3)} ms`, p.detail]);
+  const pairRows = r.pairs.map((p) => [
+    p.from,
+    p.to,
+    p.toIP,
+    p.ok ? "ok" : "FAIL",
+    p.rttMs === null ? "-" : `${p.rttMs.toFixed(3)} ms`,
+    p.detail,
+  ]);
   const okCount = r.pairs.filter((p) => p.ok).length;
   return [
     `lab ${r.name}: backend ${r.backend}, store ${r.store}`,
@@ -569,7 +619,8 @@ export async function labAddHost(opts: { name?: string; stateDir?: string; ready
   const s = loadOrThrow(opts);
   const i = Math.max(0, ...s.hosts.map((h) => h.index)) + 1;
   if (i > MAX_HOSTS) throw new LabError(`lab ${s.name} already has ${MAX_HOSTS} hosts`);
-  for (const ns of [hostName(s, i), `${s.name}-c${i}`]) if (await netnsExists(ns)) throw new LabError(`network namespace ${ns} already exists`);
+  for (const ns of [hostName(s, i), `${s.name}-c${i}`])
+    if (await netnsExists(ns)) throw new LabError(`network namespace ${ns} already exists`);
   const h = await addHostNamespace(s, i);
   startAgent(s, h);
   await waitAgentReady(s, h, opts.readyTimeoutMs);
@@ -603,4 +654,3 @@ function findHost(s: LabState, host: string): LabHost {
   if (!h) throw new LabError(`lab ${s.name} has no host ${JSON.stringify(host)} (hosts: ${s.hosts.map((x) => x.netns).join(", ")})`);
   return h;
 }
-

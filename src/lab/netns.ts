@@ -42,11 +42,7 @@ export async function run(cmd: string[], opts: RunOptions = {}): Promise<RunResu
     proc.kill("SIGKILL");
   }, timeoutMs);
   try {
-    const [stdout, stderr, code] = await Promise.all([
-      new Response(proc.stdout).text(),
-      new Response(proc.stderr).text(),
-      proc.exited,
-    ]);
+    const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
     if (timedOut) throw new LabCommandError(`\`${argv.join(" ")}\` timed out after ${timeoutMs} ms`, null, stderr);
     if (code !== 0 && !opts.allowFail)
       throw new LabCommandError(`\`${argv.join(" ")}\` failed (exit ${code}): ${stderr.trim() || stdout.trim()}`, code, stderr);

@@ -41,11 +41,25 @@ export async function startLabServer(
     const client = `http://${host}:${ETCD_CLIENT_PORT}`;
     const peer = `http://${host}:${ETCD_PEER_PORT}`;
     cmd = [
-      "etcd", "--name", "lab", "--data-dir", dataDir,
-      "--listen-client-urls", client, "--advertise-client-urls", client,
-      "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-      "--initial-cluster", `lab=${peer}`, "--initial-cluster-state", "new",
-      "--log-level", "warn",
+      "etcd",
+      "--name",
+      "lab",
+      "--data-dir",
+      dataDir,
+      "--listen-client-urls",
+      client,
+      "--advertise-client-urls",
+      client,
+      "--listen-peer-urls",
+      peer,
+      "--initial-advertise-peer-urls",
+      peer,
+      "--initial-cluster",
+      `lab=${peer}`,
+      "--initial-cluster-state",
+      "new",
+      "--log-level",
+      "warn",
     ];
     healthUrl = `${client}/health`;
     storeFlags = ["--store", "etcd", "--etcd-endpoints", client];

@@ -15,7 +15,12 @@ describe("vtepMac", () => {
     const a = vtepMac("192.0.2.2", 1);
     expect(vtepMac("192.0.2.2", 1)).toBe(a);
     expect(a).toMatch(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/);
-    for (const [ip, vni] of [["192.0.2.2", 1], ["192.0.2.3", 1], ["192.0.2.2", 2], ["10.0.0.1", 4096]] as const) {
+    for (const [ip, vni] of [
+      ["192.0.2.2", 1],
+      ["192.0.2.3", 1],
+      ["192.0.2.2", 2],
+      ["10.0.0.1", 4096],
+    ] as const) {
       const first = parseInt(vtepMac(ip, vni).slice(0, 2), 16);
       expect(first & 1).toBe(0);
       expect(first & 2).toBe(2);
@@ -31,7 +36,12 @@ describe("vxlan options", () => {
   });
   test("values, keys folded", () => {
     expect(parseVxlanOptions({ VNI: 4096, port: 4789, gbp: true, Learning: true, mtu: 9000, directrouting: true })).toEqual({
-      vni: 4096, port: 4789, gbp: true, learning: true, mtu: 9000, directRouting: true,
+      vni: 4096,
+      port: 4789,
+      gbp: true,
+      learning: true,
+      mtu: 9000,
+      directRouting: true,
     });
     expect(parseVxlanOptions({ vni: 0 }).vni).toBe(0);
     expect(parseVxlanOptions({ vni: 16777215 }).vni).toBe(16777215);
@@ -74,7 +84,20 @@ describe("vxlan backend", () => {
     );
     const own = lease("10.5.52.0/24", { backendType: "vxlan", publicIP: "192.0.2.2", backendData: attrs.backendData });
     expect(be.localState(own)).toEqual({
-      devices: [{ kind: "vxlan", name: "flannel.4096", vni: 4096, local: "192.0.2.2", underlay: "eth0", port: 4789, learning: false, gbp: true, mtu: 1350, mac }],
+      devices: [
+        {
+          kind: "vxlan",
+          name: "flannel.4096",
+          vni: 4096,
+          local: "192.0.2.2",
+          underlay: "eth0",
+          port: 4789,
+          learning: false,
+          gbp: true,
+          mtu: 1350,
+          mac,
+        },
+      ],
       addresses: [{ dev: "flannel.4096", cidr: "10.5.52.0/32" }],
     });
   });
@@ -141,7 +164,13 @@ describe("vxlan backend", () => {
   });
 
   test("DirectRouting: same segment gets a plain route, others stay encapsulated", () => {
-    const be = createVxlanBackend(ctx("vxlan", { DirectRouting: true }, { extIface: extIface({ ipv4Nets: [parseCIDR("192.0.2.0/24"), parseCIDR("198.51.100.0/25")] }) }));
+    const be = createVxlanBackend(
+      ctx(
+        "vxlan",
+        { DirectRouting: true },
+        { extIface: extIface({ ipv4Nets: [parseCIDR("192.0.2.0/24"), parseCIDR("198.51.100.0/25")] }) },
+      ),
+    );
     const data = { VNI: 1, VtepMAC: PEER_MAC };
     expect(be.peerState(vx(data, { publicIP: "192.0.2.7" }))).toEqual({
       state: { routes: [{ dst: "10.5.7.0/24", via: "192.0.2.7", dev: "eth0", onlink: false }] },

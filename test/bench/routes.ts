@@ -73,7 +73,26 @@ function reset(kind: Kind): void {
   if (kind === "vxlan") {
     // A fresh device: no neighbours, no fdb entries, no routes.
     Bun.spawnSync(["ip", "-n", ns, "link", "del", "flannel.1"]);
-    ip("link", "add", "flannel.1", "address", VX.mac, "mtu", "1450", "type", "vxlan", "id", "1", "local", VX.local, "dev", "ul0", "nolearning", "dstport", "0");
+    ip(
+      "link",
+      "add",
+      "flannel.1",
+      "address",
+      VX.mac,
+      "mtu",
+      "1450",
+      "type",
+      "vxlan",
+      "id",
+      "1",
+      "local",
+      VX.local,
+      "dev",
+      "ul0",
+      "nolearning",
+      "dstport",
+      "0",
+    );
     ip("addr", "add", "10.255.255.0/32", "dev", "flannel.1");
     ip("link", "set", "flannel.1", "up");
   }
@@ -161,7 +180,15 @@ async function main(): Promise<void> {
         `agent runs: ${agent.map((x) => x.toFixed(0)).join("/")}, raw runs: ${raw.map((x) => x.toFixed(0)).join("/")}`,
       ]);
     }
-    const head = ["backend", "commands", "agent (set+flush)", "raw ip -batch", `1 process/cmd (${SAMPLE} peers, extrapolated)`, "agent/raw", "detail"];
+    const head = [
+      "backend",
+      "commands",
+      "agent (set+flush)",
+      "raw ip -batch",
+      `1 process/cmd (${SAMPLE} peers, extrapolated)`,
+      "agent/raw",
+      "detail",
+    ];
     console.log(`\n${PEERS} peers, median of ${ROUNDS} rounds, namespace ${ns}\n`);
     console.log(`| ${head.join(" | ")} |\n|${head.map(() => "---").join("|")}|`);
     for (const r of rows) console.log(`| ${r.join(" | ")} |`);

@@ -70,7 +70,12 @@ export async function measureAcquisitions(clients: Store[], control: Store): Pro
   await timeout(
     Promise.all(
       counted.map((s, i) =>
-        acquireLease(s, cfg, { publicIP: acquirePublicIP(i), publicIPv6: null, backendType: "host-gw" }, { previousSubnet: null, ttlMs: 600_000 }).then(
+        acquireLease(
+          s,
+          cfg,
+          { publicIP: acquirePublicIP(i), publicIPv6: null, backendType: "host-gw" },
+          { previousSubnet: null, ttlMs: 600_000 },
+        ).then(
           (l) => void (results[i] = l),
           (e: unknown) => void (results[i] = e instanceof Error ? e : new Error(String(e))),
         ),
@@ -158,7 +163,13 @@ function pct(sorted: number[], p: number): number {
 
 export function stats(values: (number | undefined)[]): DelayStats {
   const v = values.filter((x): x is number => x !== undefined).sort((a, b) => a - b);
-  return { n: v.length, missing: values.length - v.length, p50: pct(v, 50), p99: pct(v, 99), max: v.length ? v[v.length - 1]! : Number.NaN };
+  return {
+    n: v.length,
+    missing: values.length - v.length,
+    p50: pct(v, 50),
+    p99: pct(v, 99),
+    max: v.length ? v[v.length - 1]! : Number.NaN,
+  };
 }
 
 /** Timestamps routes as `ip monitor route` reports them, read line by line in this process (our clock). */
@@ -254,7 +265,10 @@ export async function measureRouteDelay(o: RouteDelayOptions): Promise<RouteDela
     // 1. The agent holds a lease and wrote subnet.env.
     const deadline = Date.now() + AGENT_READY_MS;
     while (!existsSync(subnetFile) && Date.now() < deadline && agent.exitCode === null) await Bun.sleep(50);
-    if (!existsSync(subnetFile)) throw new Error(`agent did not write ${subnetFile} within ${AGENT_READY_MS} ms (exit ${agent.exitCode}); log:\n${readLog().slice(-3000)}`);
+    if (!existsSync(subnetFile))
+      throw new Error(
+        `agent did not write ${subnetFile} within ${AGENT_READY_MS} ms (exit ${agent.exitCode}); log:\n${readLog().slice(-3000)}`,
+      );
     const own = /^FLANNEL_SUBNET=(\S+)/m.exec(readFileSync(subnetFile, "utf8"))?.[1] ?? "";
     const ownNet = parseSubnetKey(own.replace(/\.1\/(\d+)$/, ".0-$1"));
 
@@ -268,7 +282,8 @@ export async function measureRouteDelay(o: RouteDelayOptions): Promise<RouteDela
     })().catch(() => {});
 
     const peers = Array.from({ length: o.peers }, (_, i) => ({ ip: peerIP(i), subnet: peerSubnet(i) }));
-    if (ownNet && peers.some((p) => overlaps(p.subnet, ownNet.subnet))) throw new Error(`agent subnet ${own} overlaps the peer range 10.66.0.0/16`);
+    if (ownNet && peers.some((p) => overlaps(p.subnet, ownNet.subnet)))
+      throw new Error(`agent subnet ${own} overlaps the peer range 10.66.0.0/16`);
     const put = (ip: string, subnet: IPNet) =>
       o.writer.create(subnetKey(subnet), encodeLeaseAttrs({ publicIP: ip, publicIPv6: null, backendType: "host-gw" }), { ttlMs: 600_000 });
 

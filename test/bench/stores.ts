@@ -85,7 +85,10 @@ async function outer(args: string[]): Promise<number> {
     return code ?? 1;
   } finally {
     // Anything still running in the namespace was started by this benchmark (it is ours alone): stop it by PID.
-    const pids = Bun.spawnSync(["ip", "netns", "pids", ns], { stdout: "pipe", stderr: "ignore" }).stdout.toString().split(/\s+/).filter(Boolean);
+    const pids = Bun.spawnSync(["ip", "netns", "pids", ns], { stdout: "pipe", stderr: "ignore" })
+      .stdout.toString()
+      .split(/\s+/)
+      .filter(Boolean);
     for (const pid of pids) {
       try {
         process.kill(Number(pid), "SIGKILL");
@@ -228,7 +231,9 @@ function report(rows: StoreRow[]): string {
       x ? `${x.route.n}/${x.route.n + x.route.missing}` : "-",
       x ? `${ms(x.write.p50)} / ${ms(x.write.p99)}` : "-",
       x ? `${ms(x.watch.p50)} / ${ms(x.watch.p99)}` : "-",
-      r.acquire ? `list() ${ms(r.acquire.listMs)}, ${r.acquire.creates} creates (max ${r.acquire.maxCreates}/client), ${r.acquire.failed} failed, ${r.acquire.listMismatches} list mismatches` : "-",
+      r.acquire
+        ? `list() ${ms(r.acquire.listMs)}, ${r.acquire.creates} creates (max ${r.acquire.maxCreates}/client), ${r.acquire.failed} failed, ${r.acquire.listMismatches} list mismatches`
+        : "-",
     ];
   });
   const out = [

@@ -89,7 +89,9 @@ async function addHostWatched(onLog?: (log: string, h: { logFile: string }) => P
       // Remove what that agent created there (only that).
       if (!sqliteExisted) for (const p of [DEFAULT_SQLITE, `${DEFAULT_SQLITE}-wal`, `${DEFAULT_SQLITE}-shm`]) rmSync(p, { force: true });
       if (!sqliteDirExisted) rmdirIfEmpty(dirname(DEFAULT_SQLITE));
-      throw new Error(`\`flannel-bin run ${guideFlags.join(" ")}\` used the SQLite store, not etcd: the etcd flags alone must select etcd (as with flanneld). Log:\n${log}`);
+      throw new Error(
+        `\`flannel-bin run ${guideFlags.join(" ")}\` used the SQLite store, not etcd: the etcd flags alone must select etcd (as with flanneld). Log:\n${log}`,
+      );
     }
     try {
       if (onLog) await onLog(log, { logFile });
@@ -103,103 +105,134 @@ async function addHostWatched(onLog?: (log: string, h: { logFile: string }) => P
 }
 
 describe("etcd workflow of the flannel setup guides (etcd v3, Go-style flags)", () => {
-  test("before the config exists, the agent logs the exact etcdctl put command once, retries, and proceeds once it is put", async () => {
-    // The whole command, ready to paste (with the agent's example config).
-    const hint = `ETCDCTL_API=3 etcdctl --endpoints=${endpoint} put ${PREFIX}/config '${DEFAULT_CONFIG_EXAMPLE}'`;
-    let hintSeenAt = 0;
-    let put = false;
-    const h = await addHostWatched(async (log, { logFile }) => {
-      if (put || !log.includes("network config not found")) return;
-      hintSeenAt ||= Date.now();
-      // Let it retry (every second) a few times before the config appears.
-      if (Date.now() - hintSeenAt < 3500) return;
-      expect(count(log, "network config not found")).toBe(1);
-      expect(count(log, hint)).toBe(1);
-      expect(existsSync(join(logFile, "..", "subnet.env"))).toBe(false);
-      await etcdctl(`${LAB.name}-h1`, endpoint, ["put", `${PREFIX}/config`, CONFIG]);
-      put = true;
-    });
-    expect(put).toBe(true);
-    // The very process that waited (no restart) took a lease from the config put meanwhile.
-    const argv = processArgv(h.agentPid!)!;
-    expect(argv.slice(argv.indexOf("run") + 1, argv.indexOf("run") + 3)).toEqual(guideFlags);
-    expect(argv).not.toContain("--store");
-    expect(readSubnetEnv(h)).toMatchObject({ network: "172.30.0.0/16", mtu: 1450 });
-    expect(readSubnetEnv(h)!.subnet).toMatch(/^172\.30\.\d{1,3}\.1\/24$/);
-    const log = readLog(h);
-    expect(count(log, "network config not found")).toBe(1); // once, although it retried every second
-    expect(log).toContain(`using the etcd store`);
-    firstHostUp = true;
-  }, TEST_TIMEOUT_MS);
+  test(
+    "before the config exists, the agent logs the exact etcdctl put command once, retries, and proceeds once it is put",
+    async () => {
+      // The whole command, ready to paste (with the agent's example config).
+      const hint = `ETCDCTL_API=3 etcdctl --endpoints=${endpoint} put ${PREFIX}/config '${DEFAULT_CONFIG_EXAMPLE}'`;
+      let hintSeenAt = 0;
+      let put = false;
+      const h = await addHostWatched(async (log, { logFile }) => {
+        if (put || !log.includes("network config not found")) return;
+        hintSeenAt ||= Date.now();
+        // Let it retry (every second) a few times before the config appears.
+        if (Date.now() - hintSeenAt < 3500) return;
+        expect(count(log, "network config not found")).toBe(1);
+        expect(count(log, hint)).toBe(1);
+        expect(existsSync(join(logFile, "..", "subnet.env"))).toBe(false);
+        await etcdctl(`${LAB.name}-h1`, endpoint, ["put", `${PREFIX}/config`, CONFIG]);
+        put = true;
+      });
+      expect(put).toBe(true);
+      // The very process that waited (no restart) took a lease from the config put meanwhile.
+      const argv = processArgv(h.agentPid!)!;
+      expect(argv.slice(argv.indexOf("run") + 1, argv.indexOf("run") + 3)).toEqual(guideFlags);
+      expect(argv).not.toContain("--store");
+      expect(readSubnetEnv(h)).toMatchObject({ network: "172.30.0.0/16", mtu: 1450 });
+      expect(readSubnetEnv(h)!.subnet).toMatch(/^172\.30\.\d{1,3}\.1\/24$/);
+      const log = readLog(h);
+      expect(count(log, "network config not found")).toBe(1); // once, although it retried every second
+      expect(log).toContain(`using the etcd store`);
+      firstHostUp = true;
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("etcdctl get --prefix lists exactly one flannel-format lease per host, each on an etcd lease of 86400 s", async () => {
-    expect(firstHostUp).toBe(true);
-    await addHostWatched();
-    const hosts = [host(LAB, 2), host(LAB, 3)];
+  test(
+    "etcdctl get --prefix lists exactly one flannel-format lease per host, each on an etcd lease of 86400 s",
+    async () => {
+      expect(firstHostUp).toBe(true);
+      await addHostWatched();
+      const hosts = [host(LAB, 2), host(LAB, 3)];
 
-    // Plain output: key and value lines, the value as stored (byte for byte).
-    const lines = (await etcdctl(UL, endpoint, ["get", "--prefix", `${PREFIX}/subnets`])).split("\n").filter((l) => l !== "");
-    expect(lines).toHaveLength(2 * hosts.length);
-    const leases = new Map<string, string>();
-    for (let i = 0; i < lines.length; i += 2) leases.set(lines[i]!, lines[i + 1]!);
-    for (const h of hosts) {
-      const peer = await peerInfo(h);
-      const key = `${PREFIX}/subnets/${peer.subnetIP}-24`;
-      expect(key).toMatch(/^\/kube-centos\/network\/subnets\/172\.30\.\d{1,3}\.0-24$/);
-      const mac = peer.vtepMac!;
-      // Lower-case, colon-separated, locally administered (bit 1 of the first octet), unicast (bit 0 clear).
-      expect(mac).toMatch(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/);
-      expect(Number.parseInt(mac.slice(0, 2), 16) & 0b11).toBe(0b10);
-      expect(leases.get(key)).toBe(`{"PublicIP":"${h.publicIP}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"${mac}"}}`);
-    }
+      // Plain output: key and value lines, the value as stored (byte for byte).
+      const lines = (await etcdctl(UL, endpoint, ["get", "--prefix", `${PREFIX}/subnets`])).split("\n").filter((l) => l !== "");
+      expect(lines).toHaveLength(2 * hosts.length);
+      const leases = new Map<string, string>();
+      for (let i = 0; i < lines.length; i += 2) leases.set(lines[i]!, lines[i + 1]!);
+      for (const h of hosts) {
+        const peer = await peerInfo(h);
+        const key = `${PREFIX}/subnets/${peer.subnetIP}-24`;
+        expect(key).toMatch(/^\/kube-centos\/network\/subnets\/172\.30\.\d{1,3}\.0-24$/);
+        const mac = peer.vtepMac!;
+        // Lower-case, colon-separated, locally administered (bit 1 of the first octet), unicast (bit 0 clear).
+        expect(mac).toMatch(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/);
+        expect(Number.parseInt(mac.slice(0, 2), 16) & 0b11).toBe(0b10);
+        expect(leases.get(key)).toBe(
+          `{"PublicIP":"${h.publicIP}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"${mac}"}}`,
+        );
+      }
 
-    // JSON output for the etcd lease IDs (int64: kept as strings, they exceed 2^53).
-    const raw = await etcdctl(UL, endpoint, ["get", "--prefix", `${PREFIX}/subnets`, "-w", "json"]);
-    const kvs = (JSON.parse(raw.replace(/"lease":(\d+)/g, '"lease":"$1"')) as { kvs: { key: string; lease?: string }[] }).kvs;
-    expect(kvs).toHaveLength(hosts.length);
-    const ids = new Set<string>();
-    for (const kv of kvs) {
-      const key = Buffer.from(kv.key, "base64").toString();
-      expect(kv.lease).toMatch(/^[1-9]\d*$/);
-      const id = BigInt(kv.lease!).toString(16);
-      ids.add(id);
-      const ttl = await etcdctl(UL, endpoint, ["lease", "timetolive", id, "--keys"]);
-      const m = /granted with TTL\((\d+)s\), remaining\((\d+)s\), attached keys\(\[(.*)\]\)/.exec(ttl);
-      expect(m).not.toBeNull();
-      expect(Number(m![1])).toBe(86400);
-      expect(Number(m![2])).toBeGreaterThan(86400 - 300);
-      expect(m![3]).toBe(key);
-    }
-    expect(ids.size).toBe(hosts.length); // one etcd lease per key
-  }, TEST_TIMEOUT_MS);
+      // JSON output for the etcd lease IDs (int64: kept as strings, they exceed 2^53).
+      const raw = await etcdctl(UL, endpoint, ["get", "--prefix", `${PREFIX}/subnets`, "-w", "json"]);
+      const kvs = (JSON.parse(raw.replace(/"lease":(\d+)/g, '"lease":"$1"')) as { kvs: { key: string; lease?: string }[] }).kvs;
+      expect(kvs).toHaveLength(hosts.length);
+      const ids = new Set<string>();
+      for (const kv of kvs) {
+        const key = Buffer.from(kv.key, "base64").toString();
+        expect(kv.lease).toMatch(/^[1-9]\d*$/);
+        const id = BigInt(kv.lease!).toString(16);
+        ids.add(id);
+        const ttl = await etcdctl(UL, endpoint, ["lease", "timetolive", id, "--keys"]);
+        const m = /granted with TTL\((\d+)s\), remaining\((\d+)s\), attached keys\(\[(.*)\]\)/.exec(ttl);
+        expect(m).not.toBeNull();
+        expect(Number(m![1])).toBe(86400);
+        expect(Number(m![2])).toBeGreaterThan(86400 - 300);
+        expect(m![3]).toBe(key);
+      }
+      expect(ids.size).toBe(hosts.length); // one etcd lease per key
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("containers on the two hosts ping each other", async () => {
-    expect(firstHostUp).toBe(true);
-    const pairs = await pingAllPairs(labState(LAB), { hosts: [host(LAB, 2), host(LAB, 3)], converge: true });
-    expect(pairs).toHaveLength(2);
-    expect(pairs.filter((p) => !p.ok)).toEqual([]);
-    for (const p of pairs) expect(p.toIP).toMatch(/^172\.30\.\d{1,3}\.2$/);
-  }, TEST_TIMEOUT_MS);
+  test(
+    "containers on the two hosts ping each other",
+    async () => {
+      expect(firstHostUp).toBe(true);
+      const pairs = await pingAllPairs(labState(LAB), { hosts: [host(LAB, 2), host(LAB, 3)], converge: true });
+      expect(pairs).toHaveLength(2);
+      expect(pairs.filter((p) => !p.ok)).toEqual([]);
+      for (const p of pairs) expect(p.toIP).toMatch(/^172\.30\.\d{1,3}\.2$/);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  test("an agent whose only etcd endpoint has nothing listening names it in the log and keeps running", async () => {
-    const h1 = host(LAB, 1);
-    const argv = [binary, "run", "--store", "etcd", "--etcd-endpoints", DEAD_ENDPOINT, "--iface", "eth0", "--subnet-file", h1.subnetFile, "--healthz-port", "0"];
-    const pid = spawnDetachedIn(h1.netns, argv, h1.logFile);
-    // Recorded at once, so labDown stops it even if this test dies half-way.
-    updateLabState(LAB, (s) => (s.hosts.find((h) => h.index === 1)!.agentPid = pid));
-    try {
-      const started = Date.now();
-      await waitUntil(`the log of pid ${pid} names ${DEAD_ENDPOINT}`, 20_000, async () => readLog(h1).includes(DEAD_ENDPOINT), 200);
-      // Still there a few seconds later: it retries rather than exits.
-      await Bun.sleep(Math.max(0, 4000 - (Date.now() - started)));
-      expect(processAlive(pid)).toBe(true);
-      const log = readLog(h1);
-      expect(log).toMatch(/etcd unavailable at every endpoint: http:\/\/192\.0\.2\.250:2379 \(.*\(retrying every second\)/);
-      expect(existsSync(h1.subnetFile)).toBe(false);
-    } finally {
-      expect(await stopProcess(pid, h1.subnetFile)).toBe(true);
-      expect(processAlive(pid)).toBe(false);
-      updateLabState(LAB, (s) => (s.hosts.find((h) => h.index === 1)!.agentPid = null));
-    }
-  }, TEST_TIMEOUT_MS);
+  test(
+    "an agent whose only etcd endpoint has nothing listening names it in the log and keeps running",
+    async () => {
+      const h1 = host(LAB, 1);
+      const argv = [
+        binary,
+        "run",
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        DEAD_ENDPOINT,
+        "--iface",
+        "eth0",
+        "--subnet-file",
+        h1.subnetFile,
+        "--healthz-port",
+        "0",
+      ];
+      const pid = spawnDetachedIn(h1.netns, argv, h1.logFile);
+      // Recorded at once, so labDown stops it even if this test dies half-way.
+      updateLabState(LAB, (s) => (s.hosts.find((h) => h.index === 1)!.agentPid = pid));
+      try {
+        const started = Date.now();
+        await waitUntil(`the log of pid ${pid} names ${DEAD_ENDPOINT}`, 20_000, async () => readLog(h1).includes(DEAD_ENDPOINT), 200);
+        // Still there a few seconds later: it retries rather than exits.
+        await Bun.sleep(Math.max(0, 4000 - (Date.now() - started)));
+        expect(processAlive(pid)).toBe(true);
+        const log = readLog(h1);
+        expect(log).toMatch(/etcd unavailable at every endpoint: http:\/\/192\.0\.2\.250:2379 \(.*\(retrying every second\)/);
+        expect(existsSync(h1.subnetFile)).toBe(false);
+      } finally {
+        expect(await stopProcess(pid, h1.subnetFile)).toBe(true);
+        expect(processAlive(pid)).toBe(false);
+        updateLabState(LAB, (s) => (s.hosts.find((h) => h.index === 1)!.agentPid = null));
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
 });

@@ -57,9 +57,24 @@ export async function peerInfo(h: LabHost): Promise<PeerInfo> {
   return { subnet: `${subnetIP}/${prefix}`, subnetIP, publicIP: h.publicIP, vtepMac };
 }
 
-interface JRoute { dst: string; gateway?: string; dev?: string; protocol?: string }
-interface JNeigh { dst: string; dev?: string; lladdr?: string; state?: string[] }
-interface JFdb { mac: string; ifname?: string; dst?: string; flags?: string[] }
+interface JRoute {
+  dst: string;
+  gateway?: string;
+  dev?: string;
+  protocol?: string;
+}
+interface JNeigh {
+  dst: string;
+  dev?: string;
+  lladdr?: string;
+  state?: string[];
+}
+interface JFdb {
+  mac: string;
+  ifname?: string;
+  dst?: string;
+  flags?: string[];
+}
 
 export async function routes(netns: string): Promise<JRoute[]> {
   return JSON.parse((await ip(["-j", "route", "show", "table", "main"], netns)).stdout || "[]") as JRoute[];
@@ -134,7 +149,10 @@ export async function iperf(fromNetns: string, toNetns: string, toIP: string): P
       if (probe.stdout.toString().includes("5201")) break;
       await Bun.sleep(50);
     }
-    const client = Bun.spawn(["ip", "netns", "exec", fromNetns, "iperf3", "-c", toIP, "-t", "1", "-J", "--connect-timeout", "3000"], { stdout: "pipe", stderr: "pipe" });
+    const client = Bun.spawn(["ip", "netns", "exec", fromNetns, "iperf3", "-c", toIP, "-t", "1", "-J", "--connect-timeout", "3000"], {
+      stdout: "pipe",
+      stderr: "pipe",
+    });
     const killer = setTimeout(() => client.kill("SIGKILL"), 15_000);
     const out = await new Response(client.stdout).text();
     clearTimeout(killer);

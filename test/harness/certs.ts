@@ -35,14 +35,52 @@ export async function makeTestCerts(opts: { prefix?: string; serverIps?: string[
   const remove = () => rm(dir, { recursive: true, force: true });
   try {
     const ips = ["127.0.0.1", ...(opts.serverIps ?? [])];
-    await openssl(dir, ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca", "-keyout", f("ca.key"), "-out", f("ca.pem")]);
+    await openssl(dir, [
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-days",
+      "1",
+      "-subj",
+      "/CN=test-ca",
+      "-keyout",
+      f("ca.key"),
+      "-out",
+      f("ca.pem"),
+    ]);
     await writeFile(f("server.ext"), `subjectAltName=${ips.map((ip) => `IP:${ip}`).join(",")}\nextendedKeyUsage=serverAuth,clientAuth\n`);
     await writeFile(f("client.ext"), "extendedKeyUsage=clientAuth\n");
     for (const who of ["server", "client"]) {
-      await openssl(dir, ["req", "-newkey", "rsa:2048", "-nodes", "-subj", `/CN=${who}`, "-keyout", f(`${who}.key`), "-out", f(`${who}.csr`)]);
       await openssl(dir, [
-        "x509", "-req", "-in", f(`${who}.csr`), "-CA", f("ca.pem"), "-CAkey", f("ca.key"), "-CAcreateserial",
-        "-days", "1", "-extfile", f(`${who}.ext`), "-out", f(`${who}.pem`),
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        `/CN=${who}`,
+        "-keyout",
+        f(`${who}.key`),
+        "-out",
+        f(`${who}.csr`),
+      ]);
+      await openssl(dir, [
+        "x509",
+        "-req",
+        "-in",
+        f(`${who}.csr`),
+        "-CA",
+        f("ca.pem"),
+        "-CAkey",
+        f("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        f(`${who}.ext`),
+        "-out",
+        f(`${who}.pem`),
       ]);
     }
   } catch (e) {

@@ -58,7 +58,15 @@ test("runs inside a network namespace", async () => {
       const put = await run(["ip", "netns", "exec", ns, "etcdctl", `--endpoints=${s.endpoint}`, "put", "/k", "in-ns"]);
       expect(put.code).toBe(0);
       // The same address from the host namespace reaches nothing (or someone else's etcd, without our key).
-      const outside = await run(["etcdctl", `--endpoints=${s.endpoint}`, "--dial-timeout=500ms", "--command-timeout=1s", "get", "/k", "--print-value-only"]);
+      const outside = await run([
+        "etcdctl",
+        `--endpoints=${s.endpoint}`,
+        "--dial-timeout=500ms",
+        "--command-timeout=1s",
+        "get",
+        "/k",
+        "--print-value-only",
+      ]);
       expect(outside.out.trim()).not.toBe("in-ns");
     } finally {
       await s.stop();
@@ -89,7 +97,10 @@ test("etcd does not outlive the process that started it, even when that process 
     const deadline = Date.now() + 10_000;
     let down = false;
     while (!down && Date.now() < deadline) {
-      down = await fetch(`${endpoint}/health`, { signal: AbortSignal.timeout(500) }).then(() => false, () => true);
+      down = await fetch(`${endpoint}/health`, { signal: AbortSignal.timeout(500) }).then(
+        () => false,
+        () => true,
+      );
       if (!down) await Bun.sleep(100);
     }
     expect(down).toBe(true);

@@ -71,7 +71,13 @@ export async function startEtcdServer(opts: EtcdServerOptions = {}): Promise<Etc
   const urlHost = host.includes(":") ? `[${host}]` : host;
   const scheme = opts.tls ? "https" : "http";
   const tlsArgs = opts.tls
-    ? ["--cert-file", opts.tls.certFile, "--key-file", opts.tls.keyFile, ...(opts.tls.caFile ? ["--trusted-ca-file", opts.tls.caFile, "--client-cert-auth"] : [])]
+    ? [
+        "--cert-file",
+        opts.tls.certFile,
+        "--key-file",
+        opts.tls.keyFile,
+        ...(opts.tls.caFile ? ["--trusted-ca-file", opts.tls.caFile, "--client-cert-auth"] : []),
+      ]
     : [];
   const fetchTls = opts.tls
     ? {
@@ -92,16 +98,26 @@ export async function startEtcdServer(opts: EtcdServerOptions = {}): Promise<Etc
     const peer = peerUrl();
     const args = [
       etcdPath,
-      "--name", "default",
-      "--data-dir", dataDir,
-      "--listen-client-urls", client,
-      "--advertise-client-urls", client,
-      "--listen-peer-urls", peer,
-      "--initial-advertise-peer-urls", peer,
-      "--initial-cluster", `default=${peer}`,
-      "--initial-cluster-state", "new",
-      "--logger", "zap",
-      "--log-level", "warn",
+      "--name",
+      "default",
+      "--data-dir",
+      dataDir,
+      "--listen-client-urls",
+      client,
+      "--advertise-client-urls",
+      client,
+      "--listen-peer-urls",
+      peer,
+      "--initial-advertise-peer-urls",
+      peer,
+      "--initial-cluster",
+      `default=${peer}`,
+      "--initial-cluster-state",
+      "new",
+      "--logger",
+      "zap",
+      "--log-level",
+      "warn",
       ...tlsArgs,
     ];
     const supervised = ["sh", "-c", SUPERVISOR, "etcd-supervisor", ...args];
@@ -113,13 +129,20 @@ export async function startEtcdServer(opts: EtcdServerOptions = {}): Promise<Etc
   async function healthy(endpoint: string): Promise<boolean> {
     if (opts.netns) {
       const tlsFlags = opts.tls
-        ? [`--cert=${opts.tls.certFile}`, `--key=${opts.tls.keyFile}`, ...(opts.tls.caFile ? [`--cacert=${opts.tls.caFile}`] : ["--insecure-skip-tls-verify"])]
+        ? [
+            `--cert=${opts.tls.certFile}`,
+            `--key=${opts.tls.keyFile}`,
+            ...(opts.tls.caFile ? [`--cacert=${opts.tls.caFile}`] : ["--insecure-skip-tls-verify"]),
+          ]
         : [];
-      const p = Bun.spawn(["ip", "netns", "exec", opts.netns, "etcdctl", `--endpoints=${endpoint}`, "--dial-timeout=1s", ...tlsFlags, "endpoint", "health"], {
-        stdout: "ignore",
-        stderr: "ignore",
-        env: { ...process.env, ETCDCTL_API: "3" },
-      });
+      const p = Bun.spawn(
+        ["ip", "netns", "exec", opts.netns, "etcdctl", `--endpoints=${endpoint}`, "--dial-timeout=1s", ...tlsFlags, "endpoint", "health"],
+        {
+          stdout: "ignore",
+          stderr: "ignore",
+          env: { ...process.env, ETCDCTL_API: "3" },
+        },
+      );
       return (await p.exited) === 0;
     }
     try {

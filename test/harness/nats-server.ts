@@ -77,10 +77,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   let proc: (TailedProcess<"ignore"> & { ready: Promise<void> }) | null = null;
 
   async function writeConfig(): Promise<void> {
-    const lines = [
-      `listen: ${q(`${urlHost}:${port}`)}`,
-      `jetstream { store_dir: ${q(storeDir)} }`,
-    ];
+    const lines = [`listen: ${q(`${urlHost}:${port}`)}`, `jetstream { store_dir: ${q(storeDir)} }`];
     if (opts.user !== undefined && opts.password !== undefined) {
       lines.push(`authorization { user: ${q(opts.user)}, password: ${q(opts.password)} }`);
     } else if (opts.token !== undefined) {

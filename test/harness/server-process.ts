@@ -71,10 +71,7 @@ export async function stopGracefully(p: Bun.Subprocess, name: string, graceMs = 
  * `attempts` tries in all (default 3). Without newPorts (the caller chose the ports) it never retries. Throws
  * launch()'s last error.
  */
-export async function retryIfAddressInUse(
-  launch: () => Promise<void>,
-  opts: { newPorts?: () => void; attempts?: number },
-): Promise<void> {
+export async function retryIfAddressInUse(launch: () => Promise<void>, opts: { newPorts?: () => void; attempts?: number }): Promise<void> {
   const attempts = opts.attempts ?? 3;
   for (let attempt = 1; ; attempt++) {
     try {

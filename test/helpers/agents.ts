@@ -9,7 +9,11 @@ export const BINARY = resolve(import.meta.dir, "../../dist/flannel-bin");
 
 export function ensureBinary(): string {
   if (!existsSync(BINARY)) {
-    const r = Bun.spawnSync(["node_modules/.bin/bun", "run", "build"], { cwd: resolve(import.meta.dir, "../.."), stdout: "inherit", stderr: "inherit" });
+    const r = Bun.spawnSync(["node_modules/.bin/bun", "run", "build"], {
+      cwd: resolve(import.meta.dir, "../.."),
+      stdout: "inherit",
+      stderr: "inherit",
+    });
     if (r.exitCode !== 0) throw new Error("build failed");
   }
   return BINARY;
@@ -45,7 +49,13 @@ export class AgentLab {
     const n = this.hosts.length + 1;
     const ns = `fbt-${this.tag}-${n}`;
     sh(["ip", "netns", "add", ns]);
-    const h: AgentHost = { ns, ip: `192.0.2.${n}`, subnetFile: join(this.dir, `h${n}.env`), logFile: join(this.dir, `h${n}.log`), proc: null };
+    const h: AgentHost = {
+      ns,
+      ip: `192.0.2.${n}`,
+      subnetFile: join(this.dir, `h${n}.env`),
+      logFile: join(this.dir, `h${n}.log`),
+      proc: null,
+    };
     this.hosts.push(h);
     sh(["ip", "-n", ns, "link", "set", "lo", "up"]);
     // This kernel has no dummy device type: a veth pair with both ends here gives eth0 a carrier.
@@ -73,7 +83,20 @@ export class AgentLab {
   }
 
   start(h: AgentHost, extra: string[] = []): void {
-    const argv = ["ip", "netns", "exec", h.ns, ensureBinary(), "run", ...this.storeFlags(), "--subnet-file", h.subnetFile, "--healthz-port", "8471", ...extra];
+    const argv = [
+      "ip",
+      "netns",
+      "exec",
+      h.ns,
+      ensureBinary(),
+      "run",
+      ...this.storeFlags(),
+      "--subnet-file",
+      h.subnetFile,
+      "--healthz-port",
+      "8471",
+      ...extra,
+    ];
     h.proc = Bun.spawn(argv, { stdout: Bun.file(h.logFile), stderr: Bun.file(h.logFile) });
   }
 
@@ -101,7 +124,24 @@ export class AgentLab {
 
   /** HTTP status of a health path inside the host's namespace (0 if nothing answers). */
   health(h: AgentHost, path: string): number {
-    const r = Bun.spawnSync(["ip", "netns", "exec", h.ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", `http://127.0.0.1:8471${path}`], { stdout: "pipe" });
+    const r = Bun.spawnSync(
+      [
+        "ip",
+        "netns",
+        "exec",
+        h.ns,
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "2",
+        `http://127.0.0.1:8471${path}`,
+      ],
+      { stdout: "pipe" },
+    );
     return Number(r.stdout.toString()) || 0;
   }
 

@@ -54,7 +54,18 @@ describe("CommandQueue", () => {
 
   test("run() calls within the window share a process; ip/bridge order is kept", async () => {
     const q = new CommandQueue({ netns: ns.name, windowMs: 20 });
-    const dev = { kind: "vxlan", name: "vx9", vni: 9, local: "192.168.77.1", underlay: "ul0", port: 0, learning: false, gbp: false, mtu: 1450, mac: "02:00:00:00:09:01" } as const;
+    const dev = {
+      kind: "vxlan",
+      name: "vx9",
+      vni: 9,
+      local: "192.168.77.1",
+      underlay: "ul0",
+      port: 0,
+      learning: false,
+      gbp: false,
+      mtu: 1450,
+      mac: "02:00:00:00:09:01",
+    } as const;
     try {
       const rs = await Promise.all([
         q.run(linkAddVxlan(dev)),

@@ -26,13 +26,15 @@ afterEach(() => {
   // Leave the namespace as beforeAll made it.
   ns.ip("route", "flush", "proto", String(ROUTE_PROTO));
   // Deleting an underlay also removes the vxlan devices on it, so a later name may already be gone.
-  for (const l of (JSON.parse(ns.ip("-j", "link", "show")) as { ifname: string }[]))
+  for (const l of JSON.parse(ns.ip("-j", "link", "show")) as { ifname: string }[])
     if (l.ifname !== "lo" && l.ifname !== "ul0") Bun.spawnSync(["ip", "-n", ns.name, "link", "del", l.ifname]);
 });
 
 type KRoute = { dst: string; gateway?: string; dev?: string; flags?: string[] };
 const routes = async (proto: number | string = ROUTE_PROTO) =>
-  ((await ipJson(["route", "show", "proto", String(proto)], ns.name)) as KRoute[]).map((r) => `${r.dst} via ${r.gateway} dev ${r.dev}`).sort();
+  ((await ipJson(["route", "show", "proto", String(proto)], ns.name)) as KRoute[])
+    .map((r) => `${r.dst} via ${r.gateway} dev ${r.dev}`)
+    .sort();
 const neighs = async (dev: string) =>
   ((await ipJson(["neigh", "show", "dev", dev], ns.name)) as { dst: string; lladdr: string; state: string[] }[])
     .map((n) => `${n.dst} ${n.lladdr} ${n.state.join(",")}`)
@@ -43,14 +45,16 @@ const fdbs = async (dev: string) =>
     .map((f) => `${f.mac} ${f.dst}`)
     .sort();
 const link = async (dev: string) =>
-  ((await ipJson(["-d", "addr", "show", "dev", dev], ns.name)) as {
-    ifindex: number;
-    address: string;
-    mtu: number;
-    flags: string[];
-    linkinfo: { info_data: { id: number; learning: boolean } };
-    addr_info: { local: string; prefixlen: number; scope: string }[];
-  }[])[0]!;
+  (
+    (await ipJson(["-d", "addr", "show", "dev", dev], ns.name)) as {
+      ifindex: number;
+      address: string;
+      mtu: number;
+      flags: string[];
+      linkinfo: { info_data: { id: number; learning: boolean } };
+      addr_info: { local: string; prefixlen: number; scope: string }[];
+    }[]
+  )[0]!;
 
 const hostgw = (i: number): StateFragment => ({
   routes: [{ dst: `10.5.${i}.0/24`, via: `192.168.77.${10 + i}`, dev: "ul0", onlink: false }],
@@ -141,7 +145,26 @@ describe("Reconciler", () => {
 
   test("fullReconcile removes stale owned entries and touches nothing it does not own", async () => {
     // Left over from a previous run: a vxlan device with an extra address, stale peer state, and foreign state.
-    ns.ip("link", "add", "flannel.1", "address", "02:aa:00:00:00:01", "mtu", "1450", "type", "vxlan", "id", "1", "local", "192.168.77.1", "dev", "ul0", "nolearning", "dstport", "0");
+    ns.ip(
+      "link",
+      "add",
+      "flannel.1",
+      "address",
+      "02:aa:00:00:00:01",
+      "mtu",
+      "1450",
+      "type",
+      "vxlan",
+      "id",
+      "1",
+      "local",
+      "192.168.77.1",
+      "dev",
+      "ul0",
+      "nolearning",
+      "dstport",
+      "0",
+    );
     ns.ip("link", "set", "flannel.1", "up");
     ns.ip("addr", "add", "10.5.52.0/32", "dev", "flannel.1");
     ns.ip("addr", "add", "10.5.99.0/32", "dev", "flannel.1"); // old subnet
@@ -178,7 +201,26 @@ describe("Reconciler", () => {
   });
 
   test("a compatible device is reused (same ifindex and MAC, MTU fixed in place); an incompatible one is replaced", async () => {
-    ns.ip("link", "add", "flannel.1", "address", "02:aa:00:00:00:01", "mtu", "1400", "type", "vxlan", "id", "1", "local", "192.168.77.1", "dev", "ul0", "learning", "dstport", "0");
+    ns.ip(
+      "link",
+      "add",
+      "flannel.1",
+      "address",
+      "02:aa:00:00:00:01",
+      "mtu",
+      "1400",
+      "type",
+      "vxlan",
+      "id",
+      "1",
+      "local",
+      "192.168.77.1",
+      "dev",
+      "ul0",
+      "learning",
+      "dstport",
+      "0",
+    );
     const before = await link("flannel.1");
     const r = make();
     r.set("local", local());

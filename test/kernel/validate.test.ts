@@ -66,14 +66,23 @@ describe("validate", () => {
     expect(() => routeReplace({ dst: "10.0.0.0/24", via: "1.2.3.4; reboot", dev: "eth0", onlink: false }, 159)).toThrow(
       'invalid route via "1.2.3.4; reboot"',
     );
-    expect(() => routeReplace({ dst: "10.0.0.0/24", via: "1.2.3.4", dev: "eth0 up", onlink: false }, 159)).toThrow(
-      ValidationError,
-    );
+    expect(() => routeReplace({ dst: "10.0.0.0/24", via: "1.2.3.4", dev: "eth0 up", onlink: false }, 159)).toThrow(ValidationError);
     expect(() => neighReplace({ dev: "flannel.1", ip: "10.0.0.0", lladdr: "zz:00:00:00:00:00" })).toThrow(
       'invalid neighbour lladdr "zz:00:00:00:00:00"',
     );
     expect(() => validRoute({ dst: "10.0.0.0/24", via: "fd00::1", dev: "eth0", onlink: false })).toThrow("family");
-    const dev = { kind: "vxlan", name: "flannel.1", vni: 1, local: "10.0.0.1", underlay: "eth0", port: 0, learning: false, gbp: false, mtu: 1450, mac: "02:00:00:00:00:01" } as const;
+    const dev = {
+      kind: "vxlan",
+      name: "flannel.1",
+      vni: 1,
+      local: "10.0.0.1",
+      underlay: "eth0",
+      port: 0,
+      learning: false,
+      gbp: false,
+      mtu: 1450,
+      mac: "02:00:00:00:00:01",
+    } as const;
     expect(linkAddVxlan(dev).line).toBe(
       "link add flannel.1 address 02:00:00:00:00:01 mtu 1450 type vxlan id 1 local 10.0.0.1 dev eth0 nolearning dstport 0",
     );

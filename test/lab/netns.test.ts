@@ -4,8 +4,22 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
-  GiveUp, LabCommandError, addrAdd, execIn, ip, linkUp, netnsAdd, netnsDel, netnsExists, processAlive, processArgv,
-  run, spawnDetachedIn, stopProcess, vethAdd, waitFor,
+  GiveUp,
+  LabCommandError,
+  addrAdd,
+  execIn,
+  ip,
+  linkUp,
+  netnsAdd,
+  netnsDel,
+  netnsExists,
+  processAlive,
+  processArgv,
+  run,
+  spawnDetachedIn,
+  stopProcess,
+  vethAdd,
+  waitFor,
 } from "../../src/lab/netns.ts";
 
 const A = "tnsa-test";
@@ -61,7 +75,11 @@ describe("netns plumbing", () => {
   test("waitFor is bounded and gives up at once on GiveUp", async () => {
     await expect(waitFor("never", 300, async () => undefined, 50)).rejects.toThrow(/timed out after 300 ms waiting for never/);
     const t0 = Date.now();
-    await expect(waitFor("x", 10_000, async () => { throw new GiveUp("dead"); })).rejects.toThrow("dead");
+    await expect(
+      waitFor("x", 10_000, async () => {
+        throw new GiveUp("dead");
+      }),
+    ).rejects.toThrow("dead");
     expect(Date.now() - t0).toBeLessThan(1000);
     expect(await waitFor("y", 1000, async () => 42)).toBe(42);
   });

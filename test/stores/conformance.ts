@@ -73,10 +73,14 @@ export class WatchCollector {
 
   /** Waits until `pred` holds for the collected events. */
   async until(what: string, pred: (evs: WatchEvent[]) => boolean, timeoutMs = 10_000): Promise<void> {
-    await waitFor(what, () => {
-      if (this.error) throw new Error(`watch failed while waiting for ${what}: ${String(this.error)}`);
-      return pred(this.events) ? true : undefined;
-    }, timeoutMs);
+    await waitFor(
+      what,
+      () => {
+        if (this.error) throw new Error(`watch failed while waiting for ${what}: ${String(this.error)}`);
+        return pred(this.events) ? true : undefined;
+      },
+      timeoutMs,
+    );
   }
 
   puts(): KV[] {
@@ -276,7 +280,7 @@ export function runStoreConformance(name: string, h: StoreHarness): void {
 
           await waitFor("the lease to expire for get()", async () => ((await s.get(`${p}lease`)) === null ? true : undefined));
           expect(Date.now()).toBeGreaterThanOrEqual(before + 1000); // not before its time
-          expect((await other.get(`${p}lease`))).toBeNull();
+          expect(await other.get(`${p}lease`)).toBeNull();
           const listed = await s.list(p);
           expect(listed.items.map((kv) => kv.key).sort()).toEqual([`${p}renewed`, `${p}reservation`]);
 
@@ -284,9 +288,7 @@ export function runStoreConformance(name: string, h: StoreHarness): void {
           expect(await s.update(`${p}lease`, bytes("too late"), rTtl)).toBeNull();
           expect(await s.delete(`${p}lease`, rTtl)).toBe(false);
 
-          await w.until("a delete event for the expired lease", (evs) =>
-            evs.some((e) => e.type === "delete" && e.key === `${p}lease`),
-          );
+          await w.until("a delete event for the expired lease", (evs) => evs.some((e) => e.type === "delete" && e.key === `${p}lease`));
           const del = w.deletes().filter((d) => d.key === `${p}lease`);
           expect(del.length).toBe(1);
 
@@ -294,9 +296,7 @@ export function runStoreConformance(name: string, h: StoreHarness): void {
           const rNew = (await other.create(`${p}lease`, bytes("mine now"), { ttlMs: 60_000 }))!;
           expect(rNew).toBeGreaterThan(rTtl);
           expect(text((await s.get(`${p}lease`))!.value)).toBe("mine now");
-          await w.until("the re-created lease's put", (evs) =>
-            evs.some((e) => e.type === "put" && e.kv.revision === rNew),
-          );
+          await w.until("the re-created lease's put", (evs) => evs.some((e) => e.type === "put" && e.kv.revision === rNew));
           const keyEvents = w.events.filter(
             (e) => (e.type === "put" && e.kv.key === `${p}lease`) || (e.type === "delete" && e.key === `${p}lease`),
           );

@@ -214,7 +214,11 @@ describe("etcd store specifics", () => {
     // the watch itself can move the watching client off the black hole.
     const hole = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
     const prefix = `/flannel-test-${process.pid}-blackhole`;
-    const watcher = await EtcdStore.connect({ endpoints: [`http://127.0.0.1:${hole.port}`, srv().endpoint], prefix, requestTimeoutMs: 500 });
+    const watcher = await EtcdStore.connect({
+      endpoints: [`http://127.0.0.1:${hole.port}`, srv().endpoint],
+      prefix,
+      requestTimeoutMs: 500,
+    });
     const writer = await EtcdStore.connect({ endpoints: [srv().endpoint], prefix });
     opened.push(watcher, writer);
     const base = (await writer.list("")).revision;
@@ -365,7 +369,12 @@ describe("etcd TLS", () => {
     } finally {
       await w.stop();
     }
-    const noCert = await EtcdStore.connect({ endpoints: [tlsServer!.endpoint], prefix: "/coreos.com/network", cafile: certs!.caFile, requestTimeoutMs: 2000 });
+    const noCert = await EtcdStore.connect({
+      endpoints: [tlsServer!.endpoint],
+      prefix: "/coreos.com/network",
+      cafile: certs!.caFile,
+      requestTimeoutMs: 2000,
+    });
     opened.push(noCert);
     await expect(noCert.get("config")).rejects.toBeInstanceOf(StoreUnavailableError);
   });

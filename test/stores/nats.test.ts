@@ -149,10 +149,18 @@ describe("nats store", () => {
     try {
       const rNew = (await s.create("subnets/10.0.2.0-24&fc00::-64", bytes("new"), { ttlMs: 800 }))!;
       await w.until("both expiries", () => w.deletes().length >= 2);
-      expect(w.deletes().map((d) => d.key).sort()).toEqual(["subnets/10.0.1.0-24", "subnets/10.0.2.0-24&fc00::-64"]);
+      expect(
+        w
+          .deletes()
+          .map((d) => d.key)
+          .sort(),
+      ).toEqual(["subnets/10.0.1.0-24", "subnets/10.0.2.0-24&fc00::-64"]);
       // The watcher cleans up with CAS deletes: the server ends up with DEL markers after the expired puts.
       await withRawKv(bucket, async (kv) => {
-        for (const [k, r] of [["subnets.10_0_1_0-24", rOld], ["subnets.10_0_2_0-24/26fc00==-64", rNew]] as const) {
+        for (const [k, r] of [
+          ["subnets.10_0_1_0-24", rOld],
+          ["subnets.10_0_2_0-24/26fc00==-64", rNew],
+        ] as const) {
           await waitFor(`the cleanup delete of ${k}`, async () => {
             const e = await kv.get(k);
             return e && e.operation === "DEL" && e.revision > r ? true : undefined;
@@ -216,7 +224,11 @@ describe("nats store", () => {
       await s.create("subnets/10.1.0.0-24", bytes("a"));
       await w.until("the first put", () => w.puts().length >= 1);
       await server!.restart();
-      const r = await waitFor("a write after the restart", async () => (await s.create("subnets/10.1.1.0-24", bytes("b"), { ttlMs: 1000 }).catch(() => undefined)) ?? undefined, 20_000);
+      const r = await waitFor(
+        "a write after the restart",
+        async () => (await s.create("subnets/10.1.1.0-24", bytes("b"), { ttlMs: 1000 }).catch(() => undefined)) ?? undefined,
+        20_000,
+      );
       await w.until("the put after the restart", () => w.puts().some((kv) => kv.revision === r), 20_000);
       await w.until("its expiry", () => w.deletes().some((d) => d.key === "subnets/10.1.1.0-24"));
       expect(w.events.some((e) => e.type === "relist")).toBe(false);
@@ -270,14 +282,19 @@ describe("nats TLS", () => {
   test("verify on the server: a client without certfile/keyfile is refused, one with them works", async () => {
     // The server drops the connection after the handshake; nats.js reports that only as a timeout of the first
     // connect, so the error must carry the hint (bounded by connectTimeoutMs, never a hang).
-    const err = await NatsStore.connect({ servers: [mutualTls!.url], bucket: freshBucket("mtls"), cafile: certs!.caFile, connectTimeoutMs: 2000 }).catch((e) => e);
+    const err = await NatsStore.connect({
+      servers: [mutualTls!.url],
+      bucket: freshBucket("mtls"),
+      cafile: certs!.caFile,
+      connectTimeoutMs: 2000,
+    }).catch((e) => e);
     expect(err).toBeInstanceOf(StoreUnavailableError);
     expect(String(err.message)).toContain(mutualTls!.url);
     expect(String(err.message)).toContain("--nats-certfile and --nats-keyfile");
     // Only one of the pair is a usage error, before any connection.
-    await expect(
-      NatsStore.connect({ servers: [mutualTls!.url], cafile: certs!.caFile, certfile: certs!.clientCertFile }),
-    ).rejects.toThrow("both --nats-certfile and --nats-keyfile");
+    await expect(NatsStore.connect({ servers: [mutualTls!.url], cafile: certs!.caFile, certfile: certs!.clientCertFile })).rejects.toThrow(
+      "both --nats-certfile and --nats-keyfile",
+    );
     const s = await NatsStore.connect({
       servers: [mutualTls!.url],
       bucket: freshBucket("mtls"),
@@ -294,7 +311,9 @@ describe("nats TLS", () => {
 
   test("without cafile the server certificate is rejected at once with a certificate error", async () => {
     // A long connectTimeoutMs: had the client missed the TLS error, it would fail with "timeout" instead.
-    const err = await NatsStore.connect({ servers: [serverTls!.url], bucket: freshBucket("noca"), connectTimeoutMs: 20_000 }).catch((e) => e);
+    const err = await NatsStore.connect({ servers: [serverTls!.url], bucket: freshBucket("noca"), connectTimeoutMs: 20_000 }).catch(
+      (e) => e,
+    );
     expect(err).toBeInstanceOf(StoreUnavailableError);
     expect(String(err.message)).toMatch(/certificate/);
     expect(String(err.message)).toContain("--nats-cafile");
@@ -306,7 +325,12 @@ describe("nats TLS", () => {
       "cannot read --nats-cafile /nonexistent/ca.pem",
     );
     await expect(
-      NatsStore.connect({ servers: [mutualTls!.url], cafile: certs!.caFile, certfile: certs!.clientCertFile, keyfile: "/nonexistent/c.key" }),
+      NatsStore.connect({
+        servers: [mutualTls!.url],
+        cafile: certs!.caFile,
+        certfile: certs!.clientCertFile,
+        keyfile: "/nonexistent/c.key",
+      }),
     ).rejects.toThrow("cannot read --nats-keyfile /nonexistent/c.key");
     const err = await NatsStore.connect({ servers: [url()], cafile: certs!.caFile, connectTimeoutMs: 20_000 }).catch((e) => e);
     expect(err).toBeInstanceOf(StoreUnavailableError);

@@ -21,9 +21,7 @@ function writeRawRow(path: string, key: string, record: Uint8Array, expiresAt: n
   try {
     db.run("PRAGMA busy_timeout = 5000");
     db.transaction(() => {
-      const res = db
-        .query("INSERT INTO changes(key, op, record, at) VALUES (?, 'put', ?, ?)")
-        .run(key, record, Date.now());
+      const res = db.query("INSERT INTO changes(key, op, record, at) VALUES (?, 'put', ?, ?)").run(key, record, Date.now());
       db.query("INSERT OR REPLACE INTO kv(key, revision, expires_at, record) VALUES (?, ?, ?, ?)").run(
         key,
         Number(res.lastInsertRowid),
@@ -111,7 +109,14 @@ async function runWorkers(n: number, argsFor: (i: number) => string[]): Promise<
     ]);
     expect(codes).toEqual(workers.map(() => 0));
     await Bun.sleep(50); // let the stdout readers drain
-    return workers.map((w) => JSON.parse(w.out().split("\n").find((l) => l.startsWith("{"))!));
+    return workers.map((w) =>
+      JSON.parse(
+        w
+          .out()
+          .split("\n")
+          .find((l) => l.startsWith("{"))!,
+      ),
+    );
   } finally {
     for (const w of workers) if (w.proc.exitCode === null) w.proc.kill(); // only the PIDs we started
   }
@@ -128,9 +133,7 @@ describe("sqlite specifics", () => {
       const raw = new Database(path, { readonly: true });
       try {
         expect((raw.query("PRAGMA journal_mode").get() as { journal_mode: string }).journal_mode).toBe("wal");
-        const tables = (raw.query("SELECT name FROM sqlite_master WHERE type = 'table'").all() as { name: string }[]).map(
-          (t) => t.name,
-        );
+        const tables = (raw.query("SELECT name FROM sqlite_master WHERE type = 'table'").all() as { name: string }[]).map((t) => t.name);
         expect(tables).toEqual(expect.arrayContaining(["kv", "changes", "meta"]));
       } finally {
         raw.close(false);
