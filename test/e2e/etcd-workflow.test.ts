@@ -14,11 +14,11 @@ import { DEFAULT_CONFIG_EXAMPLE } from "../../src/config.ts";
 import { type EtcdServer, startEtcdServer } from "../harness/etcd-server.ts";
 import { type LabHost, labAddHost, labDown, labUp, pingAllPairs, readSubnetEnv } from "../../src/lab/lab.ts";
 import { addrAdd, processAlive, processArgv, spawnDetachedIn, stopProcess } from "../../src/lab/netns.ts";
-import { ensureBinary, etcdctl, host, labState, peerInfo, updateLabState, waitUntil } from "./helpers.ts";
+import { ensureBinary, etcdctl, host, labState, peerInfo, updateLabState, waitUntil, testName } from "./helpers.ts";
 
 // Explicit: these tests wait (bounded) for agents and kernels, longer than bun's default per-test timeout.
 const TEST_TIMEOUT_MS = 90_000;
-const LAB = { name: "e2ew" };
+const LAB = { name: testName("e2ew") };
 const UL = "e2ew-ul";
 const PREFIX = "/kube-centos/network";
 const CONFIG = '{"Network":"172.30.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}';

@@ -1,26 +1,15 @@
 // End-to-end test helpers: the compiled binary, kernel state of a lab host (routes, neighbours, fdb) and bounded waits.
-import { existsSync, renameSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { renameSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { ensureBinary as ensureBuilt } from "../helpers/binary.ts";
 import { type LabHost, type LabState, labStateDir, readLabState, readSubnetEnv } from "../../src/lab/lab.ts";
 import { execIn, ip, run } from "../../src/lab/netns.ts";
 
-export const REPO = resolve(import.meta.dir, "../..");
-export const BINARY = join(REPO, "dist/flannel-bin");
+export { BINARY, REPO, testName } from "../helpers/binary.ts";
 
-/** Builds dist/flannel-bin if it is missing (bounded); returns its path. FLANNEL_BIN_E2E_BINARY overrides it. */
+/** The binary under test, rebuilt when stale (see test/helpers/binary.ts). */
 export async function ensureBinary(): Promise<string> {
-  const override = process.env.FLANNEL_BIN_E2E_BINARY;
-  if (override) {
-    if (!existsSync(override)) throw new Error(`FLANNEL_BIN_E2E_BINARY=${override} does not exist`);
-    return resolve(override);
-  }
-  if (existsSync(BINARY)) return BINARY;
-  const r = await Bun.spawn([join(REPO, "node_modules/.bin/bun"), "run", "build"], { cwd: REPO, stdout: "pipe", stderr: "pipe" });
-  const timer = setTimeout(() => r.kill("SIGKILL"), 300_000);
-  const [out, err, code] = await Promise.all([new Response(r.stdout).text(), new Response(r.stderr).text(), r.exited]);
-  clearTimeout(timer);
-  if (code !== 0 || !existsSync(BINARY)) throw new Error(`bun run build failed (exit ${code}):\n${out}\n${err}`);
-  return BINARY;
+  return ensureBuilt();
 }
 
 export function labState(lab: { name: string; stateDir?: string }): LabState {

@@ -3,11 +3,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { type LabReport, labAddHost, labDown, labStartHost, labStopHost, labUp, pingAllPairs, pingFrom } from "../../src/lab/lab.ts";
 import { ip } from "../../src/lab/netns.ts";
-import { deleteLease, ensureBinary, host, iperf, labState, peerInfo, routes, waitUntil } from "./helpers.ts";
+import { deleteLease, ensureBinary, host, iperf, labState, peerInfo, routes, waitUntil, testName } from "./helpers.ts";
 
 // Explicit: these tests wait (bounded) for agents and kernels, longer than bun's default per-test timeout.
 const TEST_TIMEOUT_MS = 90_000;
-const LAB = { name: "e2hg" };
+const LAB = { name: testName("e2hg") };
 let report: LabReport;
 
 const hasRoute = async (netns: string, subnet: string, via?: string) =>

@@ -5,12 +5,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LabError, labDown, labStatus, labUp, readLabState } from "../../src/lab/lab.ts";
 import { execIn, ip, netnsList, run } from "../../src/lab/netns.ts";
-import { ensureBinary } from "./helpers.ts";
+import { ensureBinary, testName } from "./helpers.ts";
 
 // Explicit: these tests wait (bounded) for agents and kernels, longer than bun's default per-test timeout.
 const TEST_TIMEOUT_MS = 90_000;
-const TOPO = { name: "e2topo" };
-const FAIL = { name: "e2fail" };
+const TOPO = { name: testName("e2topo") };
+const FAIL = { name: testName("e2fail") };
 const tmp = mkdtempSync(join(tmpdir(), "flannel-lab-test-"));
 
 afterAll(async () => {

@@ -7,17 +7,17 @@ import { join } from "node:path";
 import { type LabBackend, labDown, labStateDir, labStatus, labUp, readLabState } from "../../src/lab/lab.ts";
 import { type EtcdServer, startEtcdServer } from "../harness/etcd-server.ts";
 import { processAlive } from "../../src/lab/netns.ts";
-import { ensureBinary, etcdctl, peerInfo, waitUntil } from "./helpers.ts";
+import { ensureBinary, etcdctl, peerInfo, waitUntil, testName } from "./helpers.ts";
 
 // Explicit: these tests wait (bounded) for agents and kernels, longer than bun's default per-test timeout.
 const TEST_TIMEOUT_MS = 90_000;
 const CASES = [
-  { store: "etcd", backend: "vxlan", lab: { name: "e2etvx" } },
-  { store: "etcd", backend: "host-gw", lab: { name: "e2ethg" } },
-  { store: "nats", backend: "vxlan", lab: { name: "e2navx" } },
-  { store: "nats", backend: "host-gw", lab: { name: "e2nahg" } },
+  { store: "etcd", backend: "vxlan", lab: { name: testName("e2etvx") } },
+  { store: "etcd", backend: "host-gw", lab: { name: testName("e2ethg") } },
+  { store: "nats", backend: "vxlan", lab: { name: testName("e2navx") } },
+  { store: "nats", backend: "host-gw", lab: { name: testName("e2nahg") } },
 ] as const;
-const GIVEN = { name: "e2given" };
+const GIVEN = { name: testName("e2given") };
 const ALL_LABS = [...CASES.map((c) => c.lab), GIVEN];
 let binary: string;
 

@@ -3,11 +3,11 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { labDown, labUp } from "../../src/lab/lab.ts";
 import { ip } from "../../src/lab/netns.ts";
-import { ensureBinary, fdb, host, labState, peerInfo, routes } from "./helpers.ts";
+import { ensureBinary, fdb, host, labState, peerInfo, routes, testName } from "./helpers.ts";
 
 const TEST_TIMEOUT_MS = 120_000;
-const VNI = { name: "e2vo" };
-const DIRECT = { name: "e2vd" };
+const VNI = { name: testName("e2vo") };
+const DIRECT = { name: testName("e2vd") };
 
 afterAll(async () => {
   for (const lab of [VNI, DIRECT]) {

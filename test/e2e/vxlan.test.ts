@@ -13,11 +13,11 @@ import {
   readSubnetEnv,
 } from "../../src/lab/lab.ts";
 import { ip } from "../../src/lab/netns.ts";
-import { deleteLease, ensureBinary, host, iperf, knowsPeer, labState, peerInfo, routes, waitUntil } from "./helpers.ts";
+import { deleteLease, ensureBinary, host, iperf, knowsPeer, labState, peerInfo, routes, waitUntil, testName } from "./helpers.ts";
 
 // Explicit: these tests wait (bounded) for agents and kernels, longer than bun's default per-test timeout.
 const TEST_TIMEOUT_MS = 90_000;
-const LAB = { name: "e2vx" };
+const LAB = { name: testName("e2vx") };
 let report: LabReport;
 
 beforeAll(async () => {

@@ -2,22 +2,11 @@
 // so each agent programs only its own namespace. Everything is removed by cleanup(), also after a failure.
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import type { Subprocess } from "bun";
 
-export const BINARY = resolve(import.meta.dir, "../../dist/flannel-bin");
-
-export function ensureBinary(): string {
-  if (!existsSync(BINARY)) {
-    const r = Bun.spawnSync(["node_modules/.bin/bun", "run", "build"], {
-      cwd: resolve(import.meta.dir, "../.."),
-      stdout: "inherit",
-      stderr: "inherit",
-    });
-    if (r.exitCode !== 0) throw new Error("build failed");
-  }
-  return BINARY;
-}
+export { BINARY, ensureBinary } from "./binary.ts";
+import { ensureBinary } from "./binary.ts";
 
 function sh(cmd: string[]): void {
   const r = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe" });

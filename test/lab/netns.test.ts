@@ -21,9 +21,10 @@ import {
   vethAdd,
   waitFor,
 } from "../../src/lab/netns.ts";
+import { testName } from "../helpers/binary.ts";
 
-const A = "tnsa-test";
-const B = "tnsb-test";
+const A = testName("tnsa-test");
+const B = testName("tnsb-test");
 const tmp = mkdtempSync(join(tmpdir(), "flannel-netns-test-"));
 
 afterAll(async () => {

@@ -1,6 +1,12 @@
 import { describe, expect, test } from "bun:test";
-import { ConfigError, DEFAULT_CONFIG_EXAMPLE, type NetworkConfig, formatNetworkConfigSummary, parseNetworkConfig } from "../src/config.ts";
-import { formatCIDR, formatIP } from "../src/ipmath.ts";
+import {
+  ConfigError,
+  DEFAULT_CONFIG_EXAMPLE,
+  type NetworkConfig,
+  formatNetworkConfigSummary,
+  parseNetworkConfig,
+} from "../../src/config.ts";
+import { formatCIDR, formatIP } from "../../src/ipmath.ts";
 
 /** The parts of a config that tests compare, in readable form. */
 function view(c: NetworkConfig) {

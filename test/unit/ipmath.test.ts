@@ -18,7 +18,7 @@ import {
   parseIP,
   parseIPv4,
   tryParseCIDR,
-} from "../src/ipmath.ts";
+} from "../../src/ipmath.ts";
 
 const net = (s: string) => parseCIDR(s);
 

@@ -2,9 +2,9 @@ import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { encodeLeaseAttrs } from "../src/lease.ts";
-import { type PeerEvent, watchPeers } from "../src/peer-watch.ts";
-import { SqliteStore } from "../stores/sqlite.ts";
+import { encodeLeaseAttrs } from "../../src/lease.ts";
+import { type PeerEvent, watchPeers } from "../../src/peer-watch.ts";
+import { SqliteStore } from "../../stores/sqlite.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "fb-pw-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

@@ -1,8 +1,8 @@
 // Hand-built NetworkConfig / ExternalInterface / Lease values for pure backend tests.
-import type { BackendContext, ExternalInterface } from "../../backends/backend.ts";
-import type { BackendType, NetworkConfig } from "../../src/config.ts";
-import { parseCIDR } from "../../src/ipmath.ts";
-import type { Lease, LeaseAttrs } from "../../src/lease.ts";
+import type { BackendContext, ExternalInterface } from "../../../backends/backend.ts";
+import type { BackendType, NetworkConfig } from "../../../src/config.ts";
+import { parseCIDR } from "../../../src/ipmath.ts";
+import type { Lease, LeaseAttrs } from "../../../src/lease.ts";
 
 export function netConfig(type: BackendType, options: Record<string, unknown> = {}): NetworkConfig {
   const network = parseCIDR("10.5.0.0/16");

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { FlagError, RUN_FLAGS, STORE_FLAGS, parseDuration, parseFlags } from "../src/flags.ts";
+import { FlagError, RUN_FLAGS, STORE_FLAGS, parseDuration, parseFlags } from "../../src/flags.ts";
 
 describe("flags", () => {
   test("defaults", () => {

@@ -5,12 +5,20 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { consola } from "consola";
-import type { NetworkConfig } from "../src/config.ts";
-import { formatCIDR, parseCIDR, parseIPv4 } from "../src/ipmath.ts";
-import { type LeaseAttrs, encodeLeaseAttrs, subnetKey } from "../src/lease.ts";
-import { LeaseKeeper, OutOfSubnetsError, acquireLease, listLeases, reclaimLease, renewDelayMs, renewLease } from "../src/lease-protocol.ts";
-import type { Store } from "../src/store.ts";
-import { SqliteStore } from "../stores/sqlite.ts";
+import type { NetworkConfig } from "../../src/config.ts";
+import { formatCIDR, parseCIDR, parseIPv4 } from "../../src/ipmath.ts";
+import { type LeaseAttrs, encodeLeaseAttrs, subnetKey } from "../../src/lease.ts";
+import {
+  LeaseKeeper,
+  OutOfSubnetsError,
+  acquireLease,
+  listLeases,
+  reclaimLease,
+  renewDelayMs,
+  renewLease,
+} from "../../src/lease-protocol.ts";
+import type { Store } from "../../src/store.ts";
+import { SqliteStore } from "../../stores/sqlite.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "fb-lease-"));
 const opened: Store[] = [];

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
-import { parseCIDR } from "../src/ipmath.ts";
-import { LeaseRecordError, decodeLeaseAttrs, encodeLeaseAttrs, leaseFromKV, parseSubnetKey, subnetKey } from "../src/lease.ts";
+import { parseCIDR } from "../../src/ipmath.ts";
+import { LeaseRecordError, decodeLeaseAttrs, encodeLeaseAttrs, leaseFromKV, parseSubnetKey, subnetKey } from "../../src/lease.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const dec = (b: Uint8Array) => new TextDecoder().decode(b);

@@ -1,8 +1,8 @@
 import { describe, expect, test } from "bun:test";
-import { BackendError } from "../../backends/backend.ts";
-import { createHostGwBackend, HOST_GW_NAT_ERROR } from "../../backends/host-gw.ts";
-import { createBackend } from "../../backends/index.ts";
-import { encodeLeaseAttrs } from "../../src/lease.ts";
+import { BackendError } from "../../../backends/backend.ts";
+import { createHostGwBackend, HOST_GW_NAT_ERROR } from "../../../backends/host-gw.ts";
+import { createBackend } from "../../../backends/index.ts";
+import { encodeLeaseAttrs } from "../../../src/lease.ts";
 import { ctx, extIface, lease } from "./helpers.ts";
 
 describe("host-gw backend", () => {

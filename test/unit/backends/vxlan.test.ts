@@ -1,9 +1,9 @@
 import { describe, expect, test } from "bun:test";
-import { BackendError } from "../../backends/backend.ts";
-import { createBackend } from "../../backends/index.ts";
-import { checkUnicastMac, createVxlanBackend, parseVxlanOptions, vtepMac } from "../../backends/vxlan.ts";
-import { parseCIDR } from "../../src/ipmath.ts";
-import { encodeLeaseAttrs } from "../../src/lease.ts";
+import { BackendError } from "../../../backends/backend.ts";
+import { createBackend } from "../../../backends/index.ts";
+import { checkUnicastMac, createVxlanBackend, parseVxlanOptions, vtepMac } from "../../../backends/vxlan.ts";
+import { parseCIDR } from "../../../src/ipmath.ts";
+import { encodeLeaseAttrs } from "../../../src/lease.ts";
 import { ctx, extIface, lease } from "./helpers.ts";
 
 const PEER_MAC = "0a:11:22:33:44:55";

@@ -1,5 +1,5 @@
 import { expect, test } from "bun:test";
-import { healthApp } from "../src/health.ts";
+import { healthApp } from "../../src/health.ts";
 
 test("healthz always 200, readyz 503 until ready", async () => {
   const state = { ready: false, waitingFor: "lease" };
@@ -18,7 +18,7 @@ test("healthz always 200, readyz 503 until ready", async () => {
 });
 
 test("metrics in Prometheus text format", async () => {
-  const { renderMetrics } = await import("../src/metrics.ts");
+  const { renderMetrics } = await import("../../src/metrics.ts");
   const state = {
     ready: true,
     waitingFor: "",

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { linkAddVxlan, neighReplace, routeReplace } from "../../src/kernel/commands.ts";
+import { linkAddVxlan, neighReplace, routeReplace } from "../../../src/kernel/commands.ts";
 import {
   ValidationError,
   validDevName,
@@ -11,7 +11,7 @@ import {
   validPort,
   validVNI,
   validRoute,
-} from "../../src/kernel/validate.ts";
+} from "../../../src/kernel/validate.ts";
 
 describe("validate", () => {
   test("device names", () => {

@@ -2,8 +2,8 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { formatCIDR, parseCIDR } from "../src/ipmath.ts";
-import { formatSubnetEnv, readPreviousSubnet, writeSubnetEnv } from "../src/subnet-env.ts";
+import { formatCIDR, parseCIDR } from "../../src/ipmath.ts";
+import { formatSubnetEnv, readPreviousSubnet, writeSubnetEnv } from "../../src/subnet-env.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "fb-senv-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
