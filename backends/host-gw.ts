@@ -1,4 +1,4 @@
-// host-gw backend (flannel-compat §6): every peer subnet is routed via the peer's public IP on the external
+// host-gw backend (docs/flannel-compat.md §6): every peer subnet is routed via the peer's public IP on the external
 // interface. No encapsulation, so all hosts must share one L2 segment; the kernel refuses unreachable gateways.
 import { formatCIDR } from "../src/ipmath.ts";
 import type { Lease, LeaseAttrs } from "../src/lease.ts";

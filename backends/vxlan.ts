@@ -1,4 +1,4 @@
-// vxlan backend (flannel-compat §5): one flannel.<VNI> device; per peer a permanent neighbour (peer subnet address ->
+// vxlan backend (docs/flannel-compat.md §5): one flannel.<VNI> device; per peer a permanent neighbour (peer subnet address ->
 // peer VTEP MAC), an FDB entry (VTEP MAC -> peer public IP) and an onlink route via the peer subnet address.
 import { createHash } from "node:crypto";
 import { containsIP, formatCIDR, formatIP, parseIP } from "../src/ipmath.ts";

@@ -1,4 +1,4 @@
-// Network config: parsed and checked exactly as flanneld's ParseConfig + CheckNetworkConfig (flannel-compat §1).
+// Network config: parsed and checked exactly as flanneld's ParseConfig + CheckNetworkConfig (docs/flannel-compat.md §1).
 //
 // Go's encoding/json semantics are reproduced on purpose, because operators share one config between flanneld and
 // flannel-bin: keys match case-insensitively, the last duplicate wins (document order), unknown keys are ignored and

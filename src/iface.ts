@@ -1,4 +1,4 @@
-// External interface selection, IPv4 (flannel-compat §9: flanneld main.go + pkg/ipmatch). The decision is pure
+// External interface selection, IPv4 (docs/flannel-compat.md §9: flanneld main.go + pkg/ipmatch). The decision is pure
 // (selectInterface over parsed `ip -json` output) so it is testable without a kernel; chooseExternalInterface
 // only reads the kernel and delegates.
 import type { ExternalInterface } from "../backends/backend.ts";
@@ -175,7 +175,7 @@ export interface Selection {
 }
 
 /**
- * The whole decision of flannel-compat §9 (IPv4), over the JSON of `ip -json addr show` and
+ * The whole decision of docs/flannel-compat.md §9 (IPv4), over the JSON of `ip -json addr show` and
  * `ip -json -4 route show table main`. Throws IfaceError with flannel's messages.
  */
 export function selectInterface(addrsJson: unknown, routesJson: unknown, opts: SelectOptions): Selection {

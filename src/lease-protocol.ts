@@ -1,4 +1,4 @@
-// The flannel subnet lease protocol, written once above the Store interface (flannel-compat §2).
+// The flannel subnet lease protocol, written once above the Store interface (docs/flannel-compat.md §2).
 // Differences from flanneld, on purpose: a lost create race is retried (flanneld exits), renewal is compare-and-set
 // on the record's revision (flanneld's blind put let two hosts share a subnet), reservations stay reservations,
 // and a corrupt record is skipped but its subnet still counts as taken.

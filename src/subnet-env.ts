@@ -1,4 +1,4 @@
-// subnet.env: flanneld's hand-off file to Docker and CNI (flannel-compat §4). Same keys, same order, 0644,
+// subnet.env: flanneld's hand-off file to Docker and CNI (docs/flannel-compat.md §4). Same keys, same order, 0644,
 // written atomically so a reader never sees half a file.
 
 import { chmodSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";

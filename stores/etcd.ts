@@ -1,6 +1,6 @@
 // The etcd store: flannel's key layout and lease semantics over etcd's v3 JSON gateway (/v3/...), with fetch only.
 //
-// Layout (flannel-compat §2): logical "config" -> "<prefix>/config", "subnets/10.5.52.0-24" ->
+// Layout (docs/flannel-compat.md §2): logical "config" -> "<prefix>/config", "subnets/10.5.52.0-24" ->
 // "<prefix>/subnets/10.5.52.0-24". A record with a ttl is attached to its own etcd lease (etcd deletes the key
 // when the lease runs out); a record without one has no lease (a reservation, as flannel's docs write them).
 //
