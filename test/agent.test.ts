@@ -1,16 +1,29 @@
 // The agent as real processes: the compiled binary, one network namespace per host, one shared SQLite file.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
-import { AgentLab, BINARY, ensureBinary, until } from "./helpers/agents.ts";
+import { type AgentHost, AgentLab, BINARY, ensureBinary, until } from "./helpers/agents.ts";
 
 const HOST_GW = '{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}';
 
 describe("agent processes", () => {
-  const lab = new AgentLab();
+  // Each test has its own lab (namespaces, SQLite file), so any one of them can run alone or in any order.
+  let lab: AgentLab;
   beforeAll(() => {
     ensureBinary();
   });
-  afterAll(() => lab.cleanup());
+  beforeEach(() => {
+    lab = new AgentLab();
+  });
+  afterEach(() => lab.cleanup());
+
+  /** One agent holding a lease under the host-gw config (6 s TTL), ready. */
+  async function readyAgent(): Promise<AgentHost> {
+    lab.putConfig(HOST_GW);
+    const h = lab.addHost();
+    lab.start(h, ["--subnet-lease-ttl", "6s"]);
+    expect(await until(() => lab.health(h, "/readyz") === 200, 15_000)).toBe(true);
+    return h;
+  }
 
   test("missing config: says how to create it, retries, then takes a lease; readyz 503 then 200", async () => {
     const h = lab.addHost();
@@ -24,7 +37,7 @@ describe("agent processes", () => {
   });
 
   test("renewal extends the expiry (short TTL)", async () => {
-    const h = lab.hosts[0]!;
+    const h = await readyAgent();
     const expiry = () => {
       const r = lab.cli(["leases", "--json", ...lab.storeFlags()]);
       return JSON.parse(r.out).find((l: { publicIP: string }) => l.publicIP === h.ip)?.expires as string | undefined;
@@ -40,7 +53,7 @@ describe("agent processes", () => {
   });
 
   test("SIGTERM exits 0 and keeps the lease and subnet.env; a restart keeps the subnet", async () => {
-    const h = lab.hosts[0]!;
+    const h = await readyAgent();
     const subnet = lab.subnetOf(h);
     expect(await lab.stop(h)).toBe(0);
     expect(lab.subnetOf(h)).toBe(subnet);
@@ -52,7 +65,7 @@ describe("agent processes", () => {
   });
 
   test("a lease left to expire is freed and taken by the next host", async () => {
-    const h = lab.hosts[0]!;
+    const h = await readyAgent();
     const subnet = lab.subnetOf(h)!;
     await lab.stop(h);
     // The only free subnet is the one h held: the newcomer must wait for it to expire (6 s TTL).
@@ -83,7 +96,6 @@ describe("agent processes", () => {
     expect(lab.cli(["config", "put", "--file", file, ...lab.storeFlags()]).code).toBe(0);
     const r = Bun.spawnSync([BINARY, "config", "get"], { env: { ...process.env, FLANNELD_SQLITE_PATH: lab.db }, stdout: "pipe" });
     expect(r.stdout.toString()).toBe('{"network":"10.6.0.0/16","backend":{"type":"host-gw"}}\n');
-    lab.putConfig(HOST_GW);
   });
 
   test("bad flags and values are clear errors with a non-zero exit", () => {
