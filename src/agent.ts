@@ -20,6 +20,7 @@ import { watchPeers } from "./peer-watch.ts";
 import { CONFIG_KEY, type Store, StoreUnavailableError } from "./store.ts";
 import { configPutHint, openStore } from "./store-open.ts";
 import { sleep } from "./sleep.ts";
+import { notifierFromEnv } from "./systemd-notify.ts";
 import { readPreviousSubnet, writeSubnetEnv } from "./subnet-env.ts";
 
 const log = logger("agent");
@@ -98,6 +99,8 @@ function enableIPForward(): void {
 }
 
 export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
+  // Read (and removed from the environment, so ip/bridge/iptables never inherit it) before anything is spawned.
+  const notifier = notifierFromEnv();
   const ac = new AbortController();
   const { signal } = ac;
   let exitCode = 0;
@@ -106,6 +109,7 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
     ac.abort();
   };
   const onSignal = (sig: string) => {
+    notifier.stopping(`stopping on ${sig}`);
     log.info(`${sig} received; stopping (lease, subnet.env and kernel state are kept)`);
     process.off("SIGINT", onSig);
     process.off("SIGTERM", onTerm); // a second signal kills at once, as flanneld
@@ -117,6 +121,11 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
   process.on("SIGTERM", onTerm);
 
   const health: HealthState = { ready: false, waitingFor: "connecting to the store" };
+  const waiting = (what: string, status = `waiting for ${what}`) => {
+    health.waitingFor = what;
+    notifier.status(status);
+  };
+  waiting("connecting to the store", "waiting for the store");
   const stats = { peers: new Set<string>(), ignored: new Set<string>(), storeErrors: 0 };
   const port = Number(f["healthz-port"]);
   const server = port > 0 ? serveHealth(health, String(f["healthz-ip"]), port) : null;
@@ -133,13 +142,15 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
     const storeError = () => void stats.storeErrors++;
     // An unreachable store is waited for; settings that can never work (a lone certfile, an unreadable CA file,
     // a bad path) end the agent with their message instead of being retried forever.
+    notifier.keepExtending();
     store = await retryEverySecond(`${f.store} store`, signal, () => openStore(f).catch(settingsAreFatal), storeError);
     if (!store) return exitCode;
     log.info(`using the ${store.kind} store at ${store.location}`);
 
-    health.waitingFor = "network config";
+    waiting("network config");
     const cfg = await waitForConfig(store, f, signal, storeError);
     if (!cfg) return exitCode;
+    notifier.stopExtending();
     log.info(`network config: ${formatNetworkConfigSummary(cfg)}`);
 
     const { iface, publicIP, notes } = await chooseExternalInterface({
@@ -151,7 +162,7 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
     log.info(`using interface ${iface.name} (mtu ${iface.mtu}) with public IP ${publicIP}`);
     const backend: Backend = createBackend({ config: cfg, extIface: iface, publicIP });
 
-    health.waitingFor = "lease";
+    waiting("lease");
     const prev = readPreviousSubnet(subnetFile);
     const lease: Lease | null = await retryEverySecond(
       "acquiring a lease",
@@ -196,7 +207,8 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
     } catch (e) {
       log.error(`could not write ${subnetFile}: ${(e as Error).message}`);
     }
-    health.waitingFor = subnetEnvWritten ? "initial peer sync" : `writing ${subnetFile} failed`;
+    if (subnetEnvWritten) waiting("initial peer sync");
+    else waiting(`writing ${subnetFile} failed`, `not ready: writing ${subnetFile} failed`);
 
     const keepLease = async () => {
       if ((await keeper.run(signal)) === "taken") {
@@ -252,6 +264,10 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
               reconciler!.start();
               health.ready = subnetEnvWritten;
               if (subnetEnvWritten) health.waitingFor = "";
+              if (subnetEnvWritten) {
+                notifier.ready(`ready: lease ${formatCIDR(lease.subnet)}, ${stats.peers.size} peers`);
+                notifier.startWatchdog(() => !signal.aborted);
+              }
               log.success(
                 `ready: ${stats.peers.size} peers programmed${stats.ignored.size ? `, ${stats.ignored.size} ignored` : ""}; ` +
                   `kernel in sync (added ${r.added}, repaired ${r.repaired}, removed ${r.removed} stale)`,
@@ -276,6 +292,7 @@ export async function runAgent(f: Record<string, FlagValue>): Promise<number> {
   } finally {
     process.off("SIGINT", onSig);
     process.off("SIGTERM", onTerm);
+    notifier.close();
     reconciler?.stop();
     queue?.close();
     await store?.close().catch(() => {});

@@ -250,6 +250,7 @@ export class CommandQueue {
       stdin: Buffer.from(text),
       stdout: "ignore",
       stderr: "pipe",
+      env: process.env, // without it Bun passes the start-up environment, NOTIFY_SOCKET included (systemd-notify.ts)
     });
     const stderr = await new Response(proc.stderr).text();
     const code = await proc.exited;
@@ -291,7 +292,7 @@ export async function bridgeJson(args: string[], netns?: string): Promise<unknow
 
 async function runJson(tool: Tool, args: string[], netns?: string): Promise<unknown> {
   for (const a of args) if (typeof a !== "string") throw new Error(`${tool} argument is not a string: ${String(a)}`);
-  const proc = Bun.spawn([tool, ...nsArgs(netns), "-json", ...args], { stdout: "pipe", stderr: "pipe" });
+  const proc = Bun.spawn([tool, ...nsArgs(netns), "-json", ...args], { stdout: "pipe", stderr: "pipe", env: process.env });
   const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
   if (code !== 0) throw new Error(`${tool} -json ${args.join(" ")}: ${err.trim() || `exit status ${code}`}`);
   const s = out.trim();

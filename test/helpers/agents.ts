@@ -71,7 +71,8 @@ export class AgentLab {
     if (r.code !== 0) throw new Error(`config put failed: ${r.err}`);
   }
 
-  start(h: AgentHost, extra: string[] = []): void {
+  /** Starts the agent in h's namespace; `env` is added to this process's environment (e.g. NOTIFY_SOCKET). */
+  start(h: AgentHost, extra: string[] = [], env: Record<string, string> = {}): void {
     const argv = [
       "ip",
       "netns",
@@ -86,7 +87,7 @@ export class AgentLab {
       "8471",
       ...extra,
     ];
-    h.proc = Bun.spawn(argv, { stdout: Bun.file(h.logFile), stderr: Bun.file(h.logFile) });
+    h.proc = Bun.spawn(argv, { stdout: Bun.file(h.logFile), stderr: Bun.file(h.logFile), env: { ...process.env, ...env } });
   }
 
   /** SIGTERM by PID; resolves with the exit code (SIGKILL after 10 s). */
