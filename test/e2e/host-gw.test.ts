@@ -35,9 +35,9 @@ describe("host-gw lab (sqlite)", () => {
         expect(h.mtu).toBe(1500); // host-gw adds no overhead
       }
       const p2 = await peerInfo(host(LAB, 2));
-      expect(await hasRoute("e2hg-h1", p2.subnet, "192.0.2.12")).toBe(true);
+      expect(await hasRoute(`${LAB.name}-h1`, p2.subnet, "192.0.2.12")).toBe(true);
       // No vxlan device in host-gw mode.
-      expect((await ip(["link", "show", "flannel.1"], "e2hg-h1", { allowFail: true })).code).not.toBe(0);
+      expect((await ip(["link", "show", "flannel.1"], `${LAB.name}-h1`, { allowFail: true })).code).not.toBe(0);
     },
     TEST_TIMEOUT_MS,
   );
@@ -109,7 +109,7 @@ describe("host-gw lab (sqlite)", () => {
       const h2 = host(LAB, 2);
       const left = await peerInfo(host(LAB, 3));
       await labStopHost(LAB, h1.netns);
-      await labStopHost(LAB, "e2hg-h3");
+      await labStopHost(LAB, `${LAB.name}-h3`);
       await deleteLease(LAB, left);
       await waitUntil(`${h2.netns} forgets ${left.subnet}`, 20_000, async () => !(await hasRoute(h2.netns, left.subnet)), 500);
       expect(await hasRoute(h1.netns, left.subnet, left.publicIP)).toBe(true); // left behind while h1 was down

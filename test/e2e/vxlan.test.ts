@@ -125,7 +125,7 @@ describe("vxlan lab (sqlite)", () => {
     async () => {
       const pidsBefore = labState(LAB).hosts.map((h) => h.agentPid);
       const h4 = await labAddHost(LAB);
-      expect(h4.netns).toBe("e2vx-h4");
+      expect(h4.netns).toBe(`${LAB.name}-h4`);
       const pairs = await pingAllPairs(labState(LAB), { converge: true });
       expect(pairs.filter((p) => !p.ok)).toEqual([]);
       expect(pairs).toHaveLength(12);
@@ -173,7 +173,7 @@ describe("vxlan lab (sqlite)", () => {
       const h2 = host(LAB, 2);
       const left = await peerInfo(host(LAB, 3));
       await labStopHost(LAB, h1.netns);
-      await labStopHost(LAB, "e2vx-h3");
+      await labStopHost(LAB, `${LAB.name}-h3`);
       await deleteLease(LAB, left);
       // h2 is running: it drops h3 via the watch. h1 is down: nothing removes its entries (flannel leaves state on exit).
       await waitUntil(`${h2.netns} forgets ${left.subnet}`, 20_000, async () => !(await knowsPeer(h2.netns, left)).route, 500);

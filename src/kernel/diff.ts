@@ -1,0 +1,494 @@
+// The reconciler's pure part: desired state (fragments keyed by id: "local", "peer:10.5.7.0/24", ...) against what
+// we believe the kernel has, turned into commands. It never reads the kernel or runs anything: kernel-read.ts reads,
+// reconciler.ts schedules and runs. So every decision here is unit-tested without root (test/unit/kernel).
+//
+// set()/delete() diff a fragment against the previous one for the same id and mark only the changed keys dirty;
+// planPeers() turns dirty keys into commands in dependency order:
+//   route dels -> fdb dels -> neigh dels -> neigh adds -> fdb adds -> route adds
+// (a new peer gets neighbour -> FDB -> route as flannel does, a removed one route -> FDB -> neighbour; §5 of the compat
+// notes), after a separate device/address step (takeDeviceWork/planDevices), since entries need their device.
+//
+// adoptKernel() replaces the "applied" view with what the kernel really has and dirties everything, so entries
+// deleted by hand come back and entries we own that nobody desires (stale peers left by a previous run) go away. We
+// own: routes with our protocol number, PERMANENT neighbours and FDB entries with a dst on owned devices, and the
+// addresses on owned devices. Nothing else is ever touched.
+import {
+  addrDel,
+  addrReplace,
+  type Command,
+  fdbDel,
+  fdbReplace,
+  linkAddVxlan,
+  linkDel,
+  linkSetMac,
+  linkSetMtu,
+  linkSetUp,
+  linkSetVxlanLearning,
+  neighDel,
+  neighReplace,
+  routeDel,
+  routeReplace,
+} from "./commands.ts";
+import { type KLink, vxlanCompatible } from "./device-compat.ts";
+import { globalAddresses, type KRoute } from "./kernel-read.ts";
+import type { Address, Fdb, Neigh, Route, StateFragment, VxlanDevice } from "./types.ts";
+import { validAddress, validFdb, validNeigh, validRoute, validVxlanDevice } from "./validate.ts";
+
+export type { KRoute } from "./kernel-read.ts";
+
+export interface ReconcileCounts {
+  /** Desired entries the kernel did not have and we had never applied. */
+  added: number;
+  /** Entries we own that nobody desires, removed. */
+  removed: number;
+  /** Entries we had applied that were missing or different in the kernel (or a device fixed in place), re-applied. */
+  repaired: number;
+}
+
+interface Owner<T> {
+  id: string;
+  value: T;
+}
+
+/** One kind of entry: who desires which value under a key, and what we believe the kernel has. */
+export class Table<T> {
+  readonly desired = new Map<string, Owner<T>[]>();
+  readonly applied = new Map<string, T>();
+  readonly dirty = new Set<string>();
+
+  /** When several fragments desire one key, the most recent set() wins. */
+  effective(key: string): T | undefined {
+    const o = this.desired.get(key);
+    return o === undefined ? undefined : o[o.length - 1]!.value;
+  }
+
+  upsert(key: string, id: string, value: T): void {
+    const o = this.desired.get(key);
+    if (o === undefined) this.desired.set(key, [{ id, value }]);
+    else {
+      const i = o.findIndex((x) => x.id === id);
+      if (i >= 0) o.splice(i, 1);
+      o.push({ id, value });
+    }
+    this.dirty.add(key);
+  }
+
+  remove(key: string, id: string): void {
+    const o = this.desired.get(key);
+    if (!o) return;
+    const i = o.findIndex((x) => x.id === id);
+    if (i < 0) return;
+    o.splice(i, 1);
+    if (o.length === 0) this.desired.delete(key);
+    this.dirty.add(key);
+  }
+}
+
+interface Entry<T> {
+  key: string;
+  value: T;
+}
+
+interface NormFragment {
+  devices: Entry<VxlanDevice>[];
+  addresses: Entry<Address>[];
+  routes: Entry<Route>[];
+  neighs: Entry<Neigh>[];
+  fdbs: Entry<Fdb>[];
+}
+
+export const routeKey = (dst: string) => dst;
+export const devKey = (dev: string, x: string) => `${dev} ${x}`; // device names hold no spaces
+export const keyDev = (key: string) => key.slice(0, key.indexOf(" "));
+
+const routeEq = (a: KRoute, b: KRoute) => a.dst === b.dst && a.via === b.via && a.dev === b.dev && a.onlink === b.onlink;
+const neighEq = (a: Neigh, b: Neigh) => a.lladdr === b.lladdr && a.ip === b.ip && a.dev === b.dev;
+const fdbEq = (a: Fdb, b: Fdb) => a.dst === b.dst && a.mac === b.mac && a.dev === b.dev;
+const deviceEq = (a: VxlanDevice, b: VxlanDevice) => JSON.stringify(a) === JSON.stringify(b);
+const sameKey = () => true; // addresses: the key is the whole value
+
+/** The device step's work, taken off the dirty sets (put back with redoDevices if it cannot finish). */
+export interface DeviceWork {
+  devs: string[];
+  addrDevs: Set<string>;
+  /** Address keys that were dirty: desired before, so they may be removed even on a device we do not own. */
+  addrKeys: Set<string>;
+}
+
+export interface DevicePlan {
+  cmds: Command[];
+  /** Devices (re)created by cmds: they hold nothing yet. */
+  fresh: Set<string>;
+  /** Decisions worth a log line. */
+  notes: string[];
+}
+
+/** Peer-entry commands with, per command, the table, key and value (undefined: a delete) to record when it succeeds. */
+export interface PeerPlan {
+  cmds: Command[];
+  tables: (Table<KRoute> | Table<Neigh> | Table<Fdb> | null)[];
+  keys: string[];
+  values: (KRoute | Neigh | Fdb | undefined)[];
+}
+
+/** What a full read of the kernel found (kernel-read.ts). */
+export interface KernelSnapshot {
+  present: Set<string>;
+  routes: KRoute[];
+  neighs: Map<string, Neigh[]>;
+  fdbs: Map<string, Fdb[]>;
+}
+
+export class DesiredState {
+  private readonly fragments = new Map<string, NormFragment>();
+  readonly devices = new Table<VxlanDevice>();
+  readonly addresses = new Table<Address>();
+  readonly routes = new Table<KRoute>();
+  readonly neighs = new Table<Neigh>();
+  readonly fdbs = new Table<Fdb>();
+  /** FDB remotes found in the kernel that nobody desires (a MAC can have several): removed by the next planPeers. */
+  private staleFdbs: Fdb[] = [];
+  /** Devices whose addresses the device step checks even if nothing about them is dirty. */
+  private readonly addrCheck = new Set<string>();
+  counts: ReconcileCounts = { added: 0, removed: 0, repaired: 0 };
+
+  constructor(readonly proto: number) {}
+
+  /** Desires `fragment` under `id`, replacing what that id desired before. Throws (changing nothing) on invalid values. */
+  set(id: string, fragment: StateFragment): void {
+    const next = normalize(fragment);
+    const prev = this.fragments.get(id);
+    this.fragments.set(id, next);
+    if (prev || next.devices.length) diffInto(this.devices, id, prev?.devices, next.devices, deviceEq);
+    if (prev || next.addresses.length) diffInto(this.addresses, id, prev?.addresses, next.addresses, sameKey);
+    if (prev || next.routes.length) diffInto(this.routes, id, prev?.routes, next.routes, routeEq);
+    if (prev || next.neighs.length) diffInto(this.neighs, id, prev?.neighs, next.neighs, neighEq);
+    if (prev || next.fdbs.length) diffInto(this.fdbs, id, prev?.fdbs, next.fdbs, fdbEq);
+  }
+
+  /** Stops desiring what `id` desired; entries nobody else desires become deletes. False if `id` desired nothing. */
+  delete(id: string): boolean {
+    const prev = this.fragments.get(id);
+    if (!prev) return false;
+    this.fragments.delete(id);
+    for (const e of prev.devices) this.devices.remove(e.key, id);
+    for (const e of prev.addresses) this.addresses.remove(e.key, id);
+    for (const e of prev.routes) this.routes.remove(e.key, id);
+    for (const e of prev.neighs) this.neighs.remove(e.key, id);
+    for (const e of prev.fdbs) this.fdbs.remove(e.key, id);
+    return true;
+  }
+
+  resetCounts(): ReconcileCounts {
+    const c = this.counts;
+    this.counts = { added: 0, removed: 0, repaired: 0 };
+    return c;
+  }
+
+  /** The owned devices plus every device we desire. */
+  ownedSet(owned: Iterable<string>): Set<string> {
+    const s = new Set(owned);
+    for (const k of this.devices.desired.keys()) s.add(k);
+    return s;
+  }
+
+  hasDeviceWork(): boolean {
+    return this.devices.dirty.size > 0 || this.addresses.dirty.size > 0 || this.addrCheck.size > 0;
+  }
+
+  /** Takes the dirty devices and addresses for one device step. */
+  takeDeviceWork(): DeviceWork {
+    const devs = [...this.devices.dirty];
+    const addrDevs = new Set<string>(this.addrCheck);
+    for (const k of this.addresses.dirty) addrDevs.add(keyDev(k));
+    for (const d of devs) addrDevs.add(d);
+    const addrKeys = new Set(this.addresses.dirty);
+    this.devices.dirty.clear();
+    this.addresses.dirty.clear();
+    this.addrCheck.clear();
+    return { devs, addrDevs, addrKeys };
+  }
+
+  /** Puts back what one device step took on, so the next drain does it again. */
+  redoDevices(w: DeviceWork): void {
+    for (const d of w.devs) this.devices.dirty.add(d);
+    for (const d of w.addrDevs) this.addrCheck.add(d);
+    for (const k of w.addrKeys) this.addresses.dirty.add(k);
+  }
+
+  /** Device and address commands for `w`, given the links as `ip -d addr show` reports them. */
+  planDevices(w: DeviceWork, links: KLink[], ownedDevices: Iterable<string>): DevicePlan {
+    const byName = new Map(links.map((l) => [l.ifname, l]));
+    const owned = this.ownedSet(ownedDevices);
+    const cmds: Command[] = [];
+    const upCmds: Command[] = [];
+    const fresh = new Set<string>();
+    const notes: string[] = [];
+    for (const name of w.devs) {
+      const want = this.devices.effective(name);
+      const have = byName.get(name);
+      if (!want) {
+        // Nobody desires it any more: remove it if it is (still) a vxlan device.
+        if (have?.linkinfo?.info_kind === "vxlan") {
+          cmds.push(linkDel(name));
+          this.counts.removed++;
+        }
+        this.devices.applied.delete(name);
+        this.forgetEntriesOn(name, false);
+        continue;
+      }
+      if (!have || !vxlanCompatible(want, have)) {
+        if (have) {
+          notes.push(`device ${name} is incompatible with the wanted vxlan ${want.vni}: recreating it`);
+          cmds.push(linkDel(name));
+        }
+        cmds.push(linkAddVxlan(want));
+        upCmds.push(linkSetUp(name));
+        fresh.add(name);
+        if (this.devices.applied.has(name) || have) this.counts.repaired++;
+        else this.counts.added++;
+        continue;
+      }
+      // Compatible: reuse (keeps the ifindex and whatever rides on it), fix what may differ in place.
+      let fixed = false;
+      if (have.mtu !== want.mtu) (fixed = true), cmds.push(linkSetMtu(name, want.mtu));
+      if (have.address?.toLowerCase() !== want.mac) (fixed = true), cmds.push(linkSetMac(name, want.mac));
+      if ((have.linkinfo?.info_data?.learning === true) !== want.learning)
+        (fixed = true), cmds.push(linkSetVxlanLearning(name, want.learning));
+      if (!have.flags?.includes("UP")) (fixed = true), upCmds.push(linkSetUp(name));
+      if (fixed) this.counts.repaired++;
+    }
+
+    // Addresses: desired ones present, other global ones gone (on owned devices, or ones we desired before).
+    for (const dev of w.addrDevs) {
+      const link = byName.get(dev);
+      if (!link && !this.devices.effective(dev)) continue; // nothing to do on a device that is not there
+      const actual = link && !fresh.has(dev) ? globalAddresses(dev, link) : new Set<string>();
+      const wanted = new Set<string>();
+      for (const [k] of this.addresses.desired) if (keyDev(k) === dev) wanted.add(this.addresses.effective(k)!.cidr);
+      for (const cidr of actual) {
+        if (wanted.has(cidr)) continue;
+        if (owned.has(dev) || w.addrKeys.has(devKey(dev, cidr))) {
+          cmds.push(addrDel({ dev, cidr }));
+          this.counts.removed++;
+        }
+      }
+      for (const cidr of wanted) {
+        if (actual.has(cidr)) continue;
+        cmds.push(addrReplace({ dev, cidr }));
+        if (!fresh.has(dev) && this.addresses.applied.has(devKey(dev, cidr))) this.counts.repaired++;
+        else if (!fresh.has(dev)) this.counts.added++;
+      }
+      for (const cidr of wanted) this.addresses.applied.set(devKey(dev, cidr), { dev, cidr });
+    }
+    cmds.push(...upCmds);
+    return { cmds, fresh, notes };
+  }
+
+  /** Records the outcome of a device plan; on failure everything in `w` is done again by the next drain. */
+  devicesDone(w: DeviceWork, plan: DevicePlan, ok: boolean): void {
+    // A (re)created device holds nothing: what we had applied on it must be added again.
+    for (const name of plan.fresh) this.forgetEntriesOn(name, true);
+    if (!ok) {
+      this.redoDevices(w);
+      return;
+    }
+    for (const name of w.devs) {
+      const want = this.devices.effective(name);
+      if (want) this.devices.applied.set(name, want);
+    }
+  }
+
+  /** Commands for every dirty route, neighbour and FDB key (and stale FDB remotes); clears the dirty sets. */
+  planPeers(): PeerPlan {
+    const rDel: string[] = [];
+    const rAdd: string[] = [];
+    const nDel: string[] = [];
+    const nAdd: string[] = [];
+    const fDel: string[] = [];
+    const fAdd: string[] = [];
+    split(this.routes, routeEq, rAdd, rDel);
+    split(this.neighs, neighEq, nAdd, nDel);
+    split(this.fdbs, fdbEq, fAdd, fDel);
+    const stale = this.staleFdbs;
+    this.staleFdbs = [];
+    const R = this.routes;
+    const N = this.neighs;
+    const F = this.fdbs;
+    // Parallel arrays (no closure per op) keep 30,000 ops cheap.
+    const plan: PeerPlan = { cmds: [], tables: [], keys: [], values: [] };
+    const op = (c: Command, t: PeerPlan["tables"][number], k: string, v: PeerPlan["values"][number]) => {
+      plan.cmds.push(c);
+      plan.tables.push(t);
+      plan.keys.push(k);
+      plan.values.push(v);
+    };
+    for (const k of rDel) op(routeDel(R.applied.get(k)!, this.proto), R, k, undefined);
+    for (const f of stale) op(fdbDel(f), null, "", undefined);
+    for (const k of fDel) op(fdbDel(F.applied.get(k)!), F, k, undefined);
+    for (const k of nDel) op(neighDel(N.applied.get(k)!), N, k, undefined);
+    for (const k of nAdd) {
+      const v = N.effective(k)!;
+      op(neighReplace(v), N, k, v);
+    }
+    for (const k of fAdd) {
+      const v = F.effective(k)!;
+      op(fdbReplace(v), F, k, v);
+    }
+    for (const k of rAdd) {
+      const v = R.effective(k)! as Route;
+      op(routeReplace(v, this.proto), R, k, v);
+    }
+    return plan;
+  }
+
+  /** Records which commands of a peer plan succeeded. A failed entry stays as it was in `applied`. */
+  peersDone(plan: PeerPlan, ok: (i: number) => boolean): void {
+    for (let i = 0; i < plan.cmds.length; i++) {
+      const t = plan.tables[i];
+      if (!t || !ok(i)) continue;
+      const v = plan.values[i];
+      if (v === undefined) t.applied.delete(plan.keys[i]!);
+      else (t as Table<typeof v>).applied.set(plan.keys[i]!, v);
+    }
+  }
+
+  /** Devices whose neighbours and FDB a full read must list: owned ones, and others only where we desire a key. */
+  devicesToRead(ownedDevices: Iterable<string>, present: Set<string>): { neighDevs: string[]; fdbDevs: string[] } {
+    const owned = this.ownedSet(ownedDevices);
+    const neighDevs = new Set(owned);
+    for (const k of this.neighs.desired.keys()) neighDevs.add(keyDev(k));
+    const fdbDevs = new Set(owned);
+    for (const k of this.fdbs.desired.keys()) fdbDevs.add(keyDev(k));
+    return { neighDevs: [...neighDevs].filter((d) => present.has(d)), fdbDevs: [...fdbDevs].filter((d) => present.has(d)) };
+  }
+
+  /** Replaces the applied view with what the kernel has, counts differences and marks everything dirty. */
+  adoptKernel(k: KernelSnapshot, ownedDevices: Iterable<string>): void {
+    const owned = this.ownedSet(ownedDevices);
+    // Devices and addresses: re-checked by the device step.
+    for (const d of this.devices.desired.keys()) this.devices.dirty.add(d);
+    for (const d of owned) if (k.present.has(d)) this.addrCheck.add(d);
+    for (const key of this.addresses.desired.keys()) this.addrCheck.add(keyDev(key));
+
+    // Routes: all with our proto are ours.
+    const actualRoutes = new Map<string, KRoute>();
+    for (const r of k.routes) actualRoutes.set(routeKey(r.dst), r);
+    this.adopt(this.routes, actualRoutes, routeEq);
+
+    const actualNeighs = new Map<string, Neigh>();
+    for (const [dev, list] of k.neighs) {
+      for (const n of list) {
+        const key = devKey(dev, n.ip);
+        if (owned.has(dev) || this.neighs.desired.has(key)) actualNeighs.set(key, n);
+      }
+    }
+    this.adopt(this.neighs, actualNeighs, neighEq);
+
+    // A MAC may have several remotes; the one we desire is adopted, all others are stale.
+    const actualFdbs = new Map<string, Fdb>();
+    for (const [dev, list] of k.fdbs) {
+      for (const f of list) {
+        const key = devKey(dev, f.mac);
+        const want = this.fdbs.effective(key);
+        if (want && want.dst === f.dst) actualFdbs.set(key, f);
+        else if (want || owned.has(dev)) {
+          this.staleFdbs.push(f);
+          this.counts.removed++;
+        }
+      }
+    }
+    for (const key of this.fdbs.desired.keys()) {
+      if (actualFdbs.has(key)) continue;
+      if (this.fdbs.applied.has(key)) this.counts.repaired++;
+      else this.counts.added++;
+    }
+    this.fdbs.applied.clear();
+    for (const [key, v] of actualFdbs) this.fdbs.applied.set(key, v);
+    for (const key of this.fdbs.desired.keys()) this.fdbs.dirty.add(key);
+  }
+
+  /** Counts differences between kernel and desire, then makes the kernel view the applied one and dirties all keys. */
+  private adopt<T>(t: Table<T>, actual: Map<string, T>, eq: (a: T, b: T) => boolean): void {
+    for (const [k, o] of t.desired) {
+      const a = actual.get(k);
+      const want = o[o.length - 1]!.value;
+      if (a !== undefined && eq(a, want)) continue;
+      if (a === undefined && !t.applied.has(k)) this.counts.added++;
+      else this.counts.repaired++;
+    }
+    for (const k of actual.keys()) if (!t.desired.has(k)) this.counts.removed++;
+    t.applied.clear();
+    for (const [k, v] of actual) {
+      t.applied.set(k, v);
+      t.dirty.add(k);
+    }
+    for (const k of t.desired.keys()) t.dirty.add(k);
+  }
+
+  /** A device was deleted or (re)created: whatever we applied on it is gone; desired entries must be re-added. */
+  private forgetEntriesOn(dev: string, readd: boolean): void {
+    const forget = <T extends { dev?: string }>(t: Table<T>) => {
+      for (const [k, v] of t.applied) {
+        if (v.dev !== dev) continue;
+        t.applied.delete(k);
+        if (readd && t.desired.has(k)) t.dirty.add(k);
+      }
+    };
+    forget(this.routes);
+    forget(this.neighs);
+    forget(this.fdbs);
+  }
+}
+
+/** Dirty keys -> keys to (re)add and keys to delete; clears the dirty set. */
+function split<T>(t: Table<T>, eq: (a: T, b: T) => boolean, add: string[], del: string[]): void {
+  for (const k of t.dirty) {
+    const want = t.effective(k);
+    const have = t.applied.get(k);
+    if (want !== undefined) {
+      if (have === undefined || !eq(want, have)) add.push(k);
+    } else if (have !== undefined) del.push(k);
+  }
+  t.dirty.clear();
+}
+
+function diffInto<T>(t: Table<T>, id: string, prev: Entry<T>[] | undefined, next: Entry<T>[], eq: (a: T, b: T) => boolean): void {
+  if (!prev || prev.length === 0) {
+    for (const e of next) t.upsert(e.key, id, e.value);
+    return;
+  }
+  const before = new Map(prev.map((e) => [e.key, e.value]));
+  for (const e of next) {
+    const old = before.get(e.key);
+    before.delete(e.key);
+    if (old === undefined || !eq(old, e.value)) t.upsert(e.key, id, e.value);
+  }
+  for (const k of before.keys()) t.remove(k, id);
+}
+
+const NONE: never[] = [];
+
+/** Validates a fragment into canonical keyed entries (plain loops: this runs once per peer on the 10k path). */
+function normalize(f: StateFragment): NormFragment {
+  if (typeof f !== "object" || f === null) throw new TypeError("state fragment must be an object");
+  return {
+    devices: keyed(f.devices, "devices", validVxlanDevice, (v) => v.name),
+    addresses: keyed(f.addresses, "addresses", validAddress, (v) => devKey(v.dev, v.cidr)),
+    routes: keyed(f.routes, "routes", validRoute, (v) => routeKey(v.dst)),
+    neighs: keyed(f.neighs, "neighs", validNeigh, (v) => devKey(v.dev, v.ip)),
+    fdbs: keyed(f.fdbs, "fdbs", validFdb, (v) => devKey(v.dev, v.mac)),
+  };
+}
+
+/** Each entry of one list of a fragment, validated and paired with its table key. */
+function keyed<T>(list: T[] | undefined, what: string, valid: (x: unknown) => T, keyOf: (v: T) => string): Entry<T>[] {
+  if (list === undefined || (Array.isArray(list) && list.length === 0)) return NONE;
+  if (!Array.isArray(list)) throw new TypeError(`state fragment ${what} must be an array`);
+  const out: Entry<T>[] = [];
+  for (const x of list) {
+    const v = valid(x);
+    out.push({ key: keyOf(v), value: v });
+  }
+  return out;
+}

@@ -1,0 +1,237 @@
+// The reconciler's pure diff: desired state against a kernel view, without root or iproute2.
+import { describe, expect, test } from "bun:test";
+import type { KLink } from "../../../src/kernel/device-compat.ts";
+import { DesiredState, type KernelSnapshot } from "../../../src/kernel/diff.ts";
+import { parseFdbs, parseNeighs, parseRoute } from "../../../src/kernel/kernel-read.ts";
+import { ROUTE_PROTO, type StateFragment, type VxlanDevice } from "../../../src/kernel/types.ts";
+
+const P = ROUTE_PROTO;
+const dev: VxlanDevice = {
+  kind: "vxlan",
+  name: "flannel.1",
+  vni: 1,
+  local: "192.168.77.1",
+  underlay: "eth0",
+  port: 0,
+  learning: false,
+  gbp: false,
+  mtu: 1450,
+  mac: "02:00:00:00:00:01",
+};
+const local: StateFragment = { devices: [dev], addresses: [{ dev: "flannel.1", cidr: "10.5.1.0/32" }] };
+const peer = (i: number): StateFragment => ({
+  neighs: [{ dev: "flannel.1", ip: `10.5.${i}.0`, lladdr: `02:00:00:00:00:${(16 + i).toString(16)}` }],
+  fdbs: [{ dev: "flannel.1", mac: `02:00:00:00:00:${(16 + i).toString(16)}`, dst: `192.168.77.${i}` }],
+  routes: [{ dst: `10.5.${i}.0/24`, via: `10.5.${i}.0`, dev: "flannel.1", onlink: true }],
+});
+const lines = (s: DesiredState) => {
+  const p = s.planPeers();
+  s.peersDone(p, () => true);
+  return p.cmds.map((c) => `${c.tool} ${c.line}`);
+};
+const vxlanLink = (over: Partial<KLink> = {}, data: Record<string, unknown> = {}): KLink => ({
+  ifname: "flannel.1",
+  flags: ["BROADCAST", "UP"],
+  mtu: 1450,
+  address: "02:00:00:00:00:01",
+  linkinfo: { info_kind: "vxlan", info_data: { id: 1, local: "192.168.77.1", link: "eth0", port: 8472, ...data } },
+  addr_info: [{ family: "inet", local: "10.5.1.0", prefixlen: 32, scope: "global" }],
+  ...over,
+});
+const empty = (): KernelSnapshot => ({ present: new Set(["flannel.1"]), routes: [], neighs: new Map(), fdbs: new Map() });
+
+describe("DesiredState", () => {
+  test("a new peer: neighbour, FDB, then route; setting it again changes nothing", () => {
+    const s = new DesiredState(P);
+    s.set("peer:a", peer(2));
+    expect(lines(s)).toEqual([
+      "ip neigh replace 10.5.2.0 lladdr 02:00:00:00:00:12 dev flannel.1 nud permanent",
+      "bridge fdb replace 02:00:00:00:00:12 dev flannel.1 dst 192.168.77.2 self permanent",
+      `ip route replace 10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink proto ${P}`,
+    ]);
+    s.set("peer:a", peer(2));
+    expect(lines(s)).toEqual([]);
+  });
+
+  test("a removed peer: route, FDB, then neighbour", () => {
+    const s = new DesiredState(P);
+    s.set("peer:a", peer(2));
+    lines(s);
+    expect(s.delete("peer:a")).toBe(true);
+    expect(s.delete("peer:a")).toBe(false);
+    expect(lines(s)).toEqual([
+      `ip route del 10.5.2.0/24 via 10.5.2.0 dev flannel.1 proto ${P}`,
+      "bridge fdb del 02:00:00:00:00:12 dev flannel.1 dst 192.168.77.2 self",
+      "ip neigh del 10.5.2.0 dev flannel.1",
+    ]);
+  });
+
+  test("a failed command stays unapplied and is planned again", () => {
+    const s = new DesiredState(P);
+    s.set("peer:a", peer(2));
+    const p = s.planPeers();
+    s.peersDone(p, (i) => i !== 2); // the route failed
+    expect(lines(s)).toEqual([]); // nothing dirty until something says so
+    s.adoptKernel(
+      {
+        ...empty(),
+        neighs: new Map([["flannel.1", peer(2).neighs!]]),
+        fdbs: new Map([["flannel.1", peer(2).fdbs!]]),
+      },
+      ["flannel.1"],
+    );
+    expect(lines(s)).toEqual([`ip route replace 10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink proto ${P}`]);
+    expect(s.resetCounts()).toEqual({ added: 1, removed: 0, repaired: 0 });
+  });
+
+  test("invalid fragments throw and change nothing", () => {
+    const s = new DesiredState(P);
+    expect(() => s.set("peer:x", { routes: [{ dst: "10.5.2.0/24; reboot", via: "1.2.3.4", dev: "eth0", onlink: false }] })).toThrow();
+    expect(() => s.set("peer:x", { routes: "nope" as never })).toThrow(/must be an array/);
+    expect(lines(s)).toEqual([]);
+  });
+
+  test("a full kernel view: hand-deleted entries are repaired, stale owned ones removed, foreign ones kept", () => {
+    const s = new DesiredState(P);
+    s.set("peer:a", peer(2));
+    s.set("peer:b", peer(3));
+    lines(s);
+    const snap = empty();
+    // peer a's route deleted by hand; peer 9 left while we were down; a learned-looking neighbour on another device.
+    snap.routes = [
+      { dst: "10.5.3.0/24", via: "10.5.3.0", dev: "flannel.1", onlink: true },
+      { dst: "10.5.9.0/24", via: "10.5.9.0", dev: "flannel.1", onlink: true },
+    ];
+    snap.neighs = new Map([["flannel.1", [...peer(2).neighs!, ...peer(3).neighs!]]]);
+    snap.fdbs = new Map([
+      ["flannel.1", [...peer(2).fdbs!, ...peer(3).fdbs!, { dev: "flannel.1", mac: "02:00:00:00:00:12", dst: "192.168.77.99" }]],
+    ]);
+    s.adoptKernel(snap, ["flannel.1"]);
+    expect(lines(s)).toEqual([
+      `ip route del 10.5.9.0/24 via 10.5.9.0 dev flannel.1 proto ${P}`,
+      "bridge fdb del 02:00:00:00:00:12 dev flannel.1 dst 192.168.77.99 self",
+      `ip route replace 10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink proto ${P}`,
+    ]);
+    expect(s.resetCounts()).toEqual({ added: 0, removed: 2, repaired: 1 });
+  });
+
+  test("devicesToRead: owned devices and devices of desired keys that exist", () => {
+    const s = new DesiredState(P);
+    s.set("peer:a", { neighs: [{ dev: "eth1", ip: "10.0.0.1", lladdr: "02:00:00:00:00:aa" }] });
+    expect(s.devicesToRead(["flannel.1", "gone0"], new Set(["flannel.1", "eth1"]))).toEqual({
+      neighDevs: ["flannel.1", "eth1"],
+      fdbDevs: ["flannel.1"],
+    });
+  });
+});
+
+describe("DesiredState device step", () => {
+  const step = (s: DesiredState, links: KLink[]) => {
+    const w = s.takeDeviceWork();
+    const p = s.planDevices(w, links, ["flannel.1"]);
+    s.devicesDone(w, p, true);
+    return p.cmds.map((c) => c.line);
+  };
+
+  test("a missing device is created with its address and set up", () => {
+    const s = new DesiredState(P);
+    s.set("local", local);
+    expect(s.hasDeviceWork()).toBe(true);
+    expect(step(s, [])).toEqual([
+      "link add flannel.1 address 02:00:00:00:00:01 mtu 1450 type vxlan id 1 local 192.168.77.1 dev eth0 nolearning dstport 0",
+      "addr replace 10.5.1.0/32 dev flannel.1",
+      "link set dev flannel.1 up",
+    ]);
+    expect(s.hasDeviceWork()).toBe(false);
+  });
+
+  test("a compatible device (ours from before, or flanneld's) is kept; only MTU, MAC, learning and up are fixed", () => {
+    const s = new DesiredState(P);
+    s.set("local", local);
+    expect(step(s, [vxlanLink()])).toEqual([]);
+    s.set("local", { ...local, devices: [{ ...dev, mtu: 1400 }] });
+    expect(step(s, [vxlanLink({ flags: ["BROADCAST"], addr_info: [] })])).toEqual([
+      "link set dev flannel.1 mtu 1400",
+      "addr replace 10.5.1.0/32 dev flannel.1",
+      "link set dev flannel.1 up",
+    ]);
+  });
+
+  test("an incompatible device (other VNI, port or local IP) is recreated, and its peer entries re-added", () => {
+    const s = new DesiredState(P);
+    s.set("local", local);
+    s.set("peer:a", peer(2));
+    step(s, [vxlanLink()]);
+    lines(s);
+    for (const data of [{ id: 2 }, { port: 4789 }, { local: "192.168.77.5" }, { gbp: true }]) {
+      s.adoptKernel(empty(), ["flannel.1"]); // dirties the device
+      lines(s);
+      const w = s.takeDeviceWork();
+      const p = s.planDevices(w, [vxlanLink({}, data)], ["flannel.1"]);
+      expect(p.cmds[0]!.line).toBe("link del flannel.1");
+      expect(p.notes[0]).toContain("incompatible");
+      s.devicesDone(w, p, true);
+      expect(lines(s)).toHaveLength(3); // neighbour, FDB and route again on the new device
+    }
+  });
+
+  test("a failed device step is taken on again by the next one", () => {
+    const s = new DesiredState(P);
+    s.set("local", local);
+    const w = s.takeDeviceWork();
+    const p = s.planDevices(w, [], ["flannel.1"]);
+    s.devicesDone(w, p, false);
+    expect(s.hasDeviceWork()).toBe(true);
+    expect(step(s, [])[0]).toStartWith("link add flannel.1");
+  });
+
+  test("foreign addresses on owned devices go; on other devices only the ones we desired before", () => {
+    const s = new DesiredState(P);
+    s.set("local", local);
+    const extra = vxlanLink({
+      addr_info: [
+        { local: "10.5.1.0", prefixlen: 32, scope: "global" },
+        { local: "10.9.9.9", prefixlen: 32, scope: "global" },
+      ],
+    });
+    expect(step(s, [extra])).toEqual(["addr del 10.9.9.9/32 dev flannel.1"]);
+  });
+});
+
+describe("kernel-read parsing", () => {
+  test("routes: default and host routes become CIDRs; junk is dropped", () => {
+    expect(parseRoute({ dst: "default", gateway: "10.0.0.1", dev: "eth0", flags: [] }, 4)).toEqual({
+      dst: "0.0.0.0/0",
+      via: "10.0.0.1",
+      dev: "eth0",
+      onlink: false,
+    });
+    expect(parseRoute({ dst: "10.5.2.0", flags: ["onlink"] }, 4)).toEqual({ dst: "10.5.2.0/32", onlink: true });
+    expect(parseRoute({ dst: "fd00::", dev: "eth0" }, 6)?.dst).toBe("fd00::/128");
+    expect(parseRoute({ dst: "10.5.2.0/24", dev: "bad dev" }, 4)).toBeNull();
+    expect(parseRoute({ dst: 7 }, 4)).toBeNull();
+  });
+
+  test("neighbours: only PERMANENT, valid ones", () => {
+    expect(
+      parseNeighs("flannel.1", [
+        { dst: "10.5.2.0", lladdr: "02:00:00:00:00:12", state: ["PERMANENT"] },
+        { dst: "10.5.3.0", lladdr: "02:00:00:00:00:13", state: ["REACHABLE"] },
+        { dst: "10.5.4.0", lladdr: "zz", state: ["PERMANENT"] },
+        null,
+        "x",
+      ]),
+    ).toEqual([{ dev: "flannel.1", ip: "10.5.2.0", lladdr: "02:00:00:00:00:12" }]);
+    expect(parseNeighs("flannel.1", { not: "a list" })).toEqual([]);
+  });
+
+  test("fdb: only permanent entries with a remote", () => {
+    expect(
+      parseFdbs("flannel.1", [
+        { mac: "02:00:00:00:00:12", dst: "192.168.77.2", state: "permanent" },
+        { mac: "02:00:00:00:00:13", dst: "192.168.77.3" },
+        { mac: "00:00:00:00:00:00", state: "permanent" },
+      ]),
+    ).toEqual([{ dev: "flannel.1", mac: "02:00:00:00:00:12", dst: "192.168.77.2" }]);
+  });
+});
