@@ -1,0 +1,170 @@
+// The two ways to install the rules: iptables (legacy or nft flavour, whichever the host already uses: never both)
+// and nftables (our own table). Each engine reads its state in one go, says what is wrong, and fixes it with one
+// process per table (iptables-restore --noflush) or one transaction (nft -f -).
+
+import type { Exec } from "./exec.ts";
+import { have } from "./exec.ts";
+import {
+  type IptPlan,
+  type IptTable,
+  atLeast,
+  countRules,
+  iptablesSpecs,
+  parseIptablesSave,
+  parseIptablesVersion,
+  planIptables,
+  restorePayload,
+} from "./iptables-text.ts";
+import { NFT_FAMILY, NFT_TABLE, nftChains, nftProblems, nftScript, parseNftList } from "./nft-text.ts";
+import type { EngineKind, RuleSet } from "./types.ts";
+
+export class RulesError extends Error {}
+
+/** One read of the current state against the wanted rules: what is wrong, and how to fix it. */
+export interface Inspection {
+  problems: string[];
+  /** Runs the fix (nothing when there are no problems). */
+  fix: () => Promise<void>;
+}
+
+export interface Engine {
+  readonly kind: EngineKind;
+  /** Whether masquerade may use --random-fully / fully-random. */
+  readonly randomFullySupported: boolean;
+  /** Reads and compares. `includeAbsent`: also look for our chains of disabled features (startup only). */
+  inspect(rs: RuleSet, includeAbsent: boolean): Promise<Inspection>;
+  /** Removes everything of ours this engine holds (when the other engine is in use). Returns what was removed. */
+  removeAll(): Promise<string[]>;
+}
+
+async function must(exec: Exec, argv: string[], stdin?: string): Promise<string> {
+  const r = await exec(argv, stdin);
+  if (r.code !== 0) {
+    const what = stdin ? `${argv.join(" ")} (input:\n${stdin.trimEnd()})` : argv.join(" ");
+    throw new RulesError(`${what} failed (exit ${r.code}): ${r.stderr.trim() || r.stdout.trim()}`);
+  }
+  return r.stdout;
+}
+
+export type IptFlavour = "legacy" | "nft" | "plain";
+
+export class IptablesEngine implements Engine {
+  readonly kind: EngineKind;
+  private readonly save: string;
+  private readonly restore: string[];
+  constructor(
+    private readonly exec: Exec,
+    readonly flavour: IptFlavour,
+    readonly randomFullySupported: boolean,
+    waitSupported: boolean,
+  ) {
+    this.kind = flavour === "legacy" ? "iptables-legacy" : "iptables-nft";
+    const bin = flavour === "plain" ? "iptables" : `iptables-${flavour}`;
+    this.save = `${bin}-save`;
+    this.restore = [`${bin}-restore`, "--noflush", ...(waitSupported ? ["--wait"] : [])];
+  }
+
+  private async plans(rs: RuleSet | null, includeAbsent: boolean): Promise<{ table: IptTable; plan: IptPlan }[]> {
+    const specs = rs ? iptablesSpecs(rs) : iptablesSpecs({ network: "", subnet: "", masq: false, forward: false, randomFully: false });
+    const out: { table: IptTable; plan: IptPlan }[] = [];
+    for (const { spec, present } of specs) {
+      if (!present && !includeAbsent) continue;
+      const saved = parseIptablesSave(await must(this.exec, [this.save, "-t", spec.table]), spec.table);
+      out.push({ table: spec.table, plan: planIptables(spec, present, saved) });
+    }
+    return out;
+  }
+
+  private async applyPlans(plans: { table: IptTable; plan: IptPlan }[]): Promise<void> {
+    for (const { table, plan } of plans) {
+      const payload = restorePayload(table, plan.lines);
+      if (payload) await must(this.exec, this.restore, payload);
+    }
+  }
+
+  async inspect(rs: RuleSet, includeAbsent: boolean): Promise<Inspection> {
+    const plans = await this.plans(rs, includeAbsent);
+    return { problems: plans.flatMap((p) => p.plan.problems), fix: () => this.applyPlans(plans) };
+  }
+
+  async removeAll(): Promise<string[]> {
+    const plans = await this.plans(null, true);
+    await this.applyPlans(plans);
+    return plans.flatMap((p) => p.plan.problems.map((x) => `${this.kind}: ${x}`));
+  }
+}
+
+export class NftEngine implements Engine {
+  readonly kind = "nftables" as const;
+  readonly randomFullySupported = true;
+  constructor(private readonly exec: Exec) {}
+
+  private async list(): Promise<ReturnType<typeof parseNftList> | null> {
+    const r = await this.exec(["nft", "-j", "list", "table", NFT_FAMILY, NFT_TABLE]);
+    if (r.code !== 0) {
+      if (/No such file or directory|does not exist/i.test(r.stderr)) return null;
+      throw new RulesError(`nft -j list table ${NFT_FAMILY} ${NFT_TABLE} failed (exit ${r.code}): ${r.stderr.trim()}`);
+    }
+    try {
+      return parseNftList(r.stdout);
+    } catch (e) {
+      throw new RulesError(`nft -j list table ${NFT_FAMILY} ${NFT_TABLE}: unreadable output: ${(e as Error).message}`);
+    }
+  }
+
+  async inspect(rs: RuleSet, _includeAbsent: boolean): Promise<Inspection> {
+    const want = nftChains(rs);
+    const listed = await this.list();
+    const problems = nftProblems(listed, want);
+    // Nothing wanted and no table: nothing to do (not even an empty table).
+    const fix = async () => {
+      if (problems.length > 0) await must(this.exec, ["nft", "-f", "-"], nftScript(want));
+    };
+    if (want.length === 0 && listed === null) return { problems: [], fix: async () => {} };
+    for (const r of want.flatMap((c) => c.rules)) if (!listed) problems.push(`nftables rule missing: ${r}`);
+    return { problems, fix };
+  }
+
+  async removeAll(): Promise<string[]> {
+    const r = await this.exec(["nft", "list", "tables"]);
+    if (r.code !== 0) throw new RulesError(`nft list tables failed (exit ${r.code}): ${r.stderr.trim()}`);
+    const ours = [`table ${NFT_FAMILY} ${NFT_TABLE}`, "table ip6 flannel-ipv6"].filter((t) => r.stdout.split("\n").includes(t));
+    if (ours.length === 0) return [];
+    await must(this.exec, ["nft", "-f", "-"], `${ours.map((t) => `delete ${t}`).join("\n")}\n`);
+    return ours.map((t) => `nftables: ${t}`);
+  }
+}
+
+/** iptables' version: --random-fully and restore --wait need ≥ 1.6.2. */
+async function iptVersion(exec: Exec, bin: string): Promise<ReturnType<typeof parseIptablesVersion>> {
+  const r = await exec([bin, "--version"]);
+  return r.code === 0 ? parseIptablesVersion(r.stdout + r.stderr) : null;
+}
+
+export async function makeIptablesEngine(exec: Exec, flavour: IptFlavour): Promise<IptablesEngine> {
+  const bin = flavour === "plain" ? "iptables" : `iptables-${flavour}`;
+  const v = await iptVersion(exec, bin);
+  const modern = v !== null && atLeast(v.version, [1, 6, 2]);
+  return new IptablesEngine(exec, flavour, modern, modern);
+}
+
+/**
+ * Which iptables this host uses (flannel #1317): the flavour that already holds more rules (Docker, kube-proxy and
+ * firewalld all write there), and on a tie (a fresh host) the one `iptables` points at. Never both.
+ */
+export async function detectIptables(exec: Exec): Promise<{ flavour: IptFlavour; why: string }> {
+  const both = have("iptables-legacy-save") && have("iptables-nft-save");
+  if (!both) {
+    if (!have("iptables-save") || !have("iptables-restore"))
+      throw new RulesError('iptables-save / iptables-restore not found: install iptables, or use nftables mode ("EnableNFTables": true)');
+    return { flavour: "plain", why: "only one iptables is installed" };
+  }
+  const [legacy, nft] = await Promise.all([exec(["iptables-legacy-save"]), exec(["iptables-nft-save"])]);
+  const nl = legacy.code === 0 ? countRules(legacy.stdout) : 0;
+  const nn = nft.code === 0 ? countRules(nft.stdout) : 0;
+  if (nl > nn) return { flavour: "legacy", why: `iptables-legacy holds ${nl} rules, iptables-nft ${nn}` };
+  if (nn > nl) return { flavour: "nft", why: `iptables-nft holds ${nn} rules, iptables-legacy ${nl}` };
+  const v = await iptVersion(exec, "iptables");
+  const flavour = v?.mode === "legacy" ? "legacy" : "nft";
+  return { flavour, why: `no rules in either; \`iptables\` is iptables-${flavour}` };
+}

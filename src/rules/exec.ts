@@ -1,0 +1,44 @@
+// Running iptables-restore / iptables-save / nft / ip: bounded in time, optionally inside a network namespace
+// (tests), input on stdin so a whole table is one process.
+
+export interface ExecResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export type Exec = (argv: string[], stdin?: string) => Promise<ExecResult>;
+
+const TIMEOUT_MS = 20_000;
+
+/** An Exec that runs commands directly, or under `ip netns exec <netns>` when a namespace is given. */
+export function makeExec(netns?: string): Exec {
+  return async (argv, stdin) => {
+    const cmd = netns ? ["ip", "netns", "exec", netns, ...argv] : argv;
+    let p: ReturnType<typeof Bun.spawn>;
+    try {
+      p = Bun.spawn(cmd, { stdin: stdin === undefined ? "ignore" : "pipe", stdout: "pipe", stderr: "pipe" });
+    } catch (e) {
+      return { code: 127, stdout: "", stderr: (e as Error).message };
+    }
+    const timer = setTimeout(() => p.kill("SIGKILL"), TIMEOUT_MS);
+    try {
+      if (stdin !== undefined && p.stdin && typeof p.stdin !== "number") {
+        p.stdin.write(stdin);
+        await p.stdin.end();
+      }
+      const [stdout, stderr, code] = await Promise.all([
+        new Response(p.stdout as ReadableStream).text(),
+        new Response(p.stderr as ReadableStream).text(),
+        p.exited,
+      ]);
+      return { code, stdout, stderr };
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+}
+
+/** Whether a program is on PATH (the agent may run where nftables or iptables is not installed). */
+export const have = (prog: string): boolean =>
+  Bun.which(prog, { PATH: `${process.env.PATH ?? ""}:/usr/sbin:/sbin:/usr/local/sbin` }) !== null;
