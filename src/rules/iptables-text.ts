@@ -1,4 +1,4 @@
-// flanneld's iptables rules as text (flannel-compat §7), the `iptables-save` output they are checked against, and the
+// flanneld's iptables rules as text (docs/flannel-compat.md §7), the `iptables-save` output they are checked against, and the
 // one `iptables-restore --noflush` payload that brings a table from what is there to what should be. Pure functions:
 // nothing here runs a command, so every byte an operator sees in `iptables-save` is covered by unit tests.
 

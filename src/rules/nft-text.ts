@@ -1,4 +1,4 @@
-// flanneld's nftables mode ("EnableNFTables": true, flannel-compat §7): table `ip flannel-ipv4` with chain postrtg
+// flanneld's nftables mode ("EnableNFTables": true, docs/flannel-compat.md §7): table `ip flannel-ipv4` with chain postrtg
 // (nat, postrouting hook, srcnat) and chain forward (filter, forward hook). Built as one `nft -f -` script that
 // replaces the table in a single transaction, and checked against `nft -j list table` in one read. Pure functions.
 
