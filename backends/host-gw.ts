@@ -5,6 +5,7 @@ import type { Lease, LeaseAttrs } from "../src/lease.ts";
 import type { StateFragment } from "../src/kernel/types.ts";
 import { type Backend, type BackendContext, BackendError, type PeerState } from "./backend.ts";
 import { checkPeerSubnet, checkUnderlayIPv4, sameIPv4, subnetLabel } from "./peer.ts";
+import { logText } from "../src/log-text.ts";
 
 export const HOST_GW_NAT_ERROR =
   "your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is not supported by host-gw backend";
@@ -30,7 +31,7 @@ export function createHostGwBackend(ctx: BackendContext): Backend {
       const label = subnetLabel(peer);
       // Case-sensitive, as flannel compares BackendType with ==.
       if (peer.attrs.backendType !== "host-gw")
-        return { ignored: `${label}: BackendType ${JSON.stringify(peer.attrs.backendType)} is not host-gw` };
+        return { ignored: `${label}: BackendType ${logText(peer.attrs.backendType)} is not host-gw` };
       const bad = checkPeerSubnet(peer, config);
       if (bad) return { ignored: `${label}: ${bad}` };
       const ip = checkUnderlayIPv4(peer.attrs.publicIP);

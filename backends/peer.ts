@@ -3,6 +3,7 @@
 import type { NetworkConfig } from "../src/config.ts";
 import { containsNet, formatCIDR, formatIP, parseIP } from "../src/ipmath.ts";
 import type { Lease } from "../src/lease.ts";
+import { logText } from "../src/log-text.ts";
 
 /** "10.5.7.0/24" for log and ignore reasons; tolerant of a malformed subnet so a reason can always be built. */
 export function subnetLabel(lease: Lease): string {
@@ -18,9 +19,9 @@ export function subnetLabel(lease: Lease): string {
  * traffic somewhere odd: unspecified, loopback, link-local-multicast/multicast, broadcast and the reserved 240/4.
  */
 export function checkUnderlayIPv4(v: unknown, what = "PublicIP"): { ip: string } | { error: string } {
-  if (typeof v !== "string") return { error: `${what} is not a string: ${JSON.stringify(v) ?? String(v)}` };
+  if (typeof v !== "string") return { error: `${what} is not a string: ${logText(v)}` };
   const ip = parseIP(v);
-  if (ip?.family !== 4) return { error: `${what} is not an IPv4 address: ${JSON.stringify(v)}` };
+  if (ip?.family !== 4) return { error: `${what} is not an IPv4 address: ${logText(v)}` };
   const x = ip.value;
   if (x === 0n) return { error: `${what} is unspecified (0.0.0.0)` };
   if (x >> 24n === 127n) return { error: `${what} is a loopback address: ${v}` };

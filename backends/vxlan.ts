@@ -6,6 +6,7 @@ import { foldKeys, type Lease, type LeaseAttrs } from "../src/lease.ts";
 import type { StateFragment, VxlanDevice } from "../src/kernel/types.ts";
 import { type Backend, type BackendContext, BackendError, type PeerState } from "./backend.ts";
 import { checkPeerSubnet, checkUnderlayIPv4, sameIPv4, subnetLabel } from "./peer.ts";
+import { logText } from "../src/log-text.ts";
 
 /** Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14), as flannel's encapOverhead. */
 export const VXLAN_OVERHEAD = 50;
@@ -66,8 +67,8 @@ const MAC_RE = /^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(?:\1[0-9a-fA-F]{2}){4}$/;
 
 /** A 6-byte unicast MAC in lower-case colon form, or an error string. Accepts "aa:bb:.." and "aa-bb-..". */
 export function checkUnicastMac(v: unknown): { mac: string } | { error: string } {
-  if (typeof v !== "string") return { error: `VtepMAC is not a string: ${JSON.stringify(v) ?? String(v)}` };
-  if (!MAC_RE.test(v)) return { error: `VtepMAC is not a MAC address: ${JSON.stringify(v.slice(0, 64))}` };
+  if (typeof v !== "string") return { error: `VtepMAC is not a string: ${logText(v)}` };
+  if (!MAC_RE.test(v)) return { error: `VtepMAC is not a MAC address: ${logText(v)}` };
   const mac = v.toLowerCase().replaceAll("-", ":");
   if (mac === "00:00:00:00:00:00") return { error: "VtepMAC is all zeros" };
   if (parseInt(mac.slice(0, 2), 16) & 1) return { error: `VtepMAC is a multicast address: ${mac}` };
@@ -123,7 +124,7 @@ export function createVxlanBackend(ctx: BackendContext): Backend {
     peerState(peer: Lease): PeerState {
       const label = subnetLabel(peer);
       const ignore = (why: string): PeerState => ({ ignored: `${label}: ${why}` });
-      if (peer.attrs.backendType !== "vxlan") return ignore(`BackendType ${JSON.stringify(peer.attrs.backendType)} is not vxlan`);
+      if (peer.attrs.backendType !== "vxlan") return ignore(`BackendType ${logText(peer.attrs.backendType)} is not vxlan`);
       const badSubnet = checkPeerSubnet(peer, config);
       if (badSubnet) return ignore(badSubnet);
       const ip = checkUnderlayIPv4(peer.attrs.publicIP);
@@ -135,7 +136,7 @@ export function createVxlanBackend(ctx: BackendContext): Backend {
       const f = foldKeys(bd as Record<string, unknown>); // Go's encoding/json: keys match case-insensitively
       const vni = f.vni;
       if (typeof vni !== "number" || !Number.isInteger(vni) || vni < 0 || vni > MAX_VNI)
-        return ignore(`BackendData VNI is not an integer in 0..${MAX_VNI}: ${JSON.stringify(vni) ?? "missing"}`);
+        return ignore(`BackendData VNI is not an integer in 0..${MAX_VNI}: ${vni === undefined ? "missing" : logText(vni)}`);
       if (vni !== opts.vni) return ignore(`BackendData VNI ${vni} differs from ours (${opts.vni})`);
       const m = checkUnicastMac(f.vtepmac);
       if ("error" in m) return ignore(`BackendData ${m.error}`);

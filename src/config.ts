@@ -5,6 +5,8 @@
 // a value of the wrong JSON type is an error. JSON.parse loses document order for duplicates that differ only in
 // case and gives no usable error position, so a small JSON reader lives here.
 import { type IPNet, formatCIDR, formatIP, isAligned, containsIP, netSize, parseIP, tryParseCIDR } from "./ipmath.ts";
+import { escapeLogText, logText } from "./log-text.ts";
+import { reservedRange } from "./reserved-addresses.ts";
 
 export type BackendType = "vxlan" | "host-gw";
 
@@ -227,8 +229,8 @@ function decodeUint(field: string, v: JVal, current: number): number {
 function decodeCIDR(field: string, v: JVal, family: 4 | 6): IPNet {
   if (v.t !== "str") throw typeError(field, `an IPv${family} CIDR string such as ${family === 4 ? '"10.5.0.0/16"' : '"fc00::/48"'}`, v);
   const net = tryParseCIDR(v.v);
-  if (!net) throw new ConfigError(`${field}: invalid CIDR address: ${v.v}`);
-  if (net.family !== family) throw new ConfigError(`invalid IPv${family} CIDR format (${field} ${JSON.stringify(v.v)})`);
+  if (!net) throw new ConfigError(`${field}: invalid CIDR address: ${escapeLogText(v.v)}`);
+  if (net.family !== family) throw new ConfigError(`invalid IPv${family} CIDR format (${field} ${logText(v.v)})`);
   return net;
 }
 
@@ -236,8 +238,8 @@ function decodeCIDR(field: string, v: JVal, family: 4 | 6): IPNet {
 function decodeAddr(field: string, v: JVal, family: 4 | 6): bigint {
   if (v.t !== "str") throw typeError(field, `an IPv${family} address string`, v);
   const ip = parseIP(v.v);
-  if (!ip) throw new ConfigError(`${field}: invalid IP address format: ${v.v}`);
-  if (ip.family !== family) throw new ConfigError(`${field}: ${v.v} is not an IPv${family} address`);
+  if (!ip) throw new ConfigError(`${field}: invalid IP address format: ${escapeLogText(v.v)}`);
+  if (ip.family !== family) throw new ConfigError(`${field}: ${escapeLogText(v.v)} is not an IPv${family} address`);
   return ip.value;
 }
 
@@ -344,16 +346,20 @@ interface RawBackend {
   /** "" when Type is absent, null or empty; undefined when the whole Backend is absent. */
   type: string | undefined;
   options: Record<string, unknown>;
+  /** The same options as parsed JSON (folded keys, last duplicate wins), for Go-exact type checks. */
+  raw: Map<string, JVal>;
 }
 
 /** parseBackendType: decoding errors only (a non-object Backend, a non-string Type). */
 function readBackend(v: JVal | undefined): RawBackend {
-  if (v === undefined) return { type: undefined, options: {} };
+  if (v === undefined) return { type: undefined, options: {}, raw: new Map() };
   if (v.t !== "obj") throw typeError("Backend", `an object such as {"Type":"vxlan"}`, v);
   let type = "";
   const options: Record<string, unknown> = {};
+  const raw = new Map<string, JVal>();
   for (const [key, x] of v.entries) {
     const k = foldKey(key);
+    raw.set(k, x);
     Object.defineProperty(options, k, { value: toPlain(x), enumerable: true, writable: true, configurable: true });
     if (k === "type") {
       if (x.t === "null") type = "";
@@ -361,7 +367,7 @@ function readBackend(v: JVal | undefined): RawBackend {
       else throw typeError("Backend.Type", "a string", x);
     }
   }
-  return { type, options };
+  return { type, options, raw };
 }
 
 /** The backend manager's lookup (lower-cased), restricted to what flannel-bin implements. */
@@ -375,13 +381,74 @@ function resolveBackend(b: RawBackend): BackendConfig {
   const why = FLANNEL_ONLY_BACKENDS.includes(lower)
     ? `${lower} is a flannel backend that flannel-bin does not implement`
     : "not a backend type known to flannel or flannel-bin";
-  throw new ConfigError(`unsupported backend type ${JSON.stringify(b.type)}: flannel-bin supports vxlan and host-gw (${why})`);
+  throw new ConfigError(`unsupported backend type ${logText(b.type)}: flannel-bin supports vxlan and host-gw (${why})`);
 }
+
+/** Not in flannel: a cluster network inside loopback, link-local or multicast space can never carry traffic. */
+function refuseReserved(field: string, net: IPNet): void {
+  const r = reservedRange(net);
+  if (r) throw new ConfigError(`${field} ${formatCIDR(net)} overlaps ${r}, which cannot carry cluster traffic`);
+}
+
+const MAX_VNI = 0xffffff;
+const MIN_MTU_IPV4 = 68;
+const MIN_MTU_IPV6 = 1280;
+
+/**
+ * The vxlan options every agent would refuse or fail on, checked where the config is read (config put and the agent
+ * alike). Type errors carry flannel's text (Go's json.Unmarshal into VXLANConfig); ranges are flannel-bin's own,
+ * flannel leaves them to the kernel, which fails at device creation on every host.
+ */
+function checkVxlanOptions(raw: Map<string, JVal>, ipv6: boolean): void {
+  const goInt = (name: string): number | null => {
+    const v = raw.get(name.toLowerCase());
+    if (v === undefined || v.t === "null") return null;
+    if (v.t !== "num" || !/^-?[0-9]+$/.test(v.raw)) {
+      throw new ConfigError(
+        `error decoding VXLAN backend config: json: cannot unmarshal ${describeGo(v)} into Go struct field .${name} of type int`,
+      );
+    }
+    return Number(v.raw);
+  };
+  for (const name of ["GBP", "Learning", "DirectRouting"]) {
+    const v = raw.get(name.toLowerCase());
+    if (v !== undefined && v.t !== "null" && v.t !== "bool")
+      throw new ConfigError(
+        `error decoding VXLAN backend config: json: cannot unmarshal ${describeGo(v)} into Go struct field .${name} of type bool`,
+      );
+  }
+  const vni = goInt("VNI");
+  if (vni !== null && (vni < 0 || vni > MAX_VNI)) throw new ConfigError(`Backend.VNI ${vni} is not in 0..${MAX_VNI}`);
+  const port = goInt("Port");
+  if (port !== null && (port < 0 || port > 65535))
+    throw new ConfigError(`Backend.Port ${port} is not in 0..65535 (0 = the kernel default 8472)`);
+  const mtu = goInt("MTU");
+  const min = ipv6 ? MIN_MTU_IPV6 : MIN_MTU_IPV4;
+  if (mtu !== null && mtu !== 0 && (mtu < min || mtu > 65535))
+    throw new ConfigError(
+      `Backend.MTU ${mtu} is not in ${min}..65535 (${ipv6 ? "IPv6 needs at least 1280" : "IPv4 needs at least 68"}; 0 = the interface MTU)`,
+    );
+}
+
+/** Go's name for a JSON value's type in an Unmarshal error. */
+const describeGo = (v: JVal): string =>
+  v.t === "num"
+    ? `number ${v.raw}`
+    : v.t === "str"
+      ? "string"
+      : v.t === "obj"
+        ? "object"
+        : v.t === "arr"
+          ? "array"
+          : v.t === "bool"
+            ? "bool"
+            : "null";
 
 /** CheckNetworkConfig, IPv4 half (messages verbatim from flannel). */
 function checkIPv4(c: RawConfig): { subnetLen: number; subnetMin: bigint; subnetMax: bigint } {
   const net = c.network;
   if (!net || (net.ip === 0n && net.prefix === 0)) throw new ConfigError("please define a correct Network parameter in the flannel config");
+  refuseReserved("Network", net);
   let subnetLen = c.subnetLen;
   if (subnetLen > 0) {
     if (subnetLen > 30) throw new ConfigError("SubnetLen must be less than /31");
@@ -400,7 +467,9 @@ function checkIPv4(c: RawConfig): { subnetLen: number; subnetMin: bigint; subnet
   else if (!containsIP(net, subnetMax)) throw new ConfigError("SubnetMax is not in the range of the Network");
   if (!isAligned(subnetMin, subnetLen, 4)) throw new ConfigError(`SubnetMin is not on a SubnetLen boundary: ${formatIP(subnetMin, 4)}`);
   if (!isAligned(subnetMax, subnetLen, 4)) throw new ConfigError(`SubnetMax is not on a SubnetLen boundary: ${formatIP(subnetMax, 4)}`);
-  // SubnetMin <= SubnetMax is not checked by flannel either: an inverted range just runs out of subnets.
+  // flannel does not check this: an inverted range only shows up later, as "out of subnets" on every host.
+  if (subnetMin > subnetMax)
+    throw new ConfigError(`SubnetMin ${formatIP(subnetMin, 4)} is above SubnetMax ${formatIP(subnetMax, 4)}: no subnet can be allocated`);
   return { subnetLen, subnetMin, subnetMax };
 }
 
@@ -409,6 +478,7 @@ function checkIPv6(c: RawConfig): { ipv6SubnetLen: number; ipv6SubnetMin: bigint
   const net = c.ipv6Network;
   if (!net || (net.ip === 0n && net.prefix === 0))
     throw new ConfigError("please define a correct IPv6Network parameter in the flannel config");
+  refuseReserved("IPv6Network", net);
   let len = c.ipv6SubnetLen;
   if (len > 0) {
     if (len > 126) throw new ConfigError("SubnetLen must be less than /127");
@@ -428,6 +498,8 @@ function checkIPv6(c: RawConfig): { ipv6SubnetLen: number; ipv6SubnetMin: bigint
   else if (!containsIP(net, max)) throw new ConfigError("IPv6SubnetMax is not in the range of the IPv6Network");
   if (!isAligned(min, len, 6)) throw new ConfigError(`IPv6SubnetMin is not on a SubnetLen boundary: ${formatIP(min, 6)}`);
   if (!isAligned(max, len, 6)) throw new ConfigError(`IPv6SubnetMax is not on a SubnetLen boundary: ${formatIP(max, 6)}`);
+  if (min > max)
+    throw new ConfigError(`IPv6SubnetMin ${formatIP(min, 6)} is above IPv6SubnetMax ${formatIP(max, 6)}: no subnet can be allocated`);
   return { ipv6SubnetLen: len, ipv6SubnetMin: min, ipv6SubnetMax: max };
 }
 
@@ -456,6 +528,7 @@ export function parseNetworkConfig(text: string): NetworkConfig {
   if (raw.enableIPv6) Object.assign(out, checkIPv6(raw));
   if (!raw.enableIPv4 && !raw.enableIPv6) throw new ConfigError("none defined stack");
   out.backend = resolveBackend(backend);
+  if (out.backend.type === "vxlan") checkVxlanOptions(backend.raw, out.enableIPv6);
   return out;
 }
 

@@ -2,6 +2,7 @@
 // defensively, because a store record is untrusted input (another host, an operator, or an attacker wrote it).
 
 import { type IPNet, formatCIDR, formatIP, parseIP, tryParseCIDR } from "./ipmath.ts";
+import { escapeLogText, logText } from "./log-text.ts";
 import { SUBNETS_PREFIX } from "./store.ts";
 
 export interface LeaseAttrs {
@@ -77,19 +78,18 @@ export function decodeLeaseAttrs(value: Uint8Array): LeaseAttrs {
   try {
     raw = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(value));
   } catch (e) {
-    throw new LeaseRecordError(`lease record is not valid JSON: ${(e as Error).message}`);
+    throw new LeaseRecordError(`lease record is not valid JSON: ${escapeLogText((e as Error).message)}`);
   }
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) throw new LeaseRecordError("lease record is not a JSON object");
   const f = foldKeys(raw as Record<string, unknown>);
   const publicIP = f.publicip ?? "0.0.0.0";
   if (typeof publicIP !== "string" || parseIP(publicIP)?.family !== 4)
-    throw new LeaseRecordError(`lease PublicIP is not an IPv4 address: ${JSON.stringify(publicIP)}`);
+    throw new LeaseRecordError(`lease PublicIP is not an IPv4 address: ${logText(publicIP)}`);
   const v6 = f.publicipv6 ?? null;
   if (v6 !== null && (typeof v6 !== "string" || parseIP(v6)?.family !== 6))
-    throw new LeaseRecordError(`lease PublicIPv6 is not an IPv6 address: ${JSON.stringify(v6)}`);
+    throw new LeaseRecordError(`lease PublicIPv6 is not an IPv6 address: ${logText(v6)}`);
   const bt = f.backendtype ?? "";
-  if (typeof bt !== "string" || bt.length > 64)
-    throw new LeaseRecordError(`lease BackendType is not a short string: ${JSON.stringify(bt)}`);
+  if (typeof bt !== "string" || bt.length > 64) throw new LeaseRecordError(`lease BackendType is not a short string: ${logText(bt)}`);
   const attrs: LeaseAttrs = { publicIP: canonicalIP(publicIP), publicIPv6: v6 === null ? null : canonicalIP(v6), backendType: bt };
   if (f.backenddata !== undefined && f.backenddata !== null) attrs.backendData = f.backenddata;
   if (f.backendv6data !== undefined && f.backendv6data !== null) attrs.backendV6Data = f.backendv6data;
@@ -114,7 +114,7 @@ export function foldKeys(o: Record<string, unknown>): Record<string, unknown> {
 /** Builds a Lease from a store record, or throws LeaseRecordError naming the key and the problem. */
 export function leaseFromKV(kv: { key: string; value: Uint8Array; revision: number; expiresAt: number | null }): Lease {
   const sn = parseSubnetKey(kv.key);
-  if (!sn) throw new LeaseRecordError(`not a subnet key: ${JSON.stringify(kv.key)}`);
+  if (!sn) throw new LeaseRecordError(`not a subnet key: ${logText(kv.key)}`);
   try {
     return { ...sn, attrs: decodeLeaseAttrs(kv.value), expiresAt: kv.expiresAt, revision: kv.revision };
   } catch (e) {

@@ -1,9 +1,16 @@
 // subnet.env: flanneld's hand-off file to Docker and CNI (docs/flannel-compat.md §4). Same keys, same order, 0644,
 // written atomically so a reader never sees half a file.
 
-import { chmodSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { chmodSync, closeSync, constants, fstatSync, mkdirSync, openSync, readSync, renameSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { type IPNet, formatCIDR, formatIP, tryParseCIDR } from "./ipmath.ts";
+import { logger } from "./log.ts";
+import { escapeLogText } from "./log-text.ts";
+
+const log = logger("subnet-env");
+
+/** flanneld's file is under 200 bytes; anything much larger is not one. */
+export const SUBNET_ENV_MAX_BYTES = 4096;
 
 export interface SubnetEnv {
   network: IPNet | null;
@@ -50,12 +57,9 @@ export function parseEnvFile(text: string): Record<string, string> {
 
 /** The previous FLANNEL_SUBNET (masked to its network), or null if the file, the key or a single value is missing. */
 export function readPreviousSubnet(path: string): { subnet: IPNet | null; ipv6Subnet: IPNet | null } {
-  let text: string;
-  try {
-    text = readFileSync(path, "utf8");
-  } catch {
-    return { subnet: null, ipv6Subnet: null };
-  }
+  const none = { subnet: null, ipv6Subnet: null };
+  const text = readSmallRegularFile(path, SUBNET_ENV_MAX_BYTES);
+  if (text === null) return none;
   const env = parseEnvFile(text);
   const one = (v: string | undefined, family: 4 | 6): IPNet | null => {
     if (!v || v.includes(",")) return null;
@@ -63,4 +67,56 @@ export function readPreviousSubnet(path: string): { subnet: IPNet | null; ipv6Su
     return n && n.family === family ? n : null;
   };
   return { subnet: one(env.FLANNEL_SUBNET, 4), ipv6Subnet: one(env.FLANNEL_IPV6_SUBNET, 6) };
+}
+
+/**
+ * The file's text if it is a regular file of at most `max` bytes; null (with a warning, except for a missing file)
+ * otherwise. Opened non-blocking and checked on the open descriptor, so a FIFO, a device or a directory swapped in
+ * at that path can never block the agent or make it read without bound.
+ */
+export function readSmallRegularFile(path: string, max: number): string | null {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") log.warn(`ignoring ${escapeLogText(path)}: ${escapeLogText((e as Error).message)}`);
+    return null;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) {
+      log.warn(`ignoring ${escapeLogText(path)}: not a regular file (${fileKind(st)})`);
+      return null;
+    }
+    if (st.size > max) {
+      log.warn(`ignoring ${escapeLogText(path)}: ${st.size} bytes, more than the ${max} a subnet file can hold`);
+      return null;
+    }
+    // Read at most max + 1 bytes whatever the size said: the file may grow between fstat and read.
+    const buf = Buffer.alloc(max + 1);
+    let n = 0;
+    for (;;) {
+      const r = readSync(fd, buf, n, buf.length - n, null);
+      if (r === 0) break;
+      n += r;
+      if (n > max) {
+        log.warn(`ignoring ${escapeLogText(path)}: more than the ${max} bytes a subnet file can hold`);
+        return null;
+      }
+    }
+    return buf.subarray(0, n).toString("utf8");
+  } catch (e) {
+    log.warn(`ignoring ${escapeLogText(path)}: ${escapeLogText((e as Error).message)}`);
+    return null;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function fileKind(st: import("node:fs").Stats): string {
+  if (st.isDirectory()) return "a directory";
+  if (st.isFIFO()) return "a FIFO";
+  if (st.isSocket()) return "a socket";
+  if (st.isCharacterDevice() || st.isBlockDevice()) return "a device";
+  return "not a regular file";
 }

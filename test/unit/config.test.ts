@@ -51,8 +51,7 @@ describe("parseNetworkConfig: valid configs", () => {
     ["/24 gets /26", cfg({ Network: "192.168.7.0/24" }), { subnetLen: 26, subnetMin: "192.168.7.64", subnetMax: "192.168.7.192" }],
     ["/28 gets /30", cfg({ Network: "10.0.0.16/28" }), { subnetLen: 30, subnetMin: "10.0.0.20", subnetMax: "10.0.0.28" }],
     ["/8", cfg({ Network: "10.0.0.0/8" }), { subnetLen: 24, subnetMin: "10.0.1.0", subnetMax: "10.255.255.0" }],
-    ["top of address space", cfg({ Network: "255.255.0.0/16" }), { subnetMax: "255.255.255.0" }],
-    ["0.0.0.0/8 is not empty", cfg({ Network: "0.0.0.0/8" }), { subnetMin: "0.0.1.0" }],
+    ["top of unicast space", cfg({ Network: "223.255.0.0/16" }), { subnetMax: "223.255.255.0" }],
     [
       "explicit SubnetLen",
       cfg({ Network: "10.5.0.0/16", SubnetLen: 20 }),
@@ -72,9 +71,9 @@ describe("parseNetworkConfig: valid configs", () => {
     ],
     ["SubnetMin 0.0.0.0 means unset", cfg({ Network: "10.5.0.0/16", SubnetMin: "0.0.0.0" }), { subnetMin: "10.5.1.0" }],
     [
-      "inverted range is not checked",
-      cfg({ Network: "10.5.0.0/16", SubnetMin: "10.5.20.0", SubnetMax: "10.5.10.0" }),
-      { subnetMin: "10.5.20.0", subnetMax: "10.5.10.0" },
+      "SubnetMin = SubnetMax: one subnet",
+      cfg({ Network: "10.5.0.0/16", SubnetMin: "10.5.9.0", SubnetMax: "10.5.9.0" }),
+      { subnetMin: "10.5.9.0" },
     ],
     ["SubnetMin = network address allowed", cfg({ Network: "10.5.0.0/16", SubnetMin: "10.5.0.0" }), { subnetMin: "10.5.0.0" }],
     [
@@ -411,6 +410,134 @@ describe("parseNetworkConfig: errors", () => {
         expect((e as Error).message).toBe(msg);
       }
     }
+  });
+});
+
+// What `config put` refuses because no agent could use it (issue 12): the agent reads configs through the same
+// parseNetworkConfig, so each row is also what an agent says about such a config found in its store.
+describe("parseNetworkConfig: configs no agent can use", () => {
+  const NET = { Network: "10.5.0.0/16" };
+  const vx = (o: Record<string, unknown>) => cfg({ ...NET, Backend: { Type: "vxlan", ...o } });
+  const goType = (field: string, what: string, type = "int") =>
+    `error decoding VXLAN backend config: json: cannot unmarshal ${what} into Go struct field .${field} of type ${type}`;
+  const refused: [string, string, string][] = [
+    ["VNI -1", vx({ VNI: -1 }), "Backend.VNI -1 is not in 0..16777215"],
+    ["VNI 2^24", vx({ VNI: 16777216 }), "Backend.VNI 16777216 is not in 0..16777215"],
+    ['VNI "1"', vx({ VNI: "1" }), goType("VNI", "string")],
+    ["VNI 1.5", '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":1.5}}', goType("VNI", "number 1.5")],
+    ["VNI 1e3", '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":1e3}}', goType("VNI", "number 1e3")],
+    ["VNI true", vx({ VNI: true }), goType("VNI", "bool")],
+    ["Port -1", vx({ Port: -1 }), "Backend.Port -1 is not in 0..65535 (0 = the kernel default 8472)"],
+    ["Port 65536", vx({ Port: 65536 }), "Backend.Port 65536 is not in 0..65535 (0 = the kernel default 8472)"],
+    ['Port "8472"', vx({ Port: "8472" }), goType("Port", "string")],
+    ["MTU 50", vx({ MTU: 50 }), "Backend.MTU 50 is not in 68..65535 (IPv4 needs at least 68; 0 = the interface MTU)"],
+    ["MTU 67", vx({ MTU: 67 }), "Backend.MTU 67 is not in 68..65535 (IPv4 needs at least 68; 0 = the interface MTU)"],
+    [
+      "MTU 1000 with IPv6",
+      cfg({ ...NET, EnableIPv6: true, IPv6Network: "fc00::/48", Backend: { Type: "vxlan", MTU: 1000 } }),
+      "Backend.MTU 1000 is not in 1280..65535 (IPv6 needs at least 1280; 0 = the interface MTU)",
+    ],
+    ['GBP "yes"', vx({ GBP: "yes" }), goType("GBP", "string", "bool")],
+    ["DirectRouting 1", vx({ DirectRouting: 1 }), goType("DirectRouting", "number 1", "bool")],
+    [
+      "SubnetMin > SubnetMax",
+      cfg({ ...NET, SubnetMin: "10.5.20.0", SubnetMax: "10.5.10.0" }),
+      "SubnetMin 10.5.20.0 is above SubnetMax 10.5.10.0: no subnet can be allocated",
+    ],
+    [
+      "IPv6SubnetMin > IPv6SubnetMax",
+      cfg({ ...NET, EnableIPv6: true, IPv6Network: "fc00::/48", IPv6SubnetMin: "fc00:0:0:20::", IPv6SubnetMax: "fc00:0:0:10::" }),
+      "IPv6SubnetMin fc00:0:0:20:: is above IPv6SubnetMax fc00:0:0:10::: no subnet can be allocated",
+    ],
+    [
+      "Network 224.0.0.0/4",
+      cfg({ Network: "224.0.0.0/4" }),
+      "Network 224.0.0.0/4 overlaps the multicast range 224.0.0.0/4, which cannot carry cluster traffic",
+    ],
+    [
+      "Network 127.0.0.0/8",
+      cfg({ Network: "127.0.0.0/8" }),
+      "Network 127.0.0.0/8 overlaps the loopback range 127.0.0.0/8, which cannot carry cluster traffic",
+    ],
+    [
+      "Network 127.5.0.0/16",
+      cfg({ Network: "127.5.0.0/16" }),
+      "Network 127.5.0.0/16 overlaps the loopback range 127.0.0.0/8, which cannot carry cluster traffic",
+    ],
+    [
+      "Network 0.0.0.0/8",
+      cfg({ Network: "0.0.0.0/8" }),
+      'Network 0.0.0.0/8 overlaps the unspecified/"this network" range 0.0.0.0/8, which cannot carry cluster traffic',
+    ],
+    [
+      "Network 169.254.0.0/16",
+      cfg({ Network: "169.254.0.0/16" }),
+      "Network 169.254.0.0/16 overlaps the link-local range 169.254.0.0/16, which cannot carry cluster traffic",
+    ],
+    [
+      "Network 240.0.0.0/8",
+      cfg({ Network: "240.0.0.0/8" }),
+      "Network 240.0.0.0/8 overlaps the reserved range 240.0.0.0/4 (with the broadcast address 255.255.255.255), which cannot carry cluster traffic",
+    ],
+    [
+      "Network 255.255.0.0/16",
+      cfg({ Network: "255.255.0.0/16" }),
+      "Network 255.255.0.0/16 overlaps the reserved range 240.0.0.0/4 (with the broadcast address 255.255.255.255), which cannot carry cluster traffic",
+    ],
+    [
+      "Network 0.0.0.0/1 covers 0/8 and 127/8",
+      cfg({ Network: "0.0.0.0/1" }),
+      'Network 0.0.0.0/1 overlaps the unspecified/"this network" range 0.0.0.0/8, which cannot carry cluster traffic',
+    ],
+    ...(
+      [
+        ["fe80::/64", "the link-local range fe80::/10"],
+        ["ff02::/64", "the multicast range ff00::/8"],
+        ["::1/128", "the loopback address ::1"],
+        ["::/64", "the unspecified address ::"],
+      ] as const
+    ).map(
+      ([n, why]) =>
+        [
+          `IPv6Network ${n}`,
+          cfg({ ...NET, EnableIPv6: true, IPv6Network: n }),
+          `IPv6Network ${n} overlaps ${why}, which cannot carry cluster traffic`,
+        ] as [string, string, string],
+    ),
+    ["fewer than four subnets", cfg({ ...NET, SubnetLen: 17 }), "network must be able to accommodate at least four subnets"],
+  ];
+  for (const [name, text, message] of refused) {
+    test(name, () => {
+      expect(() => parseNetworkConfig(text)).toThrow(ConfigError);
+      expect(() => parseNetworkConfig(text)).toThrow(message);
+    });
+  }
+
+  const accepted: [string, string][] = [
+    ["VNI 0", vx({ VNI: 0 })],
+    ["VNI 16777215", vx({ VNI: 16777215 })],
+    ["Port 0 and 65535", vx({ Port: 65535 })],
+    ["MTU 0 = interface MTU", vx({ MTU: 0 })],
+    ["MTU 68", vx({ MTU: 68 })],
+    ["MTU 1280 with IPv6", cfg({ ...NET, EnableIPv6: true, IPv6Network: "fc00::/48", Backend: { Type: "vxlan", MTU: 1280 } })],
+    ["null options keep defaults", vx({ VNI: null, Port: null, MTU: null, GBP: null })],
+    ["host-gw ignores vxlan options", cfg({ ...NET, Backend: { Type: "host-gw", VNI: "x" } })],
+  ];
+  for (const [name, text] of accepted) test(`accepted: ${name}`, () => void parseNetworkConfig(text));
+
+  test("a stored value cannot forge a log line: control characters and NUL come out escaped, length capped", () => {
+    // JSON escapes: the decoded value holds a real newline and a real NUL
+    const forged = `10.0.0.0/8\\nFAKE [agent] ready\\u0000${"x".repeat(5000)}`;
+    let msg = "";
+    try {
+      parseNetworkConfig(`{"Network":"${forged}"}`);
+    } catch (e) {
+      msg = (e as Error).message;
+    }
+    expect(msg).toStartWith("Network: invalid CIDR address: 10.0.0.0/8\\nFAKE [agent] ready\\0xxx");
+    expect(msg).not.toMatch(/[\x00-\x1f]/);
+    expect(msg.length).toBeLessThan(400);
+    expect(msg).toContain("more characters)");
   });
 });
 

@@ -1,9 +1,9 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { formatCIDR, parseCIDR } from "../../src/ipmath.ts";
-import { formatSubnetEnv, readPreviousSubnet, writeSubnetEnv } from "../../src/subnet-env.ts";
+import { SUBNET_ENV_MAX_BYTES, formatSubnetEnv, readPreviousSubnet, writeSubnetEnv } from "../../src/subnet-env.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "fb-senv-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -45,5 +45,69 @@ describe("subnet.env", () => {
     expect(readPreviousSubnet(p).subnet).toBeNull();
     writeFileSync(p, "FLANNEL_MTU=1450\n");
     expect(readPreviousSubnet(p).subnet).toBeNull();
+  });
+});
+
+describe("reading the previous subnet.env is bounded", () => {
+  const capture = async (fn: () => unknown): Promise<{ result: unknown; logged: string[] }> => {
+    const { consola } = await import("consola");
+    const logged: string[] = [];
+    const reporter = { log: (o: { args: unknown[] }) => void logged.push(o.args.join(" ")) };
+    consola.addReporter(reporter);
+    try {
+      return { result: fn(), logged };
+    } finally {
+      consola.removeReporter(reporter);
+    }
+  };
+  const none = { subnet: null, ipv6Subnet: null };
+
+  test("a huge file (512 MB of newlines, sparse) is ignored with a warning, never read", async () => {
+    const p = join(dir, "huge.env");
+    writeFileSync(p, "FLANNEL_SUBNET=10.5.3.1/24\n");
+    truncateSync(p, 512 * 1024 * 1024);
+    const { result, logged } = await capture(() => readPreviousSubnet(p));
+    expect(result).toEqual(none);
+    expect(logged.some((m) => m.includes(p) && m.includes("536870912 bytes"))).toBe(true);
+  });
+
+  test("a file just over the limit is ignored; one at the limit is read", async () => {
+    const p = join(dir, "limit.env");
+    const line = "FLANNEL_SUBNET=10.5.3.1/24\n";
+    writeFileSync(p, line + "#".repeat(SUBNET_ENV_MAX_BYTES - line.length));
+    expect(formatCIDR(readPreviousSubnet(p).subnet!)).toBe("10.5.3.0/24");
+    writeFileSync(p, line + "#".repeat(SUBNET_ENV_MAX_BYTES - line.length + 1));
+    expect((await capture(() => readPreviousSubnet(p))).result).toEqual(none);
+  });
+
+  test("a FIFO is ignored at once (no writer needed, nothing blocks)", async () => {
+    const p = join(dir, "fifo.env");
+    const r = Bun.spawnSync(["mkfifo", p]);
+    expect(r.exitCode).toBe(0);
+    const { result, logged } = await capture(() => readPreviousSubnet(p));
+    expect(result).toEqual(none);
+    expect(logged.some((m) => m.includes("a FIFO"))).toBe(true);
+  });
+
+  test("a directory is ignored with a warning", async () => {
+    const p = join(dir, "adir.env");
+    mkdirSync(p);
+    const { result, logged } = await capture(() => readPreviousSubnet(p));
+    expect(result).toEqual(none);
+    expect(logged.some((m) => m.includes("a directory"))).toBe(true);
+  });
+
+  test("a missing file is silent", async () => {
+    const { result, logged } = await capture(() => readPreviousSubnet(join(dir, "missing.env")));
+    expect(result).toEqual(none);
+    expect(logged).toEqual([]);
+  });
+
+  test("a path with a newline is logged escaped", async () => {
+    const p = join(dir, "evil\nFAKE line");
+    mkdirSync(p);
+    const { logged } = await capture(() => readPreviousSubnet(p));
+    expect(logged.join("")).not.toContain("\n");
+    expect(logged.join("")).toContain("evil\\nFAKE line");
   });
 });
