@@ -19,7 +19,7 @@ import { ensureBinary, etcdctl, host, labState, peerInfo, updateLabState, waitUn
 // Explicit: these tests wait (bounded) for agents and kernels, longer than bun's default per-test timeout.
 const TEST_TIMEOUT_MS = 90_000;
 const LAB = { name: testName("e2ew") };
-const UL = "e2ew-ul";
+const UL = `${LAB.name}-ul`;
 const PREFIX = "/kube-centos/network";
 const CONFIG = '{"Network":"172.30.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}';
 // For the dead-endpoint test: an address of the underlay namespace (added below) on which nothing listens.

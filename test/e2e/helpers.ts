@@ -3,7 +3,7 @@ import { renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ensureBinary as ensureBuilt } from "../helpers/binary.ts";
 import { type LabHost, type LabState, labStateDir, readLabState, readSubnetEnv } from "../../src/lab/lab.ts";
-import { execIn, ip, run } from "../../src/lab/netns.ts";
+import { execIn, ip, run, waitFor } from "../../src/lab/netns.ts";
 
 export { BINARY, REPO, testName } from "../helpers/binary.ts";
 
@@ -91,13 +91,7 @@ export async function knowsPeer(netns: string, peer: PeerInfo): Promise<{ route:
 
 /** Polls cond() until true; fails with `what` after timeoutMs. Bounded in time and count. */
 export async function waitUntil(what: string, timeoutMs: number, cond: () => Promise<boolean>, intervalMs = 250): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (let i = 0; i < 10_000; i++) {
-    if (await cond()) return;
-    if (Date.now() >= deadline) break;
-    await Bun.sleep(intervalMs);
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting until ${what}`);
+  await waitFor(what, timeoutMs, async () => ((await cond()) ? true : undefined), intervalMs);
 }
 
 /** Deletes a host's lease with the binary's own `leases delete`, from inside the underlay (reaches any lab store). */

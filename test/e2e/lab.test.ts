@@ -31,23 +31,23 @@ describe("lab topology", () => {
       expect(report.pairs.every((p) => p.ok)).toBe(true);
 
       const s = readLabState(TOPO)!;
-      expect(s.namespaces).toEqual(["e2topo-ul", "e2topo-h1", "e2topo-h2", "e2topo-h3"]);
-      expect((await ours("e2topo")).sort()).toEqual([...s.namespaces].sort());
+      expect(s.namespaces).toEqual([`${TOPO.name}-ul`, `${TOPO.name}-h1`, `${TOPO.name}-h2`, `${TOPO.name}-h3`]);
+      expect((await ours(TOPO.name)).sort()).toEqual([...s.namespaces].sort());
       // Each host: eth0 192.0.2.(10+i)/24 and a default route via the underlay bridge (what interface selection uses).
-      const r = await execIn("e2topo-h2", ["ip", "-j", "route", "show", "default"]);
+      const r = await execIn(`${TOPO.name}-h2`, ["ip", "-j", "route", "show", "default"]);
       expect(JSON.parse(r.stdout)[0]).toMatchObject({ gateway: "192.0.2.1", dev: "eth0" });
-      const a = await ip(["-j", "-4", "addr", "show", "eth0"], "e2topo-h2");
+      const a = await ip(["-j", "-4", "addr", "show", "eth0"], `${TOPO.name}-h2`);
       expect(JSON.parse(a.stdout)[0].addr_info[0]).toMatchObject({ local: "192.0.2.12", prefixlen: 24 });
       expect((await ip(["-o", "link", "show"])).stdout.split("\n").length).toBe(rootLinksBefore);
 
       const st = await labStatus(TOPO);
-      expect(st.hosts.map((h) => h.host)).toEqual(["e2topo-h1", "e2topo-h2", "e2topo-h3"]);
+      expect(st.hosts.map((h) => h.host)).toEqual([`${TOPO.name}-h1`, `${TOPO.name}-h2`, `${TOPO.name}-h3`]);
 
       await expect(labUp({ ...TOPO, topologyOnly: true })).rejects.toThrow(/already exists/);
 
       const down = await labDown(TOPO);
       expect(down.errors).toEqual([]);
-      expect(await ours("e2topo")).toEqual([]);
+      expect(await ours(TOPO.name)).toEqual([]);
       expect(existsSync(s.stateDir)).toBe(false);
       // A second down is a no-op.
       expect(await labDown(TOPO)).toEqual({ removed: [], errors: [] });
@@ -64,14 +64,14 @@ describe("lab topology", () => {
       const err = await labUp({ ...FAIL, hosts: 2, binary: fake }).catch((e) => e);
       expect(err).toBeInstanceOf(LabError);
       expect(String(err.message)).toContain("fake agent: cannot start");
-      expect(String(err.message)).toContain("lab down --name e2fail");
+      expect(String(err.message)).toContain(`lab down --name ${FAIL.name}`);
       const s = readLabState(FAIL)!;
-      expect(s.namespaces).toEqual(["e2fail-ul", "e2fail-h1", "e2fail-h2"]);
-      expect((await ours("e2fail")).sort()).toEqual([...s.namespaces].sort());
+      expect(s.namespaces).toEqual([`${FAIL.name}-ul`, `${FAIL.name}-h1`, `${FAIL.name}-h2`]);
+      expect((await ours(FAIL.name)).sort()).toEqual([...s.namespaces].sort());
 
       const down = await labDown(FAIL);
       expect(down.errors).toEqual([]);
-      expect(await ours("e2fail")).toEqual([]);
+      expect(await ours(FAIL.name)).toEqual([]);
       expect(existsSync(s.stateDir)).toBe(false);
     },
     TEST_TIMEOUT_MS,

@@ -7,6 +7,7 @@ import type { Subprocess } from "bun";
 
 export { BINARY, ensureBinary } from "./binary.ts";
 import { ensureBinary } from "./binary.ts";
+import { GiveUp, waitFor } from "../../src/lab/netns.ts";
 
 function sh(cmd: string[]): void {
   const r = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe" });
@@ -142,13 +143,21 @@ export class AgentLab {
   }
 }
 
-/** Polls until check() is truthy or the deadline passes; returns the last value. */
+/** Polls until check() is truthy or the deadline passes; returns the last value (falsy on timeout, for expect()). */
 export async function until<T>(check: () => T | Promise<T>, ms: number, every = 100): Promise<T> {
-  const deadline = Date.now() + ms;
-  let v = await check();
-  while (!v && Date.now() < deadline) {
-    await Bun.sleep(every);
-    v = await check();
+  let last!: T;
+  try {
+    return await waitFor(
+      "a condition",
+      ms,
+      async () => {
+        last = await check();
+        return last ? last : undefined;
+      },
+      every,
+    );
+  } catch (e) {
+    if (e instanceof GiveUp) throw e;
+    return last;
   }
-  return v;
 }

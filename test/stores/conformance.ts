@@ -8,6 +8,7 @@
 // Optional hooks enable the tests that need them; a missing hook skips its test (reported as skipped).
 
 import { describe, expect, test } from "bun:test";
+import { waitFor as pollFor } from "../../src/lab/netns.ts";
 import type { KV, Revision, Store, WatchEvent } from "../../src/store.ts";
 
 export interface StoreHarness {
@@ -44,14 +45,8 @@ function uniquePrefix(label: string): string {
 }
 
 /** Polls `check` until it returns a non-undefined value or the deadline passes (then throws naming `what`). */
-export async function waitFor<T>(what: string, check: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await Bun.sleep(20);
-  }
+export function waitFor<T>(what: string, check: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
+  return pollFor(what, timeoutMs, async () => await check(), 20);
 }
 
 /** Consumes a watch in the background into `events`; stop() aborts it and waits (bounded) for the loop to end. */
