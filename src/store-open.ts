@@ -18,7 +18,7 @@ const list = (v: FlagValue): string[] =>
 export async function openStore(f: Record<string, FlagValue>, opts: { existing?: boolean } = {}): Promise<Store> {
   switch (f.store) {
     case "etcd": {
-      const { EtcdStore } = await import("../stores/etcd.ts");
+      const { EtcdStore } = await import("../stores/etcd/store.ts");
       return EtcdStore.connect({
         endpoints: list(f["etcd-endpoints"]),
         prefix: str(f["etcd-prefix"]) ?? "/coreos.com/network",
@@ -30,7 +30,7 @@ export async function openStore(f: Record<string, FlagValue>, opts: { existing?:
       });
     }
     case "nats": {
-      const { NatsStore } = await import("../stores/nats.ts");
+      const { NatsStore } = await import("../stores/nats/store.ts");
       return NatsStore.connect({
         servers: list(f["nats-url"]),
         bucket: str(f["nats-bucket"]) ?? "flannel",

@@ -1,12 +1,23 @@
 // The store interface: everything the lease protocol needs from etcd, NATS JetStream KV or SQLite, and nothing more.
 // A store knows keys, revisions, create-if-absent, compare-and-set, expiry and watch. It knows nothing of leases.
 //
-// Keys are logical and store-agnostic: "config" and "subnets/10.5.52.0-24". Each store maps them onto its own
-// layout (etcd: "<prefix>/config"; NATS and SQLite: see their files). Values are opaque bytes.
-//
-// Expiry is part of the contract: a record whose expiresAt has passed is absent for every reader of every method,
-// whether the server enforces TTLs (etcd) or the store does it by recorded time (SQLite, NATS 2.9).
-// When a record expires, watchers see a "delete" event for it (from the server, or synthesised by the store).
+// The contract (every store keeps it; test/stores/conformance.ts holds each one to it):
+// - Keys are logical and store-agnostic: "config" and "subnets/10.5.52.0-24". Each store maps them onto its own
+//   layout (etcd: "<prefix>/config"; NATS and SQLite: see their files). Values are opaque bytes. A key is a non-empty
+//   string without NUL; a prefix may be empty. Bad arguments (such a key, a value that is not a Uint8Array, a ttlMs
+//   that is not a positive number, a revision that is not a non-negative integer) throw an Error naming the problem.
+// - Revisions are positive integers, increasing in store order. Revision 0 is no key's revision: update() with it
+//   returns null and delete() false, like any other revision that does not match.
+// - Expiry: a record whose expiresAt has passed is absent for every reader of every method, whether the server
+//   enforces TTLs (etcd, NATS >= 2.11) or the store does it by recorded time (SQLite, NATS 2.9/2.10). When a record
+//   expires, watchers see a "delete" event for it (from the server, or synthesised by the store).
+// - A record the store cannot read (not its encoding) is skipped with a warning by get (null), list and watch; it
+//   never reads as a deletion, and create() treats its key as taken.
+// - Relist: when a watch cannot say what happened since its last event (compaction, history loss, a replaced
+//   database), it yields { type: "relist" } and continues; the consumer lists again and diffs.
+// - Errors: a store that cannot be reached right now throws StoreUnavailableError (the caller retries); any other
+//   Error is an answer (refused, misconfigured) and is not retried blindly. watch() never ends by itself before its
+//   signal aborts or the store closes: it reconnects and resumes on its own.
 
 export type Revision = number;
 

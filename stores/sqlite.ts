@@ -16,11 +16,6 @@
 import { Database } from "bun:sqlite";
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import { encode } from "cbor-x/encode";
-// Decoding uses cbor-x's separate pure-JS, no-eval build: under `bun run`/`bun test` the main entry loads the native
-// cbor-extract addon, which misreads records (a 256-byte value fails to decode) or aborts the whole Bun process.
-// no-eval also never compiles code from untrusted record structures.
-import { decode } from "cbor-x/decode-no-eval";
 import { consola } from "consola";
 import {
   type KV,
@@ -31,8 +26,11 @@ import {
   type WatchEvent,
   type WriteOptions,
 } from "../src/store.ts";
+import { checkKey, checkPrefix, checkRevision, checkTtl, checkValue, errorText } from "./arguments.ts";
+import { decodeEnvelope, encodeEnvelope } from "./record-envelope.ts";
 
 const log = consola.withTag("store:sqlite");
+const KIND = "sqlite";
 
 export interface SqliteStoreOptions {
   /** How often a watcher polls the change log (ms). Default 50. Local writes wake watchers at once. */
@@ -55,11 +53,6 @@ interface ChangeRow {
   key: string;
   op: string;
   record: Uint8Array | null;
-}
-
-interface DecodedRecord {
-  value: Uint8Array;
-  expiresAt: number | null;
 }
 
 /** Trim the change log whenever the global revision hits a multiple of this (exactly one writer sees each one). */
@@ -139,7 +132,7 @@ export class SqliteStore implements Store {
   }
 
   async get(key: string): Promise<KV | null> {
-    checkKey(key);
+    checkKey(KIND, key);
     const row = this.read(() =>
       this.db
         .query("SELECT key, revision, expires_at, record FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)")
@@ -147,12 +140,15 @@ export class SqliteStore implements Store {
     ) as Row | null;
     if (!row) return null;
     const kv = rowToKV(row);
-    if (typeof kv === "string") throw new Error(`sqlite ${this.location}: corrupt record for key "${key}": ${kv}`);
+    if (typeof kv === "string") {
+      log.warn(`${this.location}: skipping corrupt record for key "${key}": ${kv}`);
+      return null;
+    }
     return kv;
   }
 
   async list(prefix: string): Promise<ListResult> {
-    checkPrefix(prefix);
+    checkPrefix(KIND, prefix);
     const { rows, revision } = this.read(() =>
       this.db
         .transaction(() => ({
@@ -177,9 +173,9 @@ export class SqliteStore implements Store {
   }
 
   async create(key: string, value: Uint8Array, opts?: WriteOptions): Promise<Revision | null> {
-    checkKey(key);
-    checkValue(value);
-    const ttlMs = checkTtl(opts);
+    checkKey(KIND, key);
+    checkValue(KIND, value);
+    const ttlMs = checkTtl(KIND, opts);
     return this.write(() => {
       const now = Date.now(); // taken under the write lock, so expiry decisions are consistent across processes
       const cur = this.currentRow(key);
@@ -191,10 +187,10 @@ export class SqliteStore implements Store {
   }
 
   async update(key: string, value: Uint8Array, revision: Revision, opts?: WriteOptions): Promise<Revision | null> {
-    checkKey(key);
-    checkValue(value);
-    checkRevision(revision);
-    const ttlMs = checkTtl(opts);
+    checkKey(KIND, key);
+    checkValue(KIND, value);
+    checkRevision(KIND, revision);
+    const ttlMs = checkTtl(KIND, opts);
     return this.write(() => {
       const now = Date.now();
       const cur = this.currentRow(key);
@@ -204,8 +200,8 @@ export class SqliteStore implements Store {
   }
 
   async delete(key: string, revision: Revision): Promise<boolean> {
-    checkKey(key);
-    checkRevision(revision);
+    checkKey(KIND, key);
+    checkRevision(KIND, revision);
     return this.write(() => {
       const now = Date.now();
       const cur = this.currentRow(key);
@@ -216,10 +212,8 @@ export class SqliteStore implements Store {
   }
 
   async *watch(prefix: string, afterRevision: Revision, signal: AbortSignal): AsyncIterable<WatchEvent> {
-    checkPrefix(prefix);
-    if (!Number.isSafeInteger(afterRevision) || afterRevision < 0) {
-      throw new Error(`sqlite watch: afterRevision must be a non-negative integer, got ${String(afterRevision)}`);
-    }
+    checkPrefix(KIND, prefix);
+    checkRevision(KIND, afterRevision, "afterRevision");
     const stop = AbortSignal.any([signal, this.closing.signal]);
     let pos = afterRevision;
     let failing = false;
@@ -284,7 +278,7 @@ export class SqliteStore implements Store {
 
   private putRow(key: string, value: Uint8Array, ttlMs: number | null, now: number): Revision {
     const expiresAt = ttlMs === null ? null : now + ttlMs;
-    const record = encode({ v: value, e: expiresAt }) as Uint8Array;
+    const record = encodeEnvelope(value, expiresAt);
     const rev = this.appendChange(key, "put", record, now);
     this.db.query("INSERT OR REPLACE INTO kv(key, revision, expires_at, record) VALUES (?, ?, ?, ?)").run(key, rev, expiresAt, record);
     return rev;
@@ -407,79 +401,27 @@ export class SqliteStore implements Store {
 
 // ---- records: untrusted bytes in, validated values out ----
 
-function decodeRecord(bytes: unknown): DecodedRecord | string {
-  if (!(bytes instanceof Uint8Array)) return "record is not a blob";
-  let rec: unknown;
-  try {
-    rec = decode(bytes);
-  } catch (err) {
-    return `not CBOR (${errorText(err)})`;
-  }
-  if (typeof rec !== "object" || rec === null) return "record is not a map";
-  const { v, e } = rec as { v?: unknown; e?: unknown };
-  if (!(v instanceof Uint8Array)) return "field v is not bytes";
-  if (e !== null && !(typeof e === "number" && Number.isSafeInteger(e) && e >= 0)) {
-    return "field e is neither null nor an epoch-ms integer";
-  }
-  return { value: new Uint8Array(v), expiresAt: e };
-}
-
 function rowToKV(row: Row): KV | string {
   if (!Number.isSafeInteger(row.revision) || row.revision <= 0) return "bad revision column";
-  const rec = decodeRecord(row.record);
+  const rec = decodeEnvelope(row.record);
   if (typeof rec === "string") return rec;
-  if (rec.expiresAt !== row.expires_at) return "expiry in the record does not match the expires_at column";
-  return { key: row.key, value: rec.value, revision: row.revision, expiresAt: rec.expiresAt };
+  if (rec.e !== row.expires_at) return "expiry in the record does not match the expires_at column";
+  return { key: row.key, value: rec.v, revision: row.revision, expiresAt: rec.e };
 }
 
 function changeToEvent(row: ChangeRow): WatchEvent | string {
   if (row.op === "delete") return { type: "delete", key: row.key, revision: row.revision };
   if (row.op !== "put") return `unknown op "${row.op}"`;
-  const rec = decodeRecord(row.record);
+  const rec = decodeEnvelope(row.record);
   if (typeof rec === "string") return rec;
-  return { type: "put", kv: { key: row.key, value: rec.value, revision: row.revision, expiresAt: rec.expiresAt } };
+  return { type: "put", kv: { key: row.key, value: rec.v, revision: row.revision, expiresAt: rec.e } };
 }
 
 function isExpired(row: Row, now: number): boolean {
   return row.expires_at !== null && row.expires_at <= now;
 }
 
-// ---- argument checks: bad input => clear error naming the problem ----
-
-function checkKey(key: string): void {
-  if (typeof key !== "string" || key.length === 0 || key.includes("\0")) {
-    throw new Error(`sqlite store: invalid key ${JSON.stringify(key)}`);
-  }
-}
-
-function checkPrefix(prefix: string): void {
-  if (typeof prefix !== "string" || prefix.includes("\0")) {
-    throw new Error(`sqlite store: invalid prefix ${JSON.stringify(prefix)}`);
-  }
-}
-
-function checkValue(value: Uint8Array): void {
-  if (!(value instanceof Uint8Array)) throw new Error("sqlite store: value must be a Uint8Array");
-}
-
-function checkRevision(revision: Revision): void {
-  if (!Number.isSafeInteger(revision) || revision <= 0) {
-    throw new Error(`sqlite store: revision must be a positive integer, got ${String(revision)}`);
-  }
-}
-
-function checkTtl(opts: WriteOptions | undefined): number | null {
-  const ttl = opts?.ttlMs;
-  if (ttl === undefined) return null;
-  if (!Number.isFinite(ttl) || ttl <= 0) throw new Error(`sqlite store: ttlMs must be a positive number, got ${ttl}`);
-  return Math.ceil(ttl);
-}
-
 function positiveInt(n: number, name: string): number {
   if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`sqlite store: ${name} must be a positive integer, got ${n}`);
   return n;
-}
-
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

@@ -172,6 +172,27 @@ export function runStoreConformance(name: string, h: StoreHarness): void {
       });
     });
 
+    test("revision 0 matches no key; bad arguments are errors naming the problem", async () => {
+      await withStores(async (open) => {
+        const s = await open();
+        const key = `${uniquePrefix("args")}k`;
+        const r1 = (await s.create(key, bytes("v")))!;
+        expect(await s.update(key, bytes("x"), 0)).toBeNull();
+        expect(await s.delete(key, 0)).toBe(false);
+        expect(await s.update(`${key}-absent`, bytes("x"), 0)).toBeNull();
+        expect(await s.delete(`${key}-absent`, 0)).toBe(false);
+        expect((await s.get(key))!.revision).toBe(r1);
+        await expect(s.create("", bytes("x"))).rejects.toThrow(/invalid key/);
+        await expect(s.create(`${key}2`, bytes("x"), { ttlMs: 0 })).rejects.toThrow(/ttlMs/);
+        await expect(s.create(`${key}2`, bytes("x"), { ttlMs: Number.NaN })).rejects.toThrow(/ttlMs/);
+        await expect(s.create(`${key}2`, "text" as unknown as Uint8Array)).rejects.toThrow(/Uint8Array/);
+        await expect(s.update(key, bytes("x"), -1)).rejects.toThrow(/revision/);
+        await expect(s.delete(key, 1.5)).rejects.toThrow(/revision/);
+        expect(await s.get(`${key}2`)).toBeNull(); // nothing was written by the refused calls
+        expect(text((await s.get(key))!.value)).toBe("v");
+      });
+    });
+
     test("values are bytes, returned exactly (binary, empty)", async () => {
       await withStores(async (open) => {
         const s = await open();
@@ -486,6 +507,10 @@ export function runStoreConformance(name: string, h: StoreHarness): void {
           expect(keys).toContain(`${p}good1`);
           expect(keys).toContain(`${p}good2`);
           expect(listed.items.every((kv) => kv.value instanceof Uint8Array)).toBe(true);
+          // A store with an encoding of its own skips what is not in it (null); one with opaque values (etcd) returns them.
+          const bad = await s.get(`${p}bad`);
+          if (bad !== null) expect(Array.from(bad.value)).toEqual([0xff, 0x00, 0xfe, 0x13, 0x37]);
+          expect(await s.create(`${p}bad`, bytes("mine"))).toBeNull(); // and its key counts as taken
           await w.until("the good put after the corrupt one", () => w.puts().some((kv) => kv.revision === r2));
           expect(w.error).toBeUndefined();
           expect(w.puts().filter((kv) => kv.key.startsWith(`${p}good`)).length).toBe(2);

@@ -4,7 +4,7 @@ import { type EtcdServer, startEtcdServer } from "../harness/etcd-server.ts";
 import { freePort } from "../harness/server-process.ts";
 import { leaseFromKV } from "../../src/lease.ts";
 import { type Store, StoreUnavailableError } from "../../src/store.ts";
-import { EtcdError, EtcdStore } from "../../stores/etcd.ts";
+import { EtcdError, EtcdStore } from "../../stores/etcd/store.ts";
 import { runStoreConformance, WatchCollector, waitFor } from "./conformance.ts";
 
 // One etcd for the whole file. The conformance suite registers its tests at load time, so the server is started in

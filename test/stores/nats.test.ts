@@ -8,7 +8,7 @@ import { Kvm, type KV as NatsKV } from "@nats-io/kv";
 import { StoreUnavailableError, type Store } from "../../src/store.ts";
 import { makeTestCerts, type TestCerts } from "../harness/certs.ts";
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
-import { NatsStore, decodeNatsKey, encodeNatsKey, natsPrefixFilter } from "../../stores/nats.ts";
+import { NatsStore, decodeNatsKey, encodeNatsKey, natsPrefixFilter } from "../../stores/nats/store.ts";
 import { runStoreConformance, WatchCollector, waitFor } from "./conformance.ts";
 
 // A request caught by a server restart waits for its timeout (5 s) before the retry: more than bun's default.

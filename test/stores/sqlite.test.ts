@@ -242,7 +242,7 @@ describe("sqlite specifics", () => {
     }
   });
 
-  test("records of the wrong shape: list skips them, get names the key", async () => {
+  test("records of the wrong shape: list and get skip them", async () => {
     const path = freshDbPath();
     const s = SqliteStore.open(path);
     try {
@@ -253,7 +253,8 @@ describe("sqlite specifics", () => {
       writeRawRow(path, "p/num", encode(42) as Uint8Array);
       const listed = await s.list("p/");
       expect(listed.items.map((kv) => kv.key)).toEqual(["p/good"]);
-      await expect(s.get("p/str")).rejects.toThrow(/corrupt record for key "p\/str"/);
+      expect(await s.get("p/str")).toBeNull();
+      expect(await s.get("p/mismatch")).toBeNull();
     } finally {
       await s.close();
     }
@@ -264,8 +265,9 @@ describe("sqlite specifics", () => {
     try {
       await expect(s.create("", new Uint8Array())).rejects.toThrow(/invalid key/);
       await expect(s.create("a", new Uint8Array(), { ttlMs: 0 })).rejects.toThrow(/ttlMs/);
-      await expect(s.update("a", new Uint8Array(), 0)).rejects.toThrow(/revision/);
+      await expect(s.update("a", new Uint8Array(), -1)).rejects.toThrow(/revision/);
       await expect(s.delete("a", 1.5)).rejects.toThrow(/revision/);
+      await expect(s.watch("a/", Number.NaN, AbortSignal.timeout(1000))[Symbol.asyncIterator]().next()).rejects.toThrow(/afterRevision/);
       expect(() => SqliteStore.open(freshDbPath(), { pollMs: -1 })).toThrow(/pollMs/);
     } finally {
       await s.close();

@@ -1,0 +1,139 @@
+// etcd records: gateway kvs parsed into logical keys (untrusted: anything unreadable is named and skipped), and the
+// expiry of each record, which etcd keeps in the lease the key is attached to.
+
+import { consola } from "consola";
+import type { KV } from "../../src/store.ts";
+import type { EtcdClient } from "./client-failover.ts";
+import { EtcdError, int64, type Json, leaseId, unb64 } from "./gateway.ts";
+
+const log = consola.withTag("etcd");
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+export interface RawKV {
+  key: string;
+  value: Uint8Array;
+  revision: number;
+  /** Decimal lease ID; "0" = no lease. */
+  lease: string;
+}
+
+/** Expiry of a lease: epoch ms, null = no lease, "expired" = the lease is gone (its keys are being deleted). */
+export type LeaseExpiry = number | null | "expired";
+
+const TTL_LOOKUP_CONCURRENCY = 16;
+const LEASE_CACHE_MAX = 4096;
+
+/** Maps logical keys onto "<prefix>/<key>" and back. */
+export class EtcdKeys {
+  readonly root: string;
+  constructor(prefix: string) {
+    // Path-join: "/coreos.com/network/" and "/coreos.com/network" are the same prefix.
+    this.root = prefix.replace(/\/+$/, "");
+  }
+  etcdKey(logical: string): string {
+    return `${this.root}/${logical}`;
+  }
+  /** The logical key of an etcd key, or null if it is not under our prefix. */
+  logicalKey(etcdKey: string): string | null {
+    const p = `${this.root}/`;
+    return etcdKey.startsWith(p) ? etcdKey.slice(p.length) : null;
+  }
+
+  /** Parses one gateway kv; null when it is not ours; throws naming the problem (the caller skips it with a warning). */
+  parseKV(kv: unknown): RawKV | null {
+    if (!kv || typeof kv !== "object") throw new Error("kv is not an object");
+    const o = kv as Json;
+    const keyBytes = unb64(o.key, "key");
+    let etcdKey: string;
+    try {
+      etcdKey = utf8.decode(keyBytes);
+    } catch {
+      throw new Error("key is not UTF-8");
+    }
+    const key = this.logicalKey(etcdKey);
+    if (key === null) return null;
+    let value: Uint8Array;
+    try {
+      value = unb64(o.value, "value");
+    } catch (e) {
+      throw new Error(`${etcdKey}: ${(e as Error).message}`);
+    }
+    return { key, value, revision: int64(o.mod_revision, `${etcdKey} mod_revision`), lease: leaseId(o.lease) };
+  }
+
+  parseKVs(kvs: unknown, what: string): RawKV[] {
+    if (kvs === undefined) return [];
+    if (!Array.isArray(kvs)) throw new EtcdError(`${what}: kvs is not an array`);
+    const out: RawKV[] = [];
+    for (const kv of kvs) {
+      try {
+        const r = this.parseKV(kv);
+        if (r) out.push(r);
+      } catch (e) {
+        log.warn(`skipping an unreadable etcd record in ${what}: ${(e as Error).message}`);
+      }
+    }
+    return out;
+  }
+}
+
+/**
+ * Expiry of lease IDs, cached: flannel leases are granted with a fixed TTL and renewed by a new grant, never kept
+ * alive, so an ID's expiry does not move. Without the cache every list() costs one TimeToLive call per lease
+ * (flanneld's N+1). "expired" is never cached, and a cached time that has passed is asked again.
+ */
+export class LeaseExpiries {
+  private readonly cache = new Map<string, number>();
+
+  constructor(private readonly client: EtcdClient) {}
+
+  forget(id: string): void {
+    this.cache.delete(id);
+  }
+
+  private async lookup(id: string): Promise<LeaseExpiry> {
+    const j = await this.client.call("/v3/lease/timetolive", { ID: id });
+    const ttl = int64(j.TTL, "lease TTL");
+    // TTL -1: the lease is unknown or expired, so etcd is about to delete its keys.
+    return ttl < 0 ? "expired" : Date.now() + ttl * 1000;
+  }
+
+  async of(id: string): Promise<LeaseExpiry> {
+    if (id === "0") return null;
+    const hit = this.cache.get(id);
+    if (hit !== undefined && hit > Date.now()) return hit;
+    const e = await this.lookup(id);
+    if (this.cache.size >= LEASE_CACHE_MAX) this.cache.clear();
+    if (typeof e === "number") this.cache.set(id, e);
+    else this.cache.delete(id);
+    return e;
+  }
+
+  /** Attaches expiresAt, dropping records whose lease has already run out. */
+  async attach(raw: RawKV[]): Promise<KV[]> {
+    const ids = [...new Set(raw.map((r) => r.lease).filter((l) => l !== "0"))];
+    const exp = new Map<string, LeaseExpiry>();
+    const got = await mapLimit(ids, TTL_LOOKUP_CONCURRENCY, (id) => this.of(id));
+    for (const [i, id] of ids.entries()) exp.set(id, got[i]!);
+    const out: KV[] = [];
+    for (const r of raw) {
+      const e = r.lease === "0" ? null : exp.get(r.lease)!;
+      if (e === "expired") continue;
+      out.push({ key: r.key, value: r.value, revision: r.revision, expiresAt: e });
+    }
+    return out;
+  }
+}
+
+async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}

@@ -1,0 +1,169 @@
+// The NATS connection and the KV bucket: options checked, auth and TLS set up, the bucket opened (created if
+// missing). Everything the records, the watch and the store need from NATS is in NatsBucket.
+
+import { readFileSync } from "node:fs";
+import { hostname } from "node:os";
+import {
+  type JetStreamClient,
+  JetStreamApiCodes,
+  JetStreamApiError,
+  type JetStreamManager,
+  jetstream,
+  jetstreamManager,
+} from "@nats-io/jetstream";
+import { Kvm, type KV as NatsKV } from "@nats-io/kv";
+import { type ConnectionOptions, connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
+import { consola } from "consola";
+import { StoreUnavailableError } from "../../src/store.ts";
+
+const log = consola.withTag("nats");
+
+export interface NatsStoreOptions {
+  /** nats://host:port URLs (tls:// for TLS). */
+  servers: string[];
+  /** KV bucket name (default "flannel"). */
+  bucket?: string;
+  user?: string;
+  password?: string;
+  token?: string;
+  /** A NATS .creds file (JWT + NKey seed). */
+  credsFile?: string;
+  /** CA that signed the server's certificate (PEM). Any of the three TLS files makes the client insist on TLS. */
+  cafile?: string;
+  /** Client certificate and key (PEM), both or neither, for servers that verify clients. */
+  certfile?: string;
+  keyfile?: string;
+  /** Timeout of the first connection (default 5000 ms). */
+  connectTimeoutMs?: number;
+  /** Written as the record's owner "o" (default: this host's name). For operators reading the bucket. */
+  owner?: string;
+}
+
+/** The open connection and bucket. */
+export interface NatsBucket {
+  nc: NatsConnection;
+  js: JetStreamClient;
+  jsm: JetStreamManager;
+  kv: NatsKV;
+  bucket: string;
+  /** "KV_<bucket>" */
+  stream: string;
+  /** "$KV.<bucket>." */
+  subjectPrefix: string;
+  /** The server list, for messages. */
+  location: string;
+}
+
+const DEFAULT_BUCKET = "flannel";
+const BUCKET_HISTORY = 5;
+
+/** A hint for a failed connect that looks like a TLS set-up problem, or "". */
+function tlsHint(msg: string, opts: NatsStoreOptions): string {
+  if (/certificate|self[- ]signed|unable to verify|UNABLE_TO|CERT_/i.test(msg)) {
+    return " (TLS: check that --nats-cafile is the CA that signed the server's certificate and that the certificate names this address)";
+  }
+  // nats.js does not report a connection the server closes during the TLS/CONNECT exchange (as a 2.9 server with
+  // `verify` does to a client without a certificate): the first connect only times out.
+  if (/timeout/i.test(msg) && opts.cafile !== undefined && opts.certfile === undefined) {
+    return " (if the server requires TLS client certificates (verify), give --nats-certfile and --nats-keyfile)";
+  }
+  return "";
+}
+
+function connectionOptions(opts: NatsStoreOptions, servers: string[]): ConnectionOptions {
+  if ((opts.user === undefined) !== (opts.password === undefined)) throw new Error("NATS store: user and password go together");
+  const co: ConnectionOptions = {
+    servers,
+    name: `flannel-bin@${hostname()}`,
+    timeout: opts.connectTimeoutMs ?? 5000,
+    maxReconnectAttempts: -1, // reconnect forever; watchers resume on their own
+    reconnectTimeWait: 500, // plus the client's default jitter, so a fleet does not reconnect in step
+    pingInterval: 10_000,
+  };
+  if (opts.user !== undefined) {
+    co.user = opts.user;
+    co.pass = opts.password;
+  }
+  if (opts.token !== undefined) co.token = opts.token;
+  if (opts.credsFile !== undefined) {
+    let creds: Uint8Array;
+    try {
+      creds = readFileSync(opts.credsFile);
+    } catch (err) {
+      throw new Error(`NATS store: cannot read creds file ${opts.credsFile}: ${(err as Error).message}`);
+    }
+    co.authenticator = credsAuthenticator(creds);
+  }
+  if ((opts.certfile === undefined) !== (opts.keyfile === undefined)) {
+    throw new Error("NATS TLS needs both --nats-certfile and --nats-keyfile (only one was given)");
+  }
+  if (opts.cafile !== undefined || opts.certfile !== undefined || opts.keyfile !== undefined) {
+    // Checked here so a bad path names its flag; the client itself re-reads the files on every (re)connect.
+    for (const [flag, path] of [
+      ["--nats-cafile", opts.cafile],
+      ["--nats-certfile", opts.certfile],
+      ["--nats-keyfile", opts.keyfile],
+    ] as const) {
+      if (path === undefined) continue;
+      try {
+        readFileSync(path);
+      } catch (err) {
+        throw new Error(`NATS store: cannot read ${flag} ${path}: ${(err as Error).message}`);
+      }
+    }
+    co.tls = { caFile: opts.cafile, certFile: opts.certfile, keyFile: opts.keyfile };
+  }
+  return co;
+}
+
+/** Connects and opens the bucket, creating it if missing. */
+export async function openBucket(opts: NatsStoreOptions): Promise<NatsBucket> {
+  const servers = opts.servers.map((s) => s.trim()).filter((s) => s !== "");
+  if (servers.length === 0) throw new Error("NATS store: no server URL given");
+  const location = servers.join(",");
+  const bucket = opts.bucket ?? DEFAULT_BUCKET;
+  if (!/^[-\w]+$/.test(bucket)) throw new Error(`NATS store: bad bucket name ${JSON.stringify(bucket)} (letters, digits, "-", "_")`);
+  const co = connectionOptions(opts, servers);
+
+  let nc: NatsConnection;
+  try {
+    nc = await connect(co);
+  } catch (err) {
+    const msg = (err as Error).message ?? String(err);
+    if (/authori[sz]ation|authentication|permissions/i.test(msg) || (err as Error).name === "AuthorizationError") {
+      throw new Error(`NATS ${location}: authorization failed (${msg}); check the user/password, token or creds file`, { cause: err });
+    }
+    throw new StoreUnavailableError(`NATS ${location}: cannot connect: ${msg}${tlsHint(msg, opts)}`, { cause: err });
+  }
+
+  try {
+    const jsm = await jetstreamManager(nc);
+    const js = jetstream(nc);
+    const kvm = new Kvm(js);
+    let kv: NatsKV;
+    let exists = true;
+    try {
+      await jsm.streams.info(`KV_${bucket}`);
+    } catch (err) {
+      if (!(err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound)) throw err;
+      exists = false;
+    }
+    if (exists) {
+      kv = await kvm.open(bucket);
+    } else {
+      log.info(`creating KV bucket ${bucket} on ${location}`);
+      try {
+        kv = await kvm.create(bucket, { history: BUCKET_HISTORY });
+      } catch (err) {
+        // Another node created it between our check and our create (with its own settings): use theirs.
+        await jsm.streams.info(`KV_${bucket}`).catch(() => Promise.reject(err));
+        kv = await kvm.open(bucket);
+      }
+    }
+    return { nc, js, jsm, kv, bucket, stream: `KV_${bucket}`, subjectPrefix: `$KV.${bucket}.`, location };
+  } catch (err) {
+    await nc.close().catch(() => {});
+    const msg = (err as Error).message ?? String(err);
+    throw new StoreUnavailableError(`NATS ${location}: cannot open KV bucket ${bucket} (is JetStream enabled?): ${msg}`, { cause: err });
+  }
+}

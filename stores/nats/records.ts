@@ -1,0 +1,163 @@
+// NATS records: stream messages decoded into entries (untrusted: a foreign key or an unreadable value is named and
+// skipped), the snapshot of a prefix, conditional writes, and the reaper that CAS-deletes expired records.
+//
+// Values are the shared record envelope (stores/record-envelope.ts) { v, e, o }: expiry lives in the value on
+// 2.9/2.10. Revisions are stream sequence numbers; update/delete are CAS on them (Nats-Expected-Last-Subject-Sequence).
+
+import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError, type JsMsg } from "@nats-io/jetstream";
+import { consola } from "consola";
+import { StoreUnavailableError } from "../../src/store.ts";
+import { decodeEnvelope, type Envelope } from "../record-envelope.ts";
+import type { NatsBucket } from "./connection.ts";
+import { decodeNatsKey, encodeNatsKey } from "./keys.ts";
+
+const log = consola.withTag("nats");
+
+const SNAPSHOT_TIMEOUT_MS = 10_000;
+
+/** One raw bucket entry as read from the stream. rec is null when the value could not be decoded. */
+export interface RawEntry {
+  key: string;
+  revision: number;
+  op: "PUT" | "DEL" | "PURGE";
+  rec: Envelope | null;
+}
+
+/** Decodes a stream message; null (warned) when its key is not one of ours. */
+export function toRawEntry(b: NatsBucket, m: JsMsg): RawEntry | null {
+  const natsKey = m.subject.startsWith(b.subjectPrefix) ? m.subject.slice(b.subjectPrefix.length) : m.subject;
+  const key = decodeNatsKey(natsKey);
+  if (key === null) {
+    log.warn(`NATS bucket ${b.bucket}: skipping key ${natsKey}: not a key this store writes`);
+    return null;
+  }
+  const hop = m.headers?.get("KV-Operation") ?? "";
+  const op = hop === "DEL" || hop === "PURGE" ? hop : "PUT";
+  if (op !== "PUT") return { key, revision: m.seq, op, rec: null };
+  const rec = decodeEnvelope(m.data);
+  if (typeof rec === "string") {
+    log.warn(`NATS bucket ${b.bucket}: skipping key ${key} (${natsKey}) at revision ${m.seq}: ${rec}`);
+    return { key, revision: m.seq, op, rec: null };
+  }
+  return { key, revision: m.seq, op, rec };
+}
+
+/** Maps client errors to StoreUnavailableError (retryable, names the server) unless they are API answers. */
+export async function guard<T>(b: NatsBucket, what: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof StoreUnavailableError) throw err;
+    const msg = (err as Error).message ?? String(err);
+    if (err instanceof JetStreamApiError) throw new Error(`NATS ${b.location}: ${what}: ${msg}`, { cause: err });
+    throw new StoreUnavailableError(`NATS ${b.location}: ${what}: ${msg}`, { cause: err });
+  }
+}
+
+function isWrongLastSequence(err: unknown): boolean {
+  return (
+    err instanceof JetStreamApiError &&
+    (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
+  );
+}
+
+/** Runs a conditional write: its result, or null when the expected revision did not match. */
+export async function casWrite(b: NatsBucket, what: string, fn: () => Promise<number>): Promise<number | null> {
+  try {
+    return await guard(b, what, fn);
+  } catch (err) {
+    if (isWrongLastSequence((err as { cause?: unknown }).cause) || isWrongLastSequence(err)) return null;
+    throw err;
+  }
+}
+
+export async function casDelete(b: NatsBucket, key: string, natsKey: string, revision: number): Promise<boolean> {
+  const r = await casWrite(b, `delete ${key}`, async () => {
+    await b.kv.delete(natsKey, { previousSeq: revision });
+    return 1;
+  });
+  return r !== null;
+}
+
+/** CAS-deletes expired records in the background; losing the race (renewed, already deleted) is fine. */
+export class Reaper {
+  private readonly pending = new Set<Promise<unknown>>();
+  private closed = false;
+
+  constructor(private readonly b: NatsBucket) {}
+
+  cleanup(key: string, revision: number): void {
+    if (this.closed) return;
+    const p = casDelete(this.b, key, encodeNatsKey(key), revision)
+      .then((ok) => ok && log.debug(`removed expired ${key} (revision ${revision})`))
+      .catch((err) => log.debug(`cleanup of expired ${key} failed: ${(err as Error).message}`))
+      .finally(() => this.pending.delete(p));
+    this.pending.add(p);
+  }
+
+  /** Stops taking new work and waits for what is under way. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.allSettled([...this.pending]);
+  }
+}
+
+/**
+ * The last entry of every key matching a subject filter (deletion markers included), and a revision such that
+ * nothing matching the filter was written between it and the snapshot: a watch from revision + 1 misses nothing.
+ */
+export async function snapshot(b: NatsBucket, filter: string): Promise<{ entries: RawEntry[]; revision: number }> {
+  return guard(b, `list ${filter}`, async () => {
+    const before = (await b.jsm.streams.info(b.stream)).state.last_seq;
+    const oc = await b.js.consumers.getPushConsumer(b.stream, {
+      filter_subjects: b.subjectPrefix + filter,
+      deliver_policy: DeliverPolicy.LastPerSubject,
+    });
+    const msgs: JsMsg[] = [];
+    try {
+      const info = await oc.info(true);
+      if (info.num_pending > 0) {
+        let iter: Awaited<ReturnType<typeof oc.consume>> | undefined;
+        try {
+          await new Promise<void>((resolve, reject) => {
+            const timer = setTimeout(
+              () => reject(new StoreUnavailableError(`NATS ${b.location}: listing ${filter} timed out after ${SNAPSHOT_TIMEOUT_MS} ms`)),
+              SNAPSHOT_TIMEOUT_MS,
+            );
+            oc.consume({
+              callback: (m) => {
+                msgs.push(m);
+                // pending counts what is still to come, including writes that land while we read.
+                if (m.info.pending === 0) {
+                  clearTimeout(timer);
+                  resolve();
+                }
+              },
+            }).then((it) => {
+              iter = it;
+              void it.closed().then(() => {
+                clearTimeout(timer);
+                reject(new StoreUnavailableError(`NATS ${b.location}: listing ${filter} was interrupted`));
+              });
+            }, reject);
+          });
+        } finally {
+          iter?.stop();
+        }
+      }
+    } finally {
+      await oc.delete().catch(() => {});
+    }
+    // Writes that land while we read add later messages for keys already seen: the newest per key wins, so an
+    // old PUT never stands beside the DEL that followed it.
+    let revision = before;
+    const latest = new Map<string, RawEntry>();
+    for (const m of msgs) {
+      revision = Math.max(revision, m.seq);
+      const e = toRawEntry(b, m);
+      const seen = e && latest.get(e.key);
+      if (e && (!seen || seen.revision < e.revision)) latest.set(e.key, e);
+    }
+    return { entries: [...latest.values()], revision };
+  });
+}

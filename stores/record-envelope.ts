@@ -1,0 +1,47 @@
+// The record envelope of the stores that keep expiry in the value (SQLite, NATS 2.9/2.10): a CBOR map
+// { v: bytes (the value), e: expiresAt epoch ms or null, o?: the hostname that wrote it }.
+// Records come from a file or a server anyone may write to: decoding validates the shape and says what is wrong.
+
+// Not the package root: its entry loads the cbor-extract native addon, which misreads records and can crash Bun
+// 1.4.5. decode-no-eval is a self-contained pure-JS decoder that never compiles code from record structures.
+import { Decoder } from "cbor-x/decode-no-eval";
+import { Encoder } from "cbor-x/encode";
+
+export interface Envelope {
+  v: Uint8Array;
+  e: number | null;
+  o?: string;
+}
+
+const encoder = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false, variableMapSize: true });
+const decoder = new Decoder({ useRecords: false, mapsAsObjects: true });
+
+export function encodeEnvelope(value: Uint8Array, expiresAt: number | null, owner?: string): Uint8Array {
+  const rec: Envelope = owner === undefined ? { v: value, e: expiresAt } : { v: value, e: expiresAt, o: owner };
+  // Copy: the encoder reuses its buffer, and writes are async.
+  return new Uint8Array(encoder.encode(rec));
+}
+
+/** The envelope, or a description of what is wrong with the bytes. */
+export function decodeEnvelope(data: unknown): Envelope | string {
+  if (!(data instanceof Uint8Array)) return "record is not bytes";
+  let x: unknown;
+  try {
+    x = decoder.decode(data);
+  } catch (err) {
+    return `not CBOR (${err instanceof Error ? err.message : String(err)})`;
+  }
+  if (typeof x !== "object" || x === null || Array.isArray(x) || x instanceof Uint8Array) return "not a CBOR map";
+  const r = x as Record<string, unknown>;
+  if (!(r.v instanceof Uint8Array)) return `field "v" is not a byte string`;
+  if (r.e !== null && !(typeof r.e === "number" && Number.isSafeInteger(r.e) && r.e >= 0)) {
+    return `field "e" is neither null nor an epoch-ms integer`;
+  }
+  if (r.o !== undefined && typeof r.o !== "string") return `field "o" is not a string`;
+  // Copy: cbor-x may hand out a view of the message buffer.
+  const out: Envelope = { v: new Uint8Array(r.v), e: r.e as number | null };
+  if (r.o !== undefined) out.o = r.o as string;
+  return out;
+}
+
+export const envelopeExpired = (rec: Envelope, now = Date.now()): boolean => rec.e !== null && rec.e <= now;
