@@ -3,7 +3,7 @@
 import { defineCommand } from "citty";
 import { consola } from "consola";
 import { FlagError, type FlagSpecs, type FlagValue, cittyArgs, parseFlags } from "../flags.ts";
-import { type LabBackend, type LabReport, type LabStoreKind, formatLabReport, labDown, labStatus, labUp } from "./lab.ts";
+import { type LabBackend, type LabReport, type LabStoreKind, MAX_HOSTS, formatLabReport, labDown, labStatus, labUp } from "./lab.ts";
 
 // Parsed by flags.ts like every other command: Go spellings, FLANNELD_*, and an unknown flag or bad value is exit 2.
 const COMMON = {
@@ -13,7 +13,7 @@ const COMMON = {
 
 const UP = {
   ...COMMON,
-  hosts: { type: "int", description: "number of hosts", default: 3, min: 1, max: 50 },
+  hosts: { type: "int", description: "number of hosts", default: 3, min: 1, max: MAX_HOSTS },
   backend: { type: "string", description: "vxlan | host-gw", default: "vxlan", choices: ["vxlan", "host-gw"] },
   store: {
     type: "string",
