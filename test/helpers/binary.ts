@@ -29,8 +29,12 @@ export function ensureBinary(): string {
     return resolve(override);
   }
   if (existsSync(BINARY) && statSync(BINARY).mtimeMs >= newestSource()) return BINARY;
+  // Without bun test's NODE_ENV=test: the bundler bakes it in, and consola then drops every info line from the
+  // binary's log (the binary `scripts/test.sh` builds has them).
+  const { NODE_ENV: _, ...env } = process.env;
   const r = Bun.spawnSync([join(REPO, "node_modules/.bin/bun"), "run", "build"], {
     cwd: REPO,
+    env,
     stdout: "pipe",
     stderr: "pipe",
     timeout: 300_000,
