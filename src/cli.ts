@@ -32,7 +32,8 @@ const run = defineCommand({
   async run({ rawArgs }) {
     const { values, positionals } = parseFlags(rawArgs, RUN_FLAGS);
     if (positionals.length) throw new FlagError(`run takes no arguments, got ${JSON.stringify(positionals.join(" "))}`);
-    process.exitCode = await runAgent(values);
+    // Exit at once: nothing the agent left behind (a retry timer, a half-closed socket) may keep the process.
+    process.exit(await runAgent(values));
   },
 });
 

@@ -1,0 +1,91 @@
+// The peer event loop (flannel's backend Run): peer lease events from the store watch become desired kernel state.
+// A peer whose state cannot be used is ignored (logged once) and what we had programmed for it removed. The first
+// "synced" event runs one full reconcile (which also removes what we own for peers that left while we were down)
+// and reports start-up as done. Knows nothing of processes or the kernel: unit-tested with a fake reconciler.
+import type { Backend } from "../../backends/backend.ts";
+import { formatCIDR } from "../ipmath.ts";
+import type { ReconcileCounts } from "../kernel/reconciler.ts";
+import type { StateFragment } from "../kernel/types.ts";
+import type { Lease } from "../lease.ts";
+import { logger } from "../log.ts";
+import type { PeerEvent } from "../peer-watch.ts";
+
+const log = logger("agent");
+
+/** What the loop needs of the reconciler. */
+export interface PeerTarget {
+  set(id: string, fragment: StateFragment): void;
+  delete(id: string): void;
+  fullReconcile(): Promise<ReconcileCounts>;
+  start(): void;
+}
+
+export interface PeerLoopDeps {
+  backend: Pick<Backend, "peerState">;
+  target: PeerTarget;
+  /** Our own record changed or vanished: the lease keeper decides. */
+  onOwn(lease: Lease | null): void;
+  /** The first sync is programmed: counts of the first full reconcile. */
+  onFirstSync(counts: ReconcileCounts): void;
+  /** The peer count changed after the first sync. */
+  onChange?(): void;
+}
+
+/** Programmed and ignored peers by store key, for /metrics and STATUS=. */
+export class PeerSet {
+  readonly programmed = new Set<string>();
+  readonly ignored = new Set<string>();
+}
+
+export async function runPeerLoop(events: AsyncIterable<PeerEvent>, deps: PeerLoopDeps, peers = new PeerSet()): Promise<void> {
+  const { backend, target } = deps;
+  let synced = false;
+  const ignore = (key: string, why: string) => {
+    if (!peers.ignored.has(key)) log.warn(`ignoring peer ${key}: ${why}`);
+    peers.ignored.add(key);
+    peers.programmed.delete(key);
+    target.delete(`peer:${key}`);
+  };
+  for await (const ev of events) {
+    switch (ev.type) {
+      case "added": {
+        const ps = backend.peerState(ev.lease);
+        if ("ignored" in ps) {
+          ignore(ev.key, ps.ignored);
+          break;
+        }
+        try {
+          target.set(`peer:${ev.key}`, ps.state);
+        } catch (e) {
+          ignore(ev.key, (e as Error).message); // the kernel layer's validation is the last line of defence
+          break;
+        }
+        peers.ignored.delete(ev.key);
+        const isNew = !peers.programmed.has(ev.key);
+        peers.programmed.add(ev.key);
+        log.info(`peer ${formatCIDR(ev.lease.subnet)} at ${ev.lease.attrs.publicIP} ${isNew ? "added" : "changed"}`);
+        if (synced && isNew) deps.onChange?.();
+        break;
+      }
+      case "removed": {
+        log.info(`peer ${formatCIDR(ev.lease.subnet)} at ${ev.lease.attrs.publicIP} removed`);
+        const had = peers.programmed.delete(ev.key);
+        peers.ignored.delete(ev.key);
+        target.delete(`peer:${ev.key}`);
+        if (synced && had) deps.onChange?.();
+        break;
+      }
+      case "own":
+        deps.onOwn(ev.lease);
+        break;
+      case "synced":
+        if (!synced) {
+          synced = true;
+          const counts = await target.fullReconcile();
+          target.start();
+          deps.onFirstSync(counts);
+        }
+        break;
+    }
+  }
+}
