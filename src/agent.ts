@@ -2,6 +2,7 @@
 // (docs/flannel-compat.md §10): open store -> config -> interface -> backend -> lease -> data plane -> rules ->
 // announce (subnet.env) -> follow (peer loop + lease keeper, ready after the first peer sync is programmed).
 // Data flows one way: store watch -> peer events -> backend -> desired state -> reconciler -> command queue -> kernel.
+import type { NetworkConfig } from "./config.ts";
 import { serveHealth } from "./health.ts";
 import { formatCIDR } from "./ipmath.ts";
 import { type Lease, subnetKey } from "./lease.ts";
@@ -74,7 +75,7 @@ export async function runAgent(f: Flags): Promise<number> {
 
     announceStep(c, cfg, lease, backend);
     readiness.waiting("initial peer sync");
-    await follow({ store, lease, keeper, backend, dataPlane, peers, readiness, notifier, life });
+    await follow({ store, config: cfg, lease, keeper, backend, dataPlane, peers, readiness, notifier, life });
     return await finish(keeping, life);
   } catch (e) {
     if (life.signal.aborted) return life.exitCode; // a step cut short by the stop, not a failure
@@ -124,6 +125,7 @@ async function rulesStep(rules: TrafficRules, c: StepContext): Promise<void> {
 
 interface FollowDeps {
   store: Store;
+  config: NetworkConfig;
   lease: Lease;
   keeper: LeaseKeeper;
   backend: Backend;
@@ -142,7 +144,7 @@ async function follow(d: FollowDeps): Promise<void> {
     `lease ${formatCIDR(lease.subnet)}, ${peers.programmed.size} peers${peers.ignored.size ? `, ${peers.ignored.size} ignored` : ""}`;
   try {
     await runPeerLoop(
-      watchPeers(d.store, () => ownKey, life.signal),
+      watchPeers(d.store, () => ownKey, life.signal, { config: d.config, own: () => d.keeper.lease }),
       {
         backend: d.backend,
         target: d.dataPlane.reconciler,

@@ -7,6 +7,7 @@ import { logger } from "./log.ts";
 import type { NetworkConfig } from "./config.ts";
 import { type IPNet, formatCIDR, isAligned, lastIP, netEqual, netSize, overlaps } from "./ipmath.ts";
 import { type Lease, type LeaseAttrs, LeaseRecordError, encodeLeaseAttrs, leaseFromKV, parseSubnetKey, subnetKey } from "./lease.ts";
+import { keyShapeProblem } from "./lease-validity.ts";
 import { sleep } from "./sleep.ts";
 import { type KV, type Store, SUBNETS_PREFIX } from "./store.ts";
 
@@ -148,8 +149,9 @@ export async function acquireLease(store: Store, cfg: NetworkConfig, attrs: Leas
   for (let attempt = 1; attempt <= RACE_RETRIES; attempt++) {
     const snap = await listLeases(store);
 
-    // 1. A lease (or reservation) that already carries our public IP.
-    const mine = snap.leases.find((l) => l.attrs.publicIP === attrs.publicIP);
+    // 1. A lease (or reservation) that already carries our public IP. A reservation whose key is not one subnet
+    // of this network (a whole-Network key, a wrong prefix) is never taken up.
+    const mine = snap.leases.find((l) => l.attrs.publicIP === attrs.publicIP && !badReservation(cfg, l));
     if (mine) {
       if (mine.expiresAt === null) {
         // A reservation is held as it is: refresh its attrs (e.g. VtepMAC) but never give it an expiry.
@@ -175,7 +177,8 @@ export async function acquireLease(store: Store, cfg: NetworkConfig, attrs: Leas
       continue;
     }
 
-    const taken = [...snap.leases.map((l) => l.subnet), ...snap.corrupt];
+    // Only keys shaped like one subnet of this network take one: a whole-Network key never blocks a join.
+    const taken = [...snap.leases.map((l) => l.subnet), ...snap.corrupt].filter((n) => !keyShapeProblem(cfg, n, null));
     let subnet: IPNet | null = null;
     // 2. The subnet we had before (from subnet.env), if nobody holds it now.
     const prev = opts.previousSubnet;
@@ -198,6 +201,13 @@ export async function acquireLease(store: Store, cfg: NetworkConfig, attrs: Leas
     // Another host took it between our list and our create: the next list will show it.
   }
   throw new Error(`max retries reached trying to acquire a subnet (${RACE_RETRIES} tries)`);
+}
+
+function badReservation(cfg: NetworkConfig, l: Lease): boolean {
+  if (l.expiresAt !== null) return false;
+  const why = keyShapeProblem(cfg, l.subnet, l.ipv6Subnet);
+  if (why) log.warn(`not using reservation ${subnetKey(l.subnet, l.ipv6Subnet)} for ${l.attrs.publicIP}: ${why}`);
+  return why !== null;
 }
 
 export type RenewResult = { ok: true; lease: Lease } | { ok: false; reason: "lost" | "changed" };

@@ -24,6 +24,8 @@ export interface Lease {
   expiresAt: number | null;
   /** Store revision of the record: renewal is compare-and-set on it. */
   revision: number;
+  /** Store revision at which the record was created (older wins a conflict); absent: use `revision`. */
+  createRevision?: number;
 }
 
 export class LeaseRecordError extends Error {}

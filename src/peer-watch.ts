@@ -1,7 +1,9 @@
 // Peer watch: a snapshot of every lease, then events, as Added/Removed for every peer but ourselves.
 // A record that cannot be parsed is skipped with a warning; it never reads as "no peers" (flanneld's quirk, §2).
 
+import type { NetworkConfig } from "./config.ts";
 import { type Lease, subnetKey } from "./lease.ts";
+import { usablePeerEvents } from "./lease-validity.ts";
 import { leaseEquals, listLeases, parseLeaseRecord } from "./lease-protocol.ts";
 import { type Store, SUBNETS_PREFIX } from "./store.ts";
 
@@ -13,7 +15,14 @@ export type PeerEvent =
   /** Our own record changed or vanished (expired, deleted by hand): the agent decides what to do. */
   | { type: "own"; lease: Lease | null };
 
-export async function* watchPeers(store: Store, ownKey: () => string, signal: AbortSignal): AsyncGenerator<PeerEvent> {
+/** With `usable`, only records that pass the lease validity rules (src/lease-validity.ts) become peers. */
+export async function* watchPeers(
+  store: Store,
+  ownKey: () => string,
+  signal: AbortSignal,
+  usable?: { config: NetworkConfig; own: () => Lease | null },
+): AsyncGenerator<PeerEvent> {
+  if (usable) return yield* usablePeerEvents(watchPeers(store, ownKey, signal), usable.config, usable.own);
   const known = new Map<string, Lease>();
 
   // Diffs a full list against what we know: Added for new or changed peers, Removed for vanished ones.

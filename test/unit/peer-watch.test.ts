@@ -3,24 +3,13 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { encodeLeaseAttrs } from "../../src/lease.ts";
-import { type PeerEvent, watchPeers } from "../../src/peer-watch.ts";
+import { watchPeers } from "../../src/peer-watch.ts";
+import { collect } from "../helpers/events.ts";
 import { SqliteStore } from "../../stores/sqlite.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "fb-pw-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const val = (ip: string) => encodeLeaseAttrs({ publicIP: ip, publicIPv6: null, backendType: "host-gw" });
-
-/** Collects events until `until` says stop, bounded by a deadline. */
-async function collect(it: AsyncGenerator<PeerEvent>, until: (evs: PeerEvent[]) => boolean, ms = 5000): Promise<PeerEvent[]> {
-  const evs: PeerEvent[] = [];
-  const deadline = Date.now() + ms;
-  while (!until(evs) && Date.now() < deadline) {
-    const r = await Promise.race([it.next(), Bun.sleep(deadline - Date.now()).then(() => null)]);
-    if (!r || r.done) break;
-    evs.push(r.value);
-  }
-  return evs;
-}
 
 test("snapshot then events, never our own lease, corrupt records skipped without removing the peer", async () => {
   const s = SqliteStore.open(join(dir, "pw.db"));

@@ -1,0 +1,259 @@
+// Which lease records may be used: a record is used only if it can describe nothing but itself (issue 12).
+// Checked once, above the stores, for the peer watch and the lease protocol alike:
+// - its key has the shape of one subnet of this network (prefix == SubnetLen, inside Network, no host bits; the
+//   IPv6 twin likewise): a whole-Network or oversized key is ignored and never counts as taking subnets;
+// - its PublicIP (PublicIPv6) is a unicast address outside the reserved ranges, its VtepMAC a non-zero unicast MAC;
+// - it takes no subnet and no VtepMAC that a lease created earlier holds: the older creation revision wins, so a
+//   newly written record can never move another host's traffic, and the older one stays programmed.
+// The reason a record is not used is logged once per record (again only if the reason changes).
+
+import { checkUnicastMac } from "../backends/vxlan.ts";
+import type { NetworkConfig } from "./config.ts";
+import { type IPNet, containsNet, formatCIDR, isAligned, parseIP } from "./ipmath.ts";
+import { type Lease, foldKeys, subnetKey } from "./lease.ts";
+import { logger } from "./log.ts";
+import { logText } from "./log-text.ts";
+import type { PeerEvent } from "./peer-watch.ts";
+import { reservedRange } from "./reserved-addresses.ts";
+
+const log = logger("lease");
+
+/** Why a subnet key cannot be one lease of this network; null if it can. Such a record never takes a subnet. */
+export function keyShapeProblem(cfg: NetworkConfig, subnet: IPNet, ipv6Subnet: IPNet | null): string | null {
+  if (cfg.enableIPv4 && cfg.network) {
+    const p = netShapeProblem(subnet, cfg.network, cfg.subnetLen, "SubnetLen");
+    if (p) return p;
+  }
+  if (ipv6Subnet && cfg.enableIPv6 && cfg.ipv6Network) {
+    const p = netShapeProblem(ipv6Subnet, cfg.ipv6Network, cfg.ipv6SubnetLen, "IPv6SubnetLen");
+    if (p) return `IPv6 part: ${p}`;
+  }
+  return null;
+}
+
+function netShapeProblem(n: IPNet, network: IPNet, len: number, lenName: string): string | null {
+  if (n.prefix !== len) return `prefix /${n.prefix} is not the network's ${lenName} /${len}`;
+  if (!isAligned(n.ip, n.prefix, n.family)) return "subnet has host bits set";
+  if (!containsNet(network, n)) return `subnet ${formatCIDR(n)} is outside the Network ${formatCIDR(network)}`;
+  return null;
+}
+
+/** Why a lease's value cannot be used (underlay address, VTEP MAC); null if it can. */
+export function valueProblem(lease: Lease): string | null {
+  const v4 = addressProblem(lease.attrs.publicIP, 4);
+  if (v4) return `PublicIP ${v4}`;
+  if (lease.attrs.publicIPv6 !== null) {
+    const v6 = addressProblem(lease.attrs.publicIPv6, 6);
+    if (v6) return `PublicIPv6 ${v6}`;
+  }
+  for (const [field, data] of [
+    ["BackendData", lease.attrs.backendData],
+    ["BackendV6Data", lease.attrs.backendV6Data],
+  ] as const) {
+    const m = readMac(data);
+    if (m && "error" in m) return `${field} ${m.error}`;
+  }
+  return null;
+}
+
+function addressProblem(s: string, family: 4 | 6): string | null {
+  const ip = parseIP(s);
+  if (ip?.family !== family) return `is not an IPv${family} address: ${logText(s)}`;
+  const r = reservedRange({ family, ip: ip.value, prefix: family === 4 ? 32 : 128 });
+  return r ? `${s} is in ${r}, not a host's unicast address` : null;
+}
+
+/** The VtepMAC in BackendData (normalised), an error, or null if there is none. */
+function readMac(data: unknown): { mac: string } | { error: string } | null {
+  if (!data || typeof data !== "object" || Array.isArray(data)) return null;
+  const v = foldKeys(data as Record<string, unknown>).vtepmac;
+  if (v === undefined || v === null) return null;
+  return checkUnicastMac(v);
+}
+
+/** The lease's VTEP MACs (IPv4 and IPv6 data), normalised; only for leases whose value passed valueProblem. */
+function macsOf(lease: Lease): string[] {
+  const out: string[] = [];
+  for (const d of [lease.attrs.backendData, lease.attrs.backendV6Data]) {
+    const m = readMac(d);
+    if (m && "mac" in m && !out.includes(m.mac)) out.push(m.mac);
+  }
+  return out;
+}
+
+/** Why a lease cannot be used on its own (shape or value); null if it can, conflicts aside. */
+export function leaseProblem(cfg: NetworkConfig, lease: Lease): string | null {
+  return keyShapeProblem(cfg, lease.subnet, lease.ipv6Subnet) ?? valueProblem(lease);
+}
+
+const createdAt = (l: Lease): number => l.createRevision ?? l.revision;
+
+/**
+ * The set of usable peer leases, kept up to date as records come and go. Conflicts (one subnet or one VTEP MAC
+ * claimed by several records) are settled by creation revision, oldest first, within the group of records that
+ * share something, so a change costs the size of its group, not of the cluster. Our own lease always wins here:
+ * a record claiming our subnet or our MAC is never programmed on this host.
+ */
+export class UsablePeers {
+  /** Every record seen, usable or not, by key. */
+  private readonly records = new Map<string, Lease>();
+  /** Keys whose record is usable now. */
+  private readonly usable = new Set<string>();
+  /** The reason last logged per unusable key (logged once per record and reason). */
+  private readonly logged = new Map<string, string>();
+  /** Resource ("4:<ip>", "6:<ip>", "mac:<mac>") -> keys claiming it. */
+  private readonly claims = new Map<string, Set<string>>();
+
+  constructor(
+    private readonly cfg: NetworkConfig,
+    /** Our own lease (null before we hold one). */
+    private readonly own: () => Lease | null,
+  ) {}
+
+  /** Records a new or changed record; returns the keys whose usability or lease changed (to diff against). */
+  set(key: string, lease: Lease): Set<string> {
+    const old = this.records.get(key);
+    const group = new Set<string>([key]);
+    if (old) this.unclaim(key, old, group);
+    this.records.set(key, lease);
+    for (const r of this.resources(lease)) {
+      let s = this.claims.get(r);
+      if (!s) this.claims.set(r, (s = new Set()));
+      for (const k of s) group.add(k);
+      s.add(key);
+    }
+    return this.settle(group);
+  }
+
+  /** Forgets a record; returns the keys whose usability changed. */
+  delete(key: string): Set<string> {
+    const old = this.records.get(key);
+    if (!old) return new Set();
+    const group = new Set<string>([key]);
+    this.unclaim(key, old, group);
+    this.records.delete(key);
+    this.usable.delete(key);
+    this.logged.delete(key);
+    return this.settle(group);
+  }
+
+  isUsable(key: string): boolean {
+    return this.usable.has(key);
+  }
+
+  get(key: string): Lease | undefined {
+    return this.records.get(key);
+  }
+
+  get ignoredCount(): number {
+    return this.records.size - this.usable.size;
+  }
+
+  private resources(l: Lease): string[] {
+    const r = [`4:${l.subnet.ip}`];
+    if (l.ipv6Subnet) r.push(`6:${l.ipv6Subnet.ip}`);
+    for (const m of macsOf(l)) r.push(`mac:${m}`);
+    return r;
+  }
+
+  private unclaim(key: string, old: Lease, group: Set<string>): void {
+    for (const r of this.resources(old)) {
+      const s = this.claims.get(r);
+      if (!s) continue;
+      s.delete(key);
+      for (const k of s) group.add(k);
+      if (s.size === 0) this.claims.delete(r);
+    }
+  }
+
+  /** Re-decides every record connected to `seed` through shared resources, oldest first. */
+  private settle(seed: Set<string>): Set<string> {
+    // Widen to the whole conflict group: records sharing a resource with any member.
+    const group = new Set<string>();
+    const todo = [...seed];
+    while (todo.length) {
+      const k = todo.pop()!;
+      if (group.has(k)) continue;
+      group.add(k);
+      const l = this.records.get(k);
+      if (!l) continue;
+      for (const r of this.resources(l)) for (const o of this.claims.get(r) ?? []) if (!group.has(o)) todo.push(o);
+    }
+    const members = [...group].filter((k) => this.records.has(k));
+    members.sort((a, b) => createdAt(this.records.get(a)!) - createdAt(this.records.get(b)!) || (a < b ? -1 : a > b ? 1 : 0));
+    const holder = new Map<string, string>(); // resource -> key that holds it
+    const own = this.own();
+    if (own) for (const r of this.resources(own)) holder.set(r, "our own lease");
+    const changed = new Set<string>(seed);
+    for (const k of members) {
+      const l = this.records.get(k)!;
+      let why = leaseProblem(this.cfg, l);
+      if (!why) {
+        for (const r of this.resources(l)) {
+          const h = holder.get(r);
+          if (h === undefined) continue;
+          why = r.startsWith("mac:")
+            ? `VtepMAC ${r.slice(4)} is in use by ${h}${h.startsWith("subnets/") ? ", created earlier" : ""}`
+            : `${r.startsWith("6:") ? "IPv6 subnet" : "subnet"} overlaps ${h}${h.startsWith("subnets/") ? ", created earlier" : ""}`;
+          break;
+        }
+      }
+      const was = this.usable.has(k);
+      if (why) {
+        this.usable.delete(k);
+        if (this.logged.get(k) !== why) log.warn(`ignoring lease ${k}: ${why}`);
+        this.logged.set(k, why);
+      } else {
+        for (const r of this.resources(l)) holder.set(r, k);
+        this.usable.add(k);
+        this.logged.delete(k);
+      }
+      if (was !== this.usable.has(k)) changed.add(k);
+    }
+    return changed;
+  }
+}
+
+/** The key a lease is stored under. */
+export const keyOfLease = (l: Lease): string => subnetKey(l.subnet, l.ipv6Subnet);
+
+/**
+ * Passes a raw peer event stream through UsablePeers: Added/Removed only for usable records, Removed when a
+ * record stops being usable, Added when one becomes usable (its older rival left). The initial snapshot is decided
+ * as a whole, so the order records are listed in never makes a newer record flash into the kernel.
+ */
+export async function* usablePeerEvents(
+  events: AsyncIterable<PeerEvent>,
+  cfg: NetworkConfig,
+  own: () => Lease | null,
+): AsyncGenerator<PeerEvent> {
+  const sel = new UsablePeers(cfg, own);
+  const emitted = new Map<string, Lease>();
+  let initial = true;
+  const pending = new Set<string>();
+  function* diff(keys: Iterable<string>): Generator<PeerEvent> {
+    for (const key of keys) {
+      const want = sel.isUsable(key) ? sel.get(key)! : null;
+      const had = emitted.get(key);
+      if (want && had !== want) {
+        emitted.set(key, want);
+        yield { type: "added", key, lease: want };
+      } else if (!want && had) {
+        emitted.delete(key);
+        yield { type: "removed", key, lease: had };
+      }
+    }
+  }
+  for await (const ev of events) {
+    if (ev.type === "added" || ev.type === "removed") {
+      const changed = ev.type === "added" ? sel.set(ev.key, ev.lease) : sel.delete(ev.key);
+      if (initial) for (const k of changed) pending.add(k);
+      else yield* diff(changed);
+    } else if (ev.type === "synced") {
+      if (initial) yield* diff(pending);
+      initial = false;
+      pending.clear();
+      yield { type: "synced", peers: emitted.size };
+    } else yield ev;
+  }
+}
