@@ -29,3 +29,67 @@ if [ ! -x node_modules/.bin/bun ] || [ package.json -nt node_modules/.package-lo
   # npm install, not npm ci: npm 11's ci refuses this lock over cbor-extract's per-platform optional packages.
   npm install --no-fund --no-audit --loglevel=error
 fi
+
+# Test peers, built from source with Go (only the interop and current-NATS tests use them; none of their code is in
+# this repository): flanneld, a current nats-server (Debian's 2.9.10 lacks per-key TTL) and the nats CLI. Pinned to
+# exact versions, built only when missing or another version (a stamp beside each binary names what it was built
+# from), cached across runs in one GOPATH/GOCACHE. The first build takes minutes, later runs a second. Tests find them
+# in $peer_bin (test/helpers/peers.ts).
+peer_root=/var/cache/flannel-bin-test
+peer_bin=$peer_root/bin
+peers=(
+  "nats-server github.com/nats-io/nats-server/v2 v2.15.2"
+  "nats github.com/nats-io/natscli/nats v0.5.0"
+  "flannel github.com/flannel-io/flannel v0.28.9"
+)
+go_bin=$(command -v go || echo /usr/local/go/bin/go)
+go_env=(GOPATH="$peer_root/go" GOCACHE="$peer_root/go/cache" GOMODCACHE="$peer_root/go/pkg/mod" GOFLAGS=-modcacherw
+  GOTOOLCHAIN=local CGO_ENABLED=0) # static binaries
+
+# flanneld: `go install github.com/flannel-io/flannel@v0.28.9` cannot work where the module proxy serves no version of
+# tencentcloud-sdk-go/tencentcloud/vpc (flanneld's Tencent Cloud VPC backend). So: the same module source, copied out
+# of the module cache, built without that backend and without the udp one (cgo only; flannel-bin has neither), the
+# version string set as flannel's Makefile sets it.
+build_flanneld() {
+  local version=$1 dir src
+  dir=$(env "${go_env[@]}" "$go_bin" mod download -json "github.com/flannel-io/flannel@$version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  [ -f "$dir/main.go" ] || { echo "setup: go mod download of flannel $version gave no source" >&2; return 1; }
+  src=$peer_root/src/flannel-$version
+  rm -rf "$src" && mkdir -p "$peer_root/src" && cp -r "$dir" "$src" && chmod -R u+w "$src"
+  sed -i -e '\#"github.com/flannel-io/flannel/pkg/backend/tencentvpc"#d' -e '\#"github.com/flannel-io/flannel/pkg/backend/udp"#d' "$src/main.go"
+  (cd "$src" && env "${go_env[@]}" "$go_bin" mod edit -droprequire=github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/vpc &&
+    env "${go_env[@]}" "$go_bin" build -mod=mod -trimpath -o "$peer_bin/flannel" \
+      -ldflags "-s -w -X github.com/flannel-io/flannel/pkg/version.Version=$version" .)
+}
+
+if [ ! -x "$go_bin" ]; then
+  missing=()
+  for p in "${peers[@]}"; do read -r name _ _ <<<"$p"; [ -x "$peer_bin/$name" ] || missing+=("$name"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: the Go toolchain is not installed (no go on PATH nor /usr/local/go/bin/go): cannot build the test peers ${missing[*]}" >&2
+    echo "setup: install Go (https://go.dev/doc/install, or Debian's golang-go if new enough) and run scripts/setup.sh again;" >&2
+    echo "setup: until then the interop and current-NATS tests fail, naming the missing binary" >&2
+  fi
+else
+  mkdir -p "$peer_bin" "$peer_root/go"
+  # One build at a time even when two checkouts run setup together.
+  exec 9>"$peer_root/.lock"
+  flock 9
+  for p in "${peers[@]}"; do
+    read -r name module version <<<"$p"
+    stamp=$peer_bin/.$name.built
+    [ -x "$peer_bin/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$module@$version" ] && continue
+    echo "setup: building test peer $name ($module@$version) into $peer_bin; the first build takes minutes"
+    rm -f "$stamp"
+    if [ "$name" = flannel ]; then
+      build_flanneld "$version"
+    else
+      env "${go_env[@]}" GOBIN="$peer_bin" "$go_bin" install "$module@$version"
+    fi || {
+      echo "setup: building $name ($module@$version) failed (Go $("$go_bin" env GOVERSION)); see the errors above" >&2
+      exit 1
+    }
+    echo "$module@$version" >"$stamp"
+  done
+  exec 9>&-
+fi
