@@ -18,7 +18,15 @@ import {
 import { NFT_FAMILY, NFT_TABLE, nftChains, nftProblems, nftScript, parseNftList } from "./nft-text.ts";
 import type { EngineKind, RuleSet } from "./types.ts";
 
-export class RulesError extends Error {}
+export class RulesError extends Error {
+  /** What was sent (a restore payload or nft script), for the log; kept out of /readyz. */
+  constructor(
+    message: string,
+    readonly input?: string,
+  ) {
+    super(message);
+  }
+}
 
 /** One read of the current state against the wanted rules: what is wrong, and how to fix it. */
 export interface Inspection {
@@ -39,10 +47,7 @@ export interface Engine {
 
 async function must(exec: Exec, argv: string[], stdin?: string): Promise<string> {
   const r = await exec(argv, stdin);
-  if (r.code !== 0) {
-    const what = stdin ? `${argv.join(" ")} (input:\n${stdin.trimEnd()})` : argv.join(" ");
-    throw new RulesError(`${what} failed (exit ${r.code}): ${r.stderr.trim() || r.stdout.trim()}`);
-  }
+  if (r.code !== 0) throw new RulesError(`${argv.join(" ")} failed (exit ${r.code}): ${r.stderr.trim() || r.stdout.trim()}`, stdin);
   return r.stdout;
 }
 

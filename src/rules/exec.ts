@@ -17,7 +17,8 @@ export function makeExec(netns?: string): Exec {
     const cmd = netns ? ["ip", "netns", "exec", netns, ...argv] : argv;
     let p: ReturnType<typeof Bun.spawn>;
     try {
-      p = Bun.spawn(cmd, { stdin: stdin === undefined ? "ignore" : "pipe", stdout: "pipe", stderr: "pipe" });
+      // env: process.env, not the start-up environment Bun would pass (NOTIFY_SOCKET is removed from it at start).
+      p = Bun.spawn(cmd, { stdin: stdin === undefined ? "ignore" : "pipe", stdout: "pipe", stderr: "pipe", env: process.env });
     } catch (e) {
       return { code: 127, stdout: "", stderr: (e as Error).message };
     }

@@ -123,7 +123,7 @@ export function planIptables(spec: IptChainSpec, present: boolean, saved: SavedT
     if (exists) lines.push(`:${spec.chain} - [0:0]`, `-X ${spec.chain}`);
     return { problems, lines };
   }
-  if (!exists) problems.push(`${spec.table} ${spec.chain} chain missing`);
+  if (!exists) problems.push(`${spec.table} ${spec.chain} chain missing`, ...spec.rules.map((r) => `${spec.table} rule missing: ${r}`));
   else if (!sameList(have, spec.rules)) {
     const missing = spec.rules.filter((r) => !have.includes(r));
     for (const r of missing) problems.push(`${spec.table} rule missing: ${r}`);

@@ -48,14 +48,6 @@ export interface TrafficRulesStep {
   readonly stats: TrafficRulesStats;
 }
 
-/** A step with nothing to do (no rules asked for and nothing to clean up). */
-export const NO_TRAFFIC_RULES: TrafficRulesStep = {
-  install: async () => true,
-  run: async () => {},
-  missing: () => [],
-  stats: { repaired: 0, failures: 0 },
-};
-
 // A blackhole route sits behind the connected route of the same prefix (cni0/docker0 has metric 0): a high metric
 // keeps `ip route replace` from ever replacing that route.
 const BLACKHOLE_METRIC = "4294967295";
@@ -147,10 +139,11 @@ export class TrafficRules implements TrafficRulesStep {
     const engine = this.engine;
     const rs = this.ruleSet;
     if (!engine || !rs) return false;
+    let problems: string[] = [];
     try {
       const insp = await engine.inspect(rs, first);
       const bh = this.o.blackhole ? await this.blackholeMissing() : false;
-      const problems = [...insp.problems, ...(bh ? [`blackhole route for ${rs.subnet} missing`] : [])];
+      problems = [...insp.problems, ...(bh ? [`blackhole route for ${rs.subnet} missing`] : [])];
       if (problems.length > 0) {
         await insp.fix();
         if (bh) await this.addBlackhole();
@@ -169,18 +162,22 @@ export class TrafficRules implements TrafficRulesStep {
       this.lastError = "";
       return true;
     } catch (e) {
-      this.failed(e);
+      this.failed(e, problems);
       return false;
     }
   }
 
-  private failed(e: unknown): void {
+  /** Counts a failed check or fix; /readyz then lists what is missing, then the error. */
+  private failed(e: unknown, missing: string[] = []): void {
     this.stats.failures++;
     const msg = (e as Error).message;
     // Logged once per distinct error, not every period.
-    if (msg !== this.lastError) this.o.log.error(`traffic rules: ${msg} (retrying every ${this.o.resyncMs / 1000} s)`);
+    if (msg !== this.lastError) {
+      const input = e instanceof RulesError && e.input ? `; input was:\n${e.input.trimEnd()}` : "";
+      this.o.log.error(`traffic rules: ${msg} (retrying every ${this.o.resyncMs / 1000} s)${input}`);
+    }
     this.lastError = msg;
-    this.problems = [msg.length > 300 ? `${msg.slice(0, 300)}…` : msg];
+    this.problems = [...missing, msg.length > 300 ? `${msg.slice(0, 300)}…` : msg];
   }
 
   async run(signal: AbortSignal): Promise<void> {
