@@ -65,7 +65,7 @@ export async function runAgent(f: Flags): Promise<number> {
     const keeping = keepLease(keeper, lease, life);
 
     dataPlane = new DataPlane({ backend, lease, reconcileIntervalMs: Number(f["reconcile-interval"]), readiness, signal: life.signal });
-    health.metrics = metricsOf(readiness, keeper, peers, stats, dataPlane);
+    health.metrics = metricsOf(readiness, keeper, peers, stats, dataPlane, () => rules?.stats?.() ?? null);
     if (!(await dataPlane.setUp())) return await finish(keeping, life);
     enableIPForward();
 
@@ -170,7 +170,14 @@ async function follow(d: FollowDeps): Promise<void> {
   }
 }
 
-function metricsOf(readiness: Readiness, keeper: LeaseKeeper, peers: PeerSet, stats: { storeErrors: number }, dp: DataPlane) {
+function metricsOf(
+  readiness: Readiness,
+  keeper: LeaseKeeper,
+  peers: PeerSet,
+  stats: { storeErrors: number },
+  dp: DataPlane,
+  rules: () => { repaired: number; failures: number } | null,
+) {
   return () =>
     renderMetrics({
       ready: () => readiness.ready,
@@ -181,5 +188,6 @@ function metricsOf(readiness: Readiness, keeper: LeaseKeeper, peers: PeerSet, st
       storeErrors: () => stats.storeErrors,
       queue: () => dp.queue.stats(),
       reconcile: () => dp.reconciler.totals,
+      rules,
     });
 }

@@ -203,7 +203,29 @@ export const RUN_FLAGS = {
   },
   "ip-masq": {
     type: "boolean",
-    description: "written to subnet.env as FLANNEL_IPMASQ (masquerade rules are not installed yet)",
+    description: "set up IP masquerade for traffic leaving the flannel network (FLANNEL_IPMASQ=true in subnet.env)",
+    default: false,
+  },
+  "ip-masq-fully-random-disable": {
+    type: "boolean",
+    description: "no --random-fully (nftables: fully-random) on the masquerade rules",
+    default: false,
+  },
+  "iptables-forward-rules": {
+    type: "boolean",
+    description: "accept traffic from and to the flannel network in the FORWARD chain (Docker sets its policy to DROP)",
+    default: true,
+  },
+  "iptables-resync": {
+    type: "int",
+    description: "seconds between checks (and repairs) of the traffic rules and the blackhole route",
+    default: 5,
+    min: 1,
+    max: 86400,
+  },
+  "ip-blackhole-route": {
+    type: "boolean",
+    description: "keep a blackhole route for our own subnet (dropped instead of sent to the default route)",
     default: false,
   },
   "reconcile-interval": {

@@ -10,6 +10,7 @@ export interface MetricsSource {
   storeErrors: () => number;
   queue: () => { sent: number; failed: number; retried: number; batches: number } | null;
   reconcile: () => { fullRuns: number; removed: number; repaired: number } | null;
+  rules?: () => { repaired: number; failures: number } | null;
 }
 
 type Sample = [name: string, type: "gauge" | "counter", help: string, value: number | null | undefined];
@@ -18,6 +19,7 @@ export function renderMetrics(m: MetricsSource): string {
   const q = m.queue();
   const r = m.reconcile();
   const exp = m.leaseExpiresAt();
+  const rules = m.rules?.();
   const samples: Sample[] = [
     ["flannel_bin_ready", "gauge", "1 once the lease is held, subnet.env written and peers programmed", m.ready() ? 1 : 0],
     [
@@ -37,6 +39,13 @@ export function renderMetrics(m: MetricsSource): string {
     ["flannel_bin_reconcile_runs_total", "counter", "full kernel reconciles", r?.fullRuns],
     ["flannel_bin_reconcile_repaired_total", "counter", "kernel entries found missing or changed and put back", r?.repaired],
     ["flannel_bin_reconcile_removed_total", "counter", "stale kernel entries we owned and removed", r?.removed],
+    [
+      "flannel_bin_rules_repaired_total",
+      "counter",
+      "traffic rules (iptables/nftables, blackhole route) found missing and put back",
+      rules?.repaired,
+    ],
+    ["flannel_bin_rules_sync_failures_total", "counter", "traffic rule checks or fixes that failed (retried)", rules?.failures],
   ];
   let out = "";
   for (const [name, type, help, v] of samples) {

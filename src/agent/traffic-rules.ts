@@ -4,6 +4,7 @@
 import type { NetworkConfig } from "../config.ts";
 import type { FlagValue } from "../flags.ts";
 import type { Lease } from "../lease.ts";
+import { agentTrafficRules } from "../rules/step.ts";
 
 export interface TrafficRulesContext {
   config: NetworkConfig;
@@ -21,6 +22,8 @@ export interface TrafficRules {
   ready(): string | null;
   /** Stops periodic resyncs. Rules stay in place on exit, as flanneld leaves them. */
   stop(): void;
+  /** Repairs and failed syncs so far, for /metrics. */
+  stats?(): { repaired: number; failures: number };
 }
 
 /** No rule engine: nothing to install, always in place. */
@@ -30,7 +33,15 @@ export const noTrafficRules: TrafficRules = {
   stop: () => {},
 };
 
-/** The one place that picks a rule engine for the agent. */
-export function createTrafficRules(_ctx: TrafficRulesContext): TrafficRules {
-  return noTrafficRules;
+/** The one place that picks a rule engine for the agent: src/rules/ (iptables, or nftables with "EnableNFTables"). */
+export function createTrafficRules(ctx: TrafficRulesContext): TrafficRules {
+  if (!ctx.config.network) return noTrafficRules; // IPv4 rules only; no IPv4 network, nothing to install
+  return agentTrafficRules({
+    flags: ctx.flags,
+    network: ctx.config.network,
+    subnet: ctx.lease.subnet,
+    nftables: ctx.config.enableNFTables,
+    subnetFile: ctx.subnetFile,
+    signal: ctx.signal,
+  });
 }
