@@ -114,11 +114,19 @@ export function foldKeys(o: Record<string, unknown>): Record<string, unknown> {
 }
 
 /** Builds a Lease from a store record, or throws LeaseRecordError naming the key and the problem. */
-export function leaseFromKV(kv: { key: string; value: Uint8Array; revision: number; expiresAt: number | null }): Lease {
+export function leaseFromKV(kv: {
+  key: string;
+  value: Uint8Array;
+  revision: number;
+  expiresAt: number | null;
+  createRevision?: number;
+}): Lease {
   const sn = parseSubnetKey(kv.key);
   if (!sn) throw new LeaseRecordError(`not a subnet key: ${logText(kv.key)}`);
   try {
-    return { ...sn, attrs: decodeLeaseAttrs(kv.value), expiresAt: kv.expiresAt, revision: kv.revision };
+    const lease: Lease = { ...sn, attrs: decodeLeaseAttrs(kv.value), expiresAt: kv.expiresAt, revision: kv.revision };
+    if (kv.createRevision !== undefined) lease.createRevision = kv.createRevision;
+    return lease;
   } catch (e) {
     throw new LeaseRecordError(`${kv.key}: ${(e as Error).message}`);
   }

@@ -28,6 +28,11 @@ export interface KV {
   revision: Revision;
   /** Epoch milliseconds; null = never expires (a reservation, or the config). */
   expiresAt: number | null;
+  /**
+   * Store revision at which the key was created (etcd create_revision; SQLite and NATS keep it in the record and
+   * carry it over on update). Unchanged by renewals: the lease validity rules let the older of two records win.
+   */
+  createRevision?: Revision;
 }
 
 export interface WriteOptions {

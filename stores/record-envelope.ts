@@ -1,5 +1,6 @@
 // The record envelope of the stores that keep expiry in the value (SQLite, NATS 2.9/2.10): a CBOR map
-// { v: bytes (the value), e: expiresAt epoch ms or null, o?: the hostname that wrote it }.
+// { v: bytes (the value), e: expiresAt epoch ms or null, o?: the hostname that wrote it, c?: the revision the key
+// was created at (absent on the creating write, whose own revision it is; copied forward by every update) }.
 // Records come from a file or a server anyone may write to: decoding validates the shape and says what is wrong.
 
 // Not the package root: its entry loads the cbor-extract native addon, which misreads records and can crash Bun
@@ -11,13 +12,15 @@ export interface Envelope {
   v: Uint8Array;
   e: number | null;
   o?: string;
+  c?: number;
 }
 
 const encoder = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false, variableMapSize: true });
 const decoder = new Decoder({ useRecords: false, mapsAsObjects: true });
 
-export function encodeEnvelope(value: Uint8Array, expiresAt: number | null, owner?: string): Uint8Array {
+export function encodeEnvelope(value: Uint8Array, expiresAt: number | null, owner?: string, created?: number): Uint8Array {
   const rec: Envelope = owner === undefined ? { v: value, e: expiresAt } : { v: value, e: expiresAt, o: owner };
+  if (created !== undefined) rec.c = created;
   // Copy: the encoder reuses its buffer, and writes are async.
   return new Uint8Array(encoder.encode(rec));
 }
@@ -38,10 +41,15 @@ export function decodeEnvelope(data: unknown): Envelope | string {
     return `field "e" is neither null nor an epoch-ms integer`;
   }
   if (r.o !== undefined && typeof r.o !== "string") return `field "o" is not a string`;
+  if (r.c !== undefined && !(typeof r.c === "number" && Number.isSafeInteger(r.c) && r.c > 0)) return `field "c" is not a revision`;
   // Copy: cbor-x may hand out a view of the message buffer.
   const out: Envelope = { v: new Uint8Array(r.v), e: r.e as number | null };
   if (r.o !== undefined) out.o = r.o as string;
+  if (r.c !== undefined) out.c = r.c as number;
   return out;
 }
+
+/** The revision the key was created at: recorded, or this write's own revision if it was the creating one. */
+export const envelopeCreated = (rec: Envelope, revision: number): number => rec.c ?? revision;
 
 export const envelopeExpired = (rec: Envelope, now = Date.now()): boolean => rec.e !== null && rec.e <= now;

@@ -27,7 +27,7 @@ import {
   type WriteOptions,
 } from "../src/store.ts";
 import { checkKey, checkPrefix, checkRevision, checkTtl, checkValue, errorText } from "./arguments.ts";
-import { decodeEnvelope, encodeEnvelope } from "./record-envelope.ts";
+import { decodeEnvelope, encodeEnvelope, envelopeCreated } from "./record-envelope.ts";
 
 const log = consola.withTag("store:sqlite");
 const KIND = "sqlite";
@@ -195,7 +195,8 @@ export class SqliteStore implements Store {
       const now = Date.now();
       const cur = this.currentRow(key);
       if (!cur || isExpired(cur, now) || cur.revision !== revision) return null;
-      return this.putRow(key, value, ttlMs, now);
+      const old = decodeEnvelope(cur.record);
+      return this.putRow(key, value, ttlMs, now, typeof old === "string" ? undefined : envelopeCreated(old, cur.revision));
     });
   }
 
@@ -276,9 +277,9 @@ export class SqliteStore implements Store {
     return rev;
   }
 
-  private putRow(key: string, value: Uint8Array, ttlMs: number | null, now: number): Revision {
+  private putRow(key: string, value: Uint8Array, ttlMs: number | null, now: number, created?: Revision): Revision {
     const expiresAt = ttlMs === null ? null : now + ttlMs;
-    const record = encodeEnvelope(value, expiresAt);
+    const record = encodeEnvelope(value, expiresAt, undefined, created);
     const rev = this.appendChange(key, "put", record, now);
     this.db.query("INSERT OR REPLACE INTO kv(key, revision, expires_at, record) VALUES (?, ?, ?, ?)").run(key, rev, expiresAt, record);
     return rev;
@@ -406,7 +407,7 @@ function rowToKV(row: Row): KV | string {
   const rec = decodeEnvelope(row.record);
   if (typeof rec === "string") return rec;
   if (rec.e !== row.expires_at) return "expiry in the record does not match the expires_at column";
-  return { key: row.key, value: rec.v, revision: row.revision, expiresAt: rec.e };
+  return { key: row.key, value: rec.v, revision: row.revision, expiresAt: rec.e, createRevision: envelopeCreated(rec, row.revision) };
 }
 
 function changeToEvent(row: ChangeRow): WatchEvent | string {
@@ -414,7 +415,10 @@ function changeToEvent(row: ChangeRow): WatchEvent | string {
   if (row.op !== "put") return `unknown op "${row.op}"`;
   const rec = decodeEnvelope(row.record);
   if (typeof rec === "string") return rec;
-  return { type: "put", kv: { key: row.key, value: rec.v, revision: row.revision, expiresAt: rec.e } };
+  return {
+    type: "put",
+    kv: { key: row.key, value: rec.v, revision: row.revision, expiresAt: rec.e, createRevision: envelopeCreated(rec, row.revision) },
+  };
 }
 
 function isExpired(row: Row, now: number): boolean {

@@ -13,6 +13,8 @@ export interface RawKV {
   key: string;
   value: Uint8Array;
   revision: number;
+  /** create_revision: when the key was (last) created. */
+  createRevision: number;
   /** Decimal lease ID; "0" = no lease. */
   lease: string;
 }
@@ -58,7 +60,10 @@ export class EtcdKeys {
     } catch (e) {
       throw new Error(`${etcdKey}: ${(e as Error).message}`);
     }
-    return { key, value, revision: int64(o.mod_revision, `${etcdKey} mod_revision`), lease: leaseId(o.lease) };
+    const revision = int64(o.mod_revision, `${etcdKey} mod_revision`);
+    // A delete event's kv has no create_revision; a put's always has one.
+    const createRevision = o.create_revision === undefined ? revision : int64(o.create_revision, `${etcdKey} create_revision`);
+    return { key, value, revision, createRevision, lease: leaseId(o.lease) };
   }
 
   parseKVs(kvs: unknown, what: string): RawKV[] {
@@ -119,7 +124,7 @@ export class LeaseExpiries {
     for (const r of raw) {
       const e = r.lease === "0" ? null : exp.get(r.lease)!;
       if (e === "expired") continue;
-      out.push({ key: r.key, value: r.value, revision: r.revision, expiresAt: e });
+      out.push({ key: r.key, value: r.value, revision: r.revision, expiresAt: e, createRevision: r.createRevision });
     }
     return out;
   }

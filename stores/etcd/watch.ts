@@ -81,7 +81,11 @@ export async function* etcdWatch(
           } else {
             const exp = await leases.of(raw.lease);
             // An already-expired lease: etcd is deleting the key; its delete event follows.
-            if (exp !== "expired") yield { type: "put", kv: { key: raw.key, value: raw.value, revision: raw.revision, expiresAt: exp } };
+            if (exp !== "expired")
+              yield {
+                type: "put",
+                kv: { key: raw.key, value: raw.value, revision: raw.revision, expiresAt: exp, createRevision: raw.createRevision },
+              };
           }
           next = raw.revision + 1;
         }

@@ -17,7 +17,7 @@
 import { hostname } from "node:os";
 import type { KV, ListResult, Revision, Store, WatchEvent, WriteOptions } from "../../src/store.ts";
 import { checkKey, checkPrefix, checkRevision, checkTtl, checkValue } from "../arguments.ts";
-import { decodeEnvelope, type Envelope, encodeEnvelope, envelopeExpired } from "../record-envelope.ts";
+import { decodeEnvelope, type Envelope, encodeEnvelope, envelopeCreated, envelopeExpired } from "../record-envelope.ts";
 import { type NatsBucket, type NatsStoreOptions, openBucket } from "./connection.ts";
 import { encodeNatsKey, natsPrefixFilter } from "./keys.ts";
 import { casDelete, casWrite, guard, Reaper, snapshot } from "./records.ts";
@@ -53,10 +53,10 @@ export class NatsStore implements Store {
     return new NatsStore(b, opts.owner ?? hostname());
   }
 
-  private encode(value: Uint8Array, opts: WriteOptions | undefined): Uint8Array {
+  private encode(value: Uint8Array, opts: WriteOptions | undefined, created?: Revision): Uint8Array {
     checkValue(KIND, value);
     const ttl = checkTtl(KIND, opts);
-    return encodeEnvelope(value, ttl === null ? null : Date.now() + ttl, this.owner);
+    return encodeEnvelope(value, ttl === null ? null : Date.now() + ttl, this.owner, created);
   }
 
   // -- reads ---------------------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ export class NatsStore implements Store {
       this.reaper.cleanup(key, cur.revision);
       return null;
     }
-    return { key, value: cur.rec.v, revision: cur.revision, expiresAt: cur.rec.e };
+    return { key, value: cur.rec.v, revision: cur.revision, expiresAt: cur.rec.e, createRevision: envelopeCreated(cur.rec, cur.revision) };
   }
 
   async list(prefix: string): Promise<ListResult> {
@@ -96,7 +96,13 @@ export class NatsStore implements Store {
         this.reaper.cleanup(e.key, e.revision);
         continue;
       }
-      items.push({ key: e.key, value: e.rec.v, revision: e.revision, expiresAt: e.rec.e });
+      items.push({
+        key: e.key,
+        value: e.rec.v,
+        revision: e.revision,
+        expiresAt: e.rec.e,
+        createRevision: envelopeCreated(e.rec, e.revision),
+      });
     }
     items.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     return { items, revision };
@@ -121,7 +127,7 @@ export class NatsStore implements Store {
   async update(key: string, value: Uint8Array, revision: Revision, opts?: WriteOptions): Promise<Revision | null> {
     checkKey(KIND, key);
     const natsKey = encodeNatsKey(key);
-    const data = this.encode(value, opts);
+    this.encode(value, opts); // argument checks before any I/O
     checkRevision(KIND, revision);
     if (revision === 0) return null; // no key ever has it
     const cur = await this.readEntry(key, natsKey);
@@ -130,6 +136,7 @@ export class NatsStore implements Store {
       this.reaper.cleanup(key, cur.revision);
       return null;
     }
+    const data = this.encode(value, opts, envelopeCreated(cur.rec, cur.revision));
     return casWrite(this.b, `update ${key}`, () => this.b.kv.update(natsKey, data, revision));
   }
 

@@ -9,7 +9,7 @@ import type { JsMsg } from "@nats-io/jetstream";
 import { consola } from "consola";
 import { sleep } from "../../src/sleep.ts";
 import type { Revision, WatchEvent } from "../../src/store.ts";
-import { envelopeExpired } from "../record-envelope.ts";
+import { envelopeCreated, envelopeExpired } from "../record-envelope.ts";
 import type { NatsBucket } from "./connection.ts";
 import { natsPrefixFilter } from "./keys.ts";
 import { type Reaper, snapshot, toRawEntry } from "./records.ts";
@@ -230,7 +230,10 @@ export class NatsWatch {
     if (!known || known.revision <= e.revision) this.live.set(e.key, { revision: e.revision, expiresAt: e.rec.e });
     // A new record can only bring the timer forward: no scan of every key per message (a backlog replay is O(N)).
     if (e.rec.e !== null && (this.timer === null || e.rec.e < this.timerAt)) this.armAt(e.rec.e);
-    yield { type: "put", kv: { key: e.key, value: e.rec.v, revision: e.revision, expiresAt: e.rec.e } };
+    yield {
+      type: "put",
+      kv: { key: e.key, value: e.rec.v, revision: e.revision, expiresAt: e.rec.e, createRevision: envelopeCreated(e.rec, e.revision) },
+    };
   }
 
   /** Synthesised deletes for every tracked key whose recorded expiry has passed (2.9 sends none). */

@@ -234,6 +234,37 @@ export function runStoreConformance(name: string, h: StoreHarness): void {
       });
     });
 
+    test("createRevision: set by create, kept by updates (get, list, watch), new after delete and re-create", async () => {
+      await withStores(async (open) => {
+        const a = await open();
+        const prefix = uniquePrefix("crev");
+        const key = `${prefix}k`;
+        const w = new WatchCollector(a, prefix, (await a.list(prefix)).revision);
+        try {
+          const r1 = (await a.create(key, bytes("v1"), { ttlMs: 60_000 }))!;
+          const r2 = (await a.update(key, bytes("v2"), r1, { ttlMs: 60_000 }))!;
+          const r3 = (await a.update(key, bytes("v3"), r2))!;
+          const got = (await a.get(key))!;
+          expect(got.revision).toBe(r3);
+          expect(got.createRevision).toBe(r1);
+          expect((await a.list(prefix)).items[0]!.createRevision).toBe(r1);
+          expect(await a.delete(key, r3)).toBe(true);
+          const r4 = (await a.create(key, bytes("v4")))!;
+          expect((await a.get(key))!.createRevision).toBe(r4);
+          await w.until("4 puts", (evs) => evs.filter((e) => e.type === "put").length >= 4);
+          const puts = w.events.flatMap((e) => (e.type === "put" ? [[e.kv.revision, e.kv.createRevision]] : []));
+          expect(puts).toEqual([
+            [r1, r1],
+            [r2, r1],
+            [r3, r1],
+            [r4, r4],
+          ]);
+        } finally {
+          await w.stop();
+        }
+      });
+    });
+
     test("delete is compare-and-set on the revision", async () => {
       await withStores(async (open) => {
         const s = await open();
