@@ -230,7 +230,7 @@ export const RUN_FLAGS = {
   },
   "reconcile-interval": {
     type: "duration",
-    description: "how often the kernel state is fully compared with the desired state",
-    default: "10s",
+    description: "how often the kernel state is fully compared with the desired state (the kernel monitor repairs in between)",
+    default: "5m",
   },
 } as const satisfies FlagSpecs;

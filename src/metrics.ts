@@ -9,7 +9,14 @@ export interface MetricsSource {
   leaseRenewals: () => number;
   storeErrors: () => number;
   queue: () => { sent: number; failed: number; retried: number; batches: number } | null;
-  reconcile: () => { fullRuns: number; removed: number; repaired: number } | null;
+  reconcile: () => {
+    fullRuns: number;
+    removed: number;
+    repaired: number;
+    lastFullMs?: number;
+    eventRepairs?: number;
+    processesSpawned?: number;
+  } | null;
   rules?: () => { repaired: number; failures: number } | null;
 }
 
@@ -46,6 +53,14 @@ export function renderMetrics(m: MetricsSource): string {
       rules?.repaired,
     ],
     ["flannel_bin_rules_sync_failures_total", "counter", "traffic rule checks or fixes that failed (retried)", rules?.failures],
+    [
+      "flannel_bin_reconcile_last_duration_seconds",
+      "gauge",
+      "how long the last full reconcile took",
+      r?.fullRuns ? (r.lastFullMs ?? 0) / 1000 : undefined,
+    ],
+    ["flannel_bin_kernel_event_repairs_total", "counter", "kernel monitor events that led to a repair", r?.eventRepairs],
+    ["flannel_bin_kernel_processes_spawned_total", "counter", "iproute2 processes started (batches, reads, monitors)", r?.processesSpawned],
   ];
   let out = "";
   for (const [name, type, help, v] of samples) {

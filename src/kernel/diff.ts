@@ -31,6 +31,7 @@ import {
 } from "./commands.ts";
 import { type KLink, vxlanCompatible } from "./device-compat.ts";
 import { globalAddresses, type KRoute } from "./kernel-read.ts";
+import type { KernelEvent } from "./monitor-events.ts";
 import type { Address, Fdb, Neigh, Route, StateFragment, VxlanDevice } from "./types.ts";
 import { validAddress, validFdb, validNeigh, validRoute, validVxlanDevice } from "./validate.ts";
 
@@ -150,6 +151,8 @@ export class DesiredState {
   private staleFdbs: Fdb[] = [];
   /** Devices whose addresses the device step checks even if nothing about them is dirty. */
   private readonly addrCheck = new Set<string>();
+  /** Last up/down state the monitor reported per link, to see a link come back up. */
+  private readonly linkUp = new Map<string, boolean>();
   counts: ReconcileCounts = { added: 0, removed: 0, repaired: 0 };
 
   constructor(readonly proto: number) {}
@@ -353,6 +356,51 @@ export class DesiredState {
     }
   }
 
+  /**
+   * What the kernel monitor saw, turned into repairs of only what changed: an entry we applied that went away is
+   * marked unapplied (and dirty, if still desired); a device deleted, or set down, is redone by the device step; a
+   * link coming up gets every entry on it (and on vxlan devices riding on it) re-applied, since the kernel drops
+   * IPv4 routes of a link going down without a word. True if something needs a drain.
+   */
+  noticeEvent(ev: KernelEvent): boolean {
+    switch (ev.kind) {
+      case "route":
+        return this.lost(this.routes, routeKey(ev.dst), (v) => ev.dev === undefined || v.dev === undefined || v.dev === ev.dev);
+      case "neigh":
+        return this.lost(this.neighs, devKey(ev.dev, ev.ip), () => true);
+      case "fdb":
+        return this.lost(this.fdbs, devKey(ev.dev, ev.mac), (v) => ev.dst === undefined || v.dst === ev.dst);
+      case "addr":
+        if (!this.devices.desired.has(ev.dev) && !this.hasAddressOn(ev.dev)) return false;
+        this.addrCheck.add(ev.dev);
+        return true;
+      case "link": {
+        const was = this.linkUp.get(ev.dev);
+        if (ev.deleted) this.linkUp.delete(ev.dev);
+        else this.linkUp.set(ev.dev, ev.up);
+        const ours = this.devices.desired.has(ev.dev);
+        if (ev.deleted) {
+          this.forgetEntriesOn(ev.dev, false);
+          if (ours) this.devices.dirty.add(ev.dev);
+          return ours;
+        }
+        if (ours && !ev.up) {
+          this.devices.dirty.add(ev.dev); // set down by hand: the device step sets it up again
+          return true;
+        }
+        if (!ev.up || was !== false) return false; // only a down -> up transition loses entries
+        let any = this.forgetEntriesOn(ev.dev, true);
+        for (const [name, o] of this.devices.desired) {
+          if (o[o.length - 1]!.value.underlay !== ev.dev) continue;
+          this.devices.dirty.add(name);
+          this.forgetEntriesOn(name, true);
+          any = true;
+        }
+        return any || ours;
+      }
+    }
+  }
+
   /** Devices whose neighbours and FDB a full read must list: owned ones, and others only where we desire a key. */
   devicesToRead(ownedDevices: Iterable<string>, present: Set<string>): { neighDevs: string[]; fdbDevs: string[] } {
     const owned = this.ownedSet(ownedDevices);
@@ -426,18 +474,40 @@ export class DesiredState {
     for (const k of t.desired.keys()) t.dirty.add(k);
   }
 
-  /** A device was deleted or (re)created: whatever we applied on it is gone; desired entries must be re-added. */
-  private forgetEntriesOn(dev: string, readd: boolean): void {
+  /** An applied entry the kernel no longer has: unapplied, and dirty if still desired. True if it needs a drain. */
+  private lost<T>(t: Table<T>, key: string, matches: (v: T) => boolean): boolean {
+    const v = t.applied.get(key);
+    if (v === undefined || !matches(v)) return false;
+    t.applied.delete(key);
+    if (!t.desired.has(key)) return false;
+    t.dirty.add(key);
+    return true;
+  }
+
+  private hasAddressOn(dev: string): boolean {
+    for (const k of this.addresses.desired.keys()) if (keyDev(k) === dev) return true;
+    return false;
+  }
+
+  /**
+   * A device was deleted, (re)created or came back up: whatever we applied on it is gone; with `readd`, desired
+   * entries on it (also those not applied yet) are marked to be added again. True if any was marked.
+   */
+  private forgetEntriesOn(dev: string, readd: boolean): boolean {
+    let any = false;
     const forget = <T extends { dev?: string }>(t: Table<T>) => {
-      for (const [k, v] of t.applied) {
-        if (v.dev !== dev) continue;
-        t.applied.delete(k);
-        if (readd && t.desired.has(k)) t.dirty.add(k);
+      for (const [k, v] of t.applied) if (v.dev === dev) t.applied.delete(k);
+      if (!readd) return;
+      for (const [k, o] of t.desired) {
+        if (o[o.length - 1]!.value.dev !== dev) continue;
+        t.dirty.add(k);
+        any = true;
       }
     };
     forget(this.routes);
     forget(this.neighs);
     forget(this.fdbs);
+    return any;
   }
 }
 

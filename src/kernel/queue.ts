@@ -80,7 +80,10 @@ const FAILED = /^Command failed .*:(\d+)$/;
 const ABSENT =
   /No such process|No such file or directory|Address not found|Cannot assign requested address|Cannot find device|does not exist/;
 
-function nsArgs(netns: string | undefined): string[] {
+/** Every iproute2 process this program started (batches, reads, monitors): an idle agent starts none. */
+export const processesSpawned = { count: 0 };
+
+export function nsArgs(netns: string | undefined): string[] {
   if (netns === undefined) return [];
   if (!NETNS.test(netns)) throw new Error(`invalid network namespace name ${JSON.stringify(netns)}`);
   return ["-n", netns];
@@ -246,6 +249,7 @@ export class CommandQueue {
   ): Promise<{ results: (LineResult | undefined)[]; settled: number; abortError: string }> {
     const text = probe ? lines.map((l) => `${l}\n${MARKER}\n`).join("") : `${lines.join("\n")}\n`;
     this.counters.batches++;
+    processesSpawned.count++;
     const proc = Bun.spawn([tool, ...this.ns, "-force", "-batch", "-"], {
       stdin: Buffer.from(text),
       stdout: "ignore",
@@ -292,6 +296,7 @@ export async function bridgeJson(args: string[], netns?: string): Promise<unknow
 
 async function runJson(tool: Tool, args: string[], netns?: string): Promise<unknown> {
   for (const a of args) if (typeof a !== "string") throw new Error(`${tool} argument is not a string: ${String(a)}`);
+  processesSpawned.count++;
   const proc = Bun.spawn([tool, ...nsArgs(netns), "-json", ...args], { stdout: "pipe", stderr: "pipe", env: process.env });
   const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
   if (code !== 0) throw new Error(`${tool} -json ${args.join(" ")}: ${err.trim() || `exit status ${code}`}`);

@@ -2,12 +2,16 @@
 // kernel reader (kernel-read.ts).
 //
 // Incremental path: set()/delete() mark changed keys dirty; a drain (a few ms later, or on flush()) runs the device
-// step (if any device or address is dirty) and then the peer entries, each as one runAll(). Full path:
-// fullReconcile() reads what the kernel really has, makes that the applied view and drains again.
+// step (if any device or address is dirty) and then the peer entries, each as one runAll(). Repair path: start()
+// runs the kernel monitor (monitor.ts), whose events mark only what was lost (diff.ts noticeEvent) and drain; no
+// process is started while nothing happens. Full path, the rare safety net: fullReconcile() reads what the kernel
+// really has, makes that the applied view and drains again.
 import { consola } from "consola";
 import { type DeviceWork, DesiredState, type ReconcileCounts } from "./diff.ts";
 import { readFdbs, readLinkNames, readLinksDetailed, readNeighs, readRoutes } from "./kernel-read.ts";
-import type { CommandQueue } from "./queue.ts";
+import { KernelMonitor } from "./monitor.ts";
+import type { KernelEvent } from "./monitor-events.ts";
+import { type CommandQueue, processesSpawned } from "./queue.ts";
 import { ROUTE_PROTO, type StateFragment } from "./types.ts";
 
 export type { ReconcileCounts } from "./diff.ts";
@@ -21,11 +25,17 @@ export interface ReconcilerOptions {
   routeProto?: number;
   /** Network namespace for reads (the queue must use the same one for writes). */
   netns?: string;
-  /** Period of the full reconcile started by start(). Default 10 s. */
+  /** Period of the full reconcile started by start(). Default 5 min: the monitor repairs, this is the safety net. */
   fullIntervalMs?: number;
   /** How long set()/delete() wait for more changes before a drain starts. Default 5 ms. */
   coalesceMs?: number;
+  /** Watch the kernel (ip monitor, bridge monitor fdb) from start() on and repair what it reports. Default true. */
+  monitor?: boolean;
+  /** How long monitor events are gathered before a repair drain (a deleted device is a burst of events). Default 20 ms. */
+  monitorSettleMs?: number;
 }
+
+export const DEFAULT_FULL_INTERVAL_MS = 300_000;
 
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 10_000;
@@ -44,8 +54,21 @@ export class Reconciler {
   private fullPending = false;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private retryMs = RETRY_MIN_MS;
-  /** Totals over every full reconcile since start, for /metrics. */
-  readonly totals = { fullRuns: 0, added: 0, removed: 0, repaired: 0 };
+  private readonly monitorOn: boolean;
+  private readonly settleMs: number;
+  private monitor: KernelMonitor | null = null;
+  /** Totals over every full reconcile since start, for /metrics; eventRepairs counts monitor events acted on. */
+  readonly totals = {
+    fullRuns: 0,
+    added: 0,
+    removed: 0,
+    repaired: 0,
+    lastFullMs: 0,
+    eventRepairs: 0,
+    get processesSpawned() {
+      return processesSpawned.count;
+    },
+  };
 
   constructor(queue: CommandQueue, opts: ReconcilerOptions) {
     this.queue = queue;
@@ -54,9 +77,11 @@ export class Reconciler {
     this.state = new DesiredState(opts.routeProto ?? ROUTE_PROTO);
     this.netns = opts.netns;
     // NaN, 0 or a negative period would make setInterval spin: fall back to the default.
-    const every = opts.fullIntervalMs ?? 10_000;
-    this.fullIntervalMs = Number.isFinite(every) && every > 0 ? every : 10_000;
+    const every = opts.fullIntervalMs ?? DEFAULT_FULL_INTERVAL_MS;
+    this.fullIntervalMs = Number.isFinite(every) && every > 0 ? every : DEFAULT_FULL_INTERVAL_MS;
     this.coalesceMs = opts.coalesceMs ?? 5;
+    this.monitorOn = opts.monitor ?? true;
+    this.settleMs = opts.monitorSettleMs ?? 20;
   }
 
   /** Desires `fragment` under `id`, replacing what that id desired before. Throws (changing nothing) on invalid values. */
@@ -80,10 +105,12 @@ export class Reconciler {
   /** Reads the kernel, repairs what differs from the desired state and removes what we own but nobody desires. */
   fullReconcile(): Promise<ReconcileCounts> {
     return this.serial(async () => {
+      const t0 = performance.now();
       this.state.resetCounts();
       await this.loadActual();
       await this.drain();
       const c = this.state.resetCounts();
+      this.totals.lastFullMs = performance.now() - t0;
       this.totals.fullRuns++;
       this.totals.added += c.added;
       this.totals.removed += c.removed;
@@ -92,22 +119,29 @@ export class Reconciler {
     });
   }
 
-  /** Starts the periodic full reconcile. */
+  /** Starts the kernel monitor and the periodic full reconcile. */
   start(): void {
     if (this.fullTimer) return;
-    this.fullTimer = setInterval(() => {
-      if (this.fullPending) return; // never pile up reconciles behind a slow one
-      this.fullPending = true;
-      this.fullReconcile()
-        .then((c) => {
-          if (c.added || c.removed || c.repaired) log.info(`full reconcile: ${JSON.stringify(c)}`);
-        })
-        .catch((e) => log.warn(`full reconcile failed: ${(e as Error).message}`))
-        .finally(() => (this.fullPending = false));
-    }, this.fullIntervalMs);
+    this.fullTimer = setInterval(() => this.safetyNet(), this.fullIntervalMs);
+    if (this.monitorOn) {
+      this.monitor = new KernelMonitor({
+        netns: this.netns,
+        onEvents: (evs) => this.onKernelEvents(evs),
+        // Events may have been lost while a watcher was down: read everything once.
+        onRestart: () => this.safetyNet(),
+      });
+      this.monitor.start();
+    }
+  }
+
+  /** PIDs of the kernel monitor's processes (empty when it is off). */
+  monitorPids(): number[] {
+    return this.monitor?.pids() ?? [];
   }
 
   stop(): void {
+    this.monitor?.stop();
+    this.monitor = null;
     if (this.fullTimer) clearInterval(this.fullTimer);
     this.fullTimer = null;
     if (this.drainTimer) clearTimeout(this.drainTimer);
@@ -124,7 +158,31 @@ export class Reconciler {
     return p;
   }
 
-  private scheduleDrain(): void {
+  /** A full reconcile, never piled up behind a slow one; reports how long it took. */
+  private safetyNet(): void {
+    if (this.fullPending) return;
+    this.fullPending = true;
+    this.fullReconcile()
+      .then((c) => {
+        log.info(
+          `full reconcile took ${Math.round(this.totals.lastFullMs)} ms: added ${c.added}, repaired ${c.repaired}, removed ${c.removed}`,
+        );
+      })
+      .catch((e) => log.warn(`full reconcile failed: ${(e as Error).message}`))
+      .finally(() => (this.fullPending = false));
+  }
+
+  private onKernelEvents(evs: KernelEvent[]): void {
+    let need = false;
+    for (const ev of evs) {
+      if (!this.state.noticeEvent(ev)) continue;
+      need = true;
+      this.totals.eventRepairs++;
+    }
+    if (need) this.scheduleDrain(this.settleMs);
+  }
+
+  private scheduleDrain(delayMs = this.coalesceMs): void {
     if (this.drainTimer) return;
     this.drainTimer = setTimeout(() => {
       this.drainTimer = null;
@@ -132,7 +190,7 @@ export class Reconciler {
         log.warn(`applying kernel state failed: ${(e as Error).message}; retrying`);
         this.retryLater();
       });
-    }, this.coalesceMs);
+    }, delayMs);
   }
 
   /** A drain that could not finish is tried again with backoff (what it left undone is still dirty). */

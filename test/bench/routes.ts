@@ -12,6 +12,7 @@ import { fdbReplace, neighReplace, routeReplace } from "../../src/kernel/command
 import { CommandQueue } from "../../src/kernel/queue.ts";
 import { Reconciler } from "../../src/kernel/reconciler.ts";
 import { ROUTE_PROTO, type StateFragment, type VxlanDevice } from "../../src/kernel/types.ts";
+import { vxlanDevice } from "../helpers/kernel-fixtures.ts";
 
 const PEERS = Number(process.argv[2] ?? 10_000);
 const ROUNDS = Number(process.argv[3] ?? 3);
@@ -25,18 +26,7 @@ function sh(cmd: string[], stdin?: string): void {
 }
 const ip = (...a: string[]) => sh(["ip", "-n", ns, ...a]);
 
-const VX: VxlanDevice = {
-  kind: "vxlan",
-  name: "flannel.1",
-  vni: 1,
-  local: "172.16.0.1",
-  underlay: "ul0",
-  port: 0,
-  learning: false,
-  gbp: false,
-  mtu: 1450,
-  mac: "02:aa:00:00:00:01",
-};
+const VX: VxlanDevice = vxlanDevice({ local: "172.16.0.1" });
 const subnet = (i: number) => `10.${(i >> 8) & 255}.${i & 255}.0`;
 const pubIP = (i: number) => `172.16.${1 + (i >> 8)}.${i & 255}`;
 const mac = (i: number) => `02:bb:00:00:${((i >> 8) & 255).toString(16).padStart(2, "0")}:${(i & 255).toString(16).padStart(2, "0")}`;

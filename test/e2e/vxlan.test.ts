@@ -72,12 +72,11 @@ describe("vxlan lab (sqlite)", () => {
   );
 
   test(
-    "a route deleted by hand is put back by the periodic reconcile",
+    "a route deleted by hand is put back (by the kernel monitor; test/e2e/repair.test.ts holds it to 2 s)",
     async () => {
       const h1 = host(LAB, 1);
       const peer = await peerInfo(host(LAB, 2));
       await ip(["route", "del", peer.subnet], h1.netns);
-      expect((await knowsPeer(h1.netns, peer)).route).toBe(false);
       await waitUntil(
         `${h1.netns} has its route to ${peer.subnet} again`,
         20_000,
@@ -101,7 +100,6 @@ describe("vxlan lab (sqlite)", () => {
       const mac = await macOf();
       expect(mac).toMatch(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/);
       await ip(["link", "del", "flannel.1"], h1.netns);
-      expect(await macOf()).toBeUndefined();
       await waitUntil(`${h1.netns} has flannel.1 again`, 20_000, async () => (await macOf()) !== undefined, 500);
       expect(await macOf()).toBe(mac);
       const peer = await peerInfo(host(LAB, 2));

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { fdbReplace, linkAddVxlan, linkSetUp, neighDel, neighReplace, routeReplace } from "../../src/kernel/commands.ts";
 import { CommandQueue, bridgeJson, ipJson } from "../../src/kernel/queue.ts";
 import { makeNs, type TestNs } from "./netns.ts";
+import { vxlanDevice } from "../helpers/kernel-fixtures.ts";
 
 let ns: TestNs;
 beforeAll(() => {
@@ -54,18 +55,7 @@ describe("CommandQueue", () => {
 
   test("run() calls within the window share a process; ip/bridge order is kept", async () => {
     const q = new CommandQueue({ netns: ns.name, windowMs: 20 });
-    const dev = {
-      kind: "vxlan",
-      name: "vx9",
-      vni: 9,
-      local: "192.168.77.1",
-      underlay: "ul0",
-      port: 0,
-      learning: false,
-      gbp: false,
-      mtu: 1450,
-      mac: "02:00:00:00:09:01",
-    } as const;
+    const dev = vxlanDevice({ name: "vx9", vni: 9, mac: "02:00:00:00:09:01" });
     try {
       const rs = await Promise.all([
         q.run(linkAddVxlan(dev)),

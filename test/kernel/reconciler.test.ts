@@ -2,7 +2,8 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { CommandQueue, bridgeJson, ipJson } from "../../src/kernel/queue.ts";
 import { Reconciler } from "../../src/kernel/reconciler.ts";
-import { ROUTE_PROTO, type StateFragment, type VxlanDevice } from "../../src/kernel/types.ts";
+import { ROUTE_PROTO, type StateFragment } from "../../src/kernel/types.ts";
+import { vxlanDevice } from "../helpers/kernel-fixtures.ts";
 import { makeNs, type TestNs } from "./netns.ts";
 
 let ns: TestNs;
@@ -60,19 +61,7 @@ const hostgw = (i: number): StateFragment => ({
   routes: [{ dst: `10.5.${i}.0/24`, via: `192.168.77.${10 + i}`, dev: "ul0", onlink: false }],
 });
 
-const vxdev = (over: Partial<VxlanDevice> = {}): VxlanDevice => ({
-  kind: "vxlan",
-  name: "flannel.1",
-  vni: 1,
-  local: "192.168.77.1",
-  underlay: "ul0",
-  port: 0,
-  learning: false,
-  gbp: false,
-  mtu: 1450,
-  mac: "02:aa:00:00:00:01",
-  ...over,
-});
+const vxdev = vxlanDevice;
 const local = (dev = vxdev()): StateFragment => ({ devices: [dev], addresses: [{ dev: dev.name, cidr: "10.5.52.0/32" }] });
 const mac = (i: number) => `02:bb:00:00:00:${i.toString(16).padStart(2, "0")}`;
 const vxpeer = (i: number, dst = `192.168.77.${10 + i}`): StateFragment => ({

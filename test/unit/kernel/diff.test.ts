@@ -3,21 +3,11 @@ import { describe, expect, test } from "bun:test";
 import type { KLink } from "../../../src/kernel/device-compat.ts";
 import { DesiredState, type KernelSnapshot } from "../../../src/kernel/diff.ts";
 import { parseFdbs, parseNeighs, parseRoute } from "../../../src/kernel/kernel-read.ts";
-import { ROUTE_PROTO, type StateFragment, type VxlanDevice } from "../../../src/kernel/types.ts";
+import { ROUTE_PROTO, type StateFragment } from "../../../src/kernel/types.ts";
+import { vxlanDevice } from "../../helpers/kernel-fixtures.ts";
 
 const P = ROUTE_PROTO;
-const dev: VxlanDevice = {
-  kind: "vxlan",
-  name: "flannel.1",
-  vni: 1,
-  local: "192.168.77.1",
-  underlay: "eth0",
-  port: 0,
-  learning: false,
-  gbp: false,
-  mtu: 1450,
-  mac: "02:00:00:00:00:01",
-};
+const dev = vxlanDevice({ underlay: "eth0", mac: "02:00:00:00:00:01" });
 const local: StateFragment = { devices: [dev], addresses: [{ dev: "flannel.1", cidr: "10.5.1.0/32" }] };
 const peer = (i: number): StateFragment => ({
   neighs: [{ dev: "flannel.1", ip: `10.5.${i}.0`, lladdr: `02:00:00:00:00:${(16 + i).toString(16)}` }],
