@@ -24,6 +24,18 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# dockerd for the Docker workflow e2e test, which runs its own dockerd inside each lab host. The package's service
+# must not start in the root namespace (Docker rewrites the host's iptables): policy-rc.d's 101 keeps it stopped.
+if [ ! -x /usr/sbin/dockerd ] || [ ! -x /usr/bin/docker ]; then
+  echo "setup: installing docker.io (its service is not started)"
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null; }
+  [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl disable docker.service docker.socket >/dev/null 2>&1 || true; fi
+fi
+
 if [ ! -x node_modules/.bin/bun ] || [ package.json -nt node_modules/.package-lock.json ]; then
   echo "setup: installing npm packages"
   # npm install, not npm ci: npm 11's ci refuses this lock over cbor-extract's per-platform optional packages.
