@@ -11,6 +11,7 @@ import { logger } from "./log.ts";
 import { renderMetrics } from "./metrics.ts";
 import { sleep } from "./sleep.ts";
 import { watchPeers } from "./peer-watch.ts";
+import { storeHealth } from "./store-health.ts";
 import type { Store } from "./store.ts";
 import { type Notifier, notifierFromEnv } from "./systemd-notify.ts";
 import { DataPlane, enableIPForward } from "./agent/data-plane.ts";
@@ -38,10 +39,12 @@ export async function runAgent(f: Flags): Promise<number> {
   const notifier = notifierFromEnv();
   const life = new Lifecycle(notifier);
   const readiness = new Readiness(notifier);
-  const stats = { storeErrors: 0 };
-  const c: StepContext = { flags: f, signal: life.signal, readiness, storeError: () => void stats.storeErrors++ };
+  // Store errors are counted where they happen (src/store-health.ts: every failed operation and watch break).
+  const c: StepContext = { flags: f, signal: life.signal, readiness, storeError: () => {} };
   const peers = new PeerSet();
   const health = readiness.health;
+  health.degraded = () => storeHealth.degraded();
+  storeHealth.onChange(() => readiness.setDegraded(storeHealth.degraded()));
   const port = Number(f["healthz-port"]);
   const server = port > 0 ? serveHealth(health, String(f["healthz-ip"]), port) : null;
   if (server) log.info(`health API on http://${f["healthz-ip"]}:${server.port} (/healthz, /readyz, /metrics)`);
@@ -65,7 +68,7 @@ export async function runAgent(f: Flags): Promise<number> {
     const keeping = keepLease(keeper, lease, life);
 
     dataPlane = new DataPlane({ backend, lease, reconcileIntervalMs: Number(f["reconcile-interval"]), readiness, signal: life.signal });
-    health.metrics = metricsOf(readiness, keeper, peers, stats, dataPlane, () => rules?.stats?.() ?? null);
+    health.metrics = metricsOf(readiness, keeper, peers, dataPlane, () => rules?.stats?.() ?? null);
     if (!(await dataPlane.setUp())) return await finish(keeping, life);
     enableIPForward();
 
@@ -174,7 +177,6 @@ function metricsOf(
   readiness: Readiness,
   keeper: LeaseKeeper,
   peers: PeerSet,
-  stats: { storeErrors: number },
   dp: DataPlane,
   rules: () => { repaired: number; failures: number } | null,
 ) {
@@ -185,7 +187,7 @@ function metricsOf(
       peers: () => peers.programmed.size,
       ignoredPeers: () => peers.ignored.size,
       leaseRenewals: () => keeper.renewals,
-      storeErrors: () => stats.storeErrors,
+      storeErrors: () => storeHealth.errors,
       queue: () => dp.queue.stats(),
       reconcile: () => dp.reconciler.totals,
       rules,

@@ -166,6 +166,13 @@ export const STORE_FLAGS = {
   "etcd-password": { type: "string", description: "password for BasicAuth to etcd" },
   "nats-url": { type: "string", description: "comma-separated NATS server URLs", default: "nats://127.0.0.1:4222" },
   "nats-bucket": { type: "string", description: "JetStream KV bucket holding config and leases", default: "flannel" },
+  "nats-replicas": {
+    type: "int",
+    description: "replicas of the KV bucket when flannel-bin creates it (3 on a 3-server JetStream cluster)",
+    default: 1,
+    min: 1,
+    max: 5,
+  },
   "nats-user": { type: "string", description: "NATS user" },
   "nats-password": { type: "string", description: "NATS password" },
   "nats-token": { type: "string", description: "NATS token" },

@@ -9,6 +9,8 @@ export interface HealthState {
   waitingFor: string;
   /** Prometheus text for /metrics. */
   metrics?: () => string;
+  /** "" when all is well; else what is degraded while ready (a store outage): /readyz stays 200 and says it. */
+  degraded?: () => string;
 }
 
 export function healthApp(state: HealthState): Hono {
@@ -17,7 +19,7 @@ export function healthApp(state: HealthState): Hono {
   app.all("/healthz", (c) => c.text("flannel-bin is running"));
   app.all("/readyz", (c) =>
     state.ready
-      ? c.text("flannel-bin is ready")
+      ? c.text(`flannel-bin is ready${state.degraded?.() ? ` (degraded: ${state.degraded()})` : ""}`)
       : c.text(`flannel-bin is not ready yet${state.waitingFor ? `: ${state.waitingFor}` : ""}`, 503),
   );
   return app;

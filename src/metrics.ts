@@ -1,6 +1,8 @@
 // /metrics in Prometheus text format: what flannel never exposed (field notes §1.13): lease expiry, peers,
 // kernel command results and reconcile repairs. The agent owns the numbers; this only renders them.
 
+import { storeHealth } from "./store-health.ts";
+
 export interface MetricsSource {
   ready: () => boolean;
   leaseExpiresAt: () => number | null | undefined;
@@ -38,7 +40,14 @@ export function renderMetrics(m: MetricsSource): string {
     ["flannel_bin_peers", "gauge", "peer leases programmed into the kernel", m.peers()],
     ["flannel_bin_peers_ignored", "gauge", "peer leases ignored (other backend, invalid data)", m.ignoredPeers()],
     ["flannel_bin_lease_renewals_total", "counter", "successful lease renewals", m.leaseRenewals()],
-    ["flannel_bin_store_errors_total", "counter", "failed store operations (retried)", m.storeErrors()],
+    ["flannel_bin_store_errors_total", "counter", "failed store operations and watch breaks (retried)", m.storeErrors()],
+    ["flannel_bin_store_up", "gauge", "1 while the store answers, 0 during an outage (peers and routes are kept)", storeHealth.up ? 1 : 0],
+    [
+      "flannel_bin_watch_lag_seconds",
+      "gauge",
+      "how long the store watch has been behind the store (0 = caught up)",
+      storeHealth.lagSeconds(),
+    ],
     ["flannel_bin_kernel_commands_total", "counter", "iproute2 commands sent", q?.sent],
     ["flannel_bin_kernel_commands_failed_total", "counter", "iproute2 commands that failed after retries", q?.failed],
     ["flannel_bin_kernel_commands_retried_total", "counter", "iproute2 command retries", q?.retried],
@@ -67,5 +76,8 @@ export function renderMetrics(m: MetricsSource): string {
     if (v === undefined || v === null) continue;
     out += `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${name} ${v}\n`;
   }
+  out += "# HELP flannel_bin_watch_restarts_total store watch restarts by the supervisor, by reason (stale, error, ended)\n";
+  out += "# TYPE flannel_bin_watch_restarts_total counter\n";
+  for (const [reason, n] of Object.entries(storeHealth.watchRestarts)) out += `flannel_bin_watch_restarts_total{reason="${reason}"} ${n}\n`;
   return out;
 }

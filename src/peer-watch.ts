@@ -1,11 +1,25 @@
 // Peer watch: a snapshot of every lease, then events, as Added/Removed for every peer but ourselves.
-// A record that cannot be parsed is skipped with a warning; it never reads as "no peers" (flanneld's quirk, §2).
+// A record that cannot be parsed is skipped with a warning; it never reads as "no peers" (flanneld's quirk,
+// docs/flannel-compat.md §2).
+//
+// Written once above the store interface, for every store:
+// - Stale-watch detection (WatchSupervisor): every few seconds a linearizable currentRevision() read; a watch that
+//   stays behind it (alive but stuck on a hung etcd member, a NATS consumer on a dead server) is restarted from
+//   where it was, which lands it on another endpoint/server.
+// - A store outage never removes a peer: removals happen only on the store's word while it is reachable and the
+//   watch is caught up (StoreHealth.removalsAllowed); otherwise the peer is kept and the removal waits for the
+//   re-list that follows the outage (one right away for new peers, one after the hold for the ones that left).
 
 import type { NetworkConfig } from "./config.ts";
+import { consola } from "consola";
 import { type Lease, subnetKey } from "./lease.ts";
 import { usablePeerEvents } from "./lease-validity.ts";
 import { leaseEquals, listLeases, parseLeaseRecord } from "./lease-protocol.ts";
-import { type Store, SUBNETS_PREFIX } from "./store.ts";
+import { sleep } from "./sleep.ts";
+import { type Revision, type Store, SUBNETS_PREFIX, type WatchEvent } from "./store.ts";
+import { type StoreHealth, storeHealth, type WatchRestartReason } from "./store-health.ts";
+
+const log = consola.withTag("peers");
 
 export type PeerEvent =
   | { type: "added"; key: string; lease: Lease }
@@ -15,33 +29,53 @@ export type PeerEvent =
   /** Our own record changed or vanished (expired, deleted by hand): the agent decides what to do. */
   | { type: "own"; lease: Lease | null };
 
+export interface PeerWatchOptions {
+  /** Default: the process's storeHealth. */
+  health?: StoreHealth;
+  /** How often the watch is checked against the store (default 2000 ms). */
+  checkIntervalMs?: number;
+  /** A watch behind the store for this long is restarted (default 6000 ms). */
+  staleAfterMs?: number;
+}
+
 /** With `usable`, only records that pass the lease validity rules (src/lease-validity.ts) become peers. */
 export async function* watchPeers(
   store: Store,
   ownKey: () => string,
   signal: AbortSignal,
   usable?: { config: NetworkConfig; own: () => Lease | null },
+  opts: PeerWatchOptions = {},
 ): AsyncGenerator<PeerEvent> {
-  if (usable) return yield* usablePeerEvents(watchPeers(store, ownKey, signal), usable.config, usable.own);
+  if (usable) return yield* usablePeerEvents(watchPeers(store, ownKey, signal, undefined, opts), usable.config, usable.own);
+  const health = opts.health ?? storeHealth;
   const known = new Map<string, Lease>();
+  /** Peers whose removal waits until removals are allowed (a re-list then decides). */
+  const parked = new Set<string>();
 
   // Diffs a full list against what we know: Added for new or changed peers, Removed for vanished ones.
   async function* resync(): AsyncGenerator<PeerEvent, number> {
-    const snap = await listLeases(store);
+    const snap = await listUntilAnswered(store, signal);
     const seen = new Set<string>();
     const corruptKeys = new Set(snap.corrupt.map((n) => n.ip)); // keep peers whose record turned corrupt
     for (const lease of snap.leases) {
       const key = keyOf(lease);
       if (key === ownKey()) continue;
       seen.add(key);
+      parked.delete(key);
       const old = known.get(key);
       if (!old || !leaseEquals(old, lease)) {
         known.set(key, lease);
         yield { type: "added", key, lease };
       } else known.set(key, lease);
     }
+    const mayRemove = health.removalsAllowed();
     for (const [key, lease] of known) {
       if (seen.has(key) || corruptKeys.has(lease.subnet.ip)) continue;
+      if (!mayRemove) {
+        parked.add(key);
+        continue;
+      }
+      parked.delete(key);
       known.delete(key);
       yield { type: "removed", key, lease };
     }
@@ -49,38 +83,212 @@ export async function* watchPeers(
     return snap.revision;
   }
 
-  let revision = yield* resync();
-  while (!signal.aborted) {
-    for await (const ev of store.watch(SUBNETS_PREFIX, revision, signal)) {
-      if (ev.type === "relist") {
-        revision = yield* resync();
-        continue;
-      }
-      if (ev.type === "delete") {
-        if (ev.key === ownKey()) {
-          yield { type: "own", lease: null };
-          continue;
-        }
-        const old = known.get(ev.key);
-        if (old) {
-          known.delete(ev.key);
-          yield { type: "removed", key: ev.key, lease: old };
-        }
-        continue;
-      }
-      const lease = parseLeaseRecord(ev.kv);
-      if (ev.kv.key === ownKey()) {
-        if (lease) yield { type: "own", lease }; // a corrupt own record is repaired by the next renewal
-        continue;
-      }
-      if (!lease) continue; // logged by parseLeaseRecord; the peer keeps its last good state
-      const old = known.get(ev.kv.key);
-      known.set(ev.kv.key, lease);
-      if (!old || !leaseEquals(old, lease)) yield { type: "added", key: ev.kv.key, lease };
+  const revision = yield* resync();
+  const sup = new WatchSupervisor(store, SUBNETS_PREFIX, health, opts, () => parked.size > 0);
+  for await (const ev of sup.run(revision, signal)) {
+    if (ev.type === "relist") {
+      sup.caughtUpTo(yield* resync());
+      continue;
     }
-    // The store's watch only ends on abort; if it ever ends otherwise, re-list and go on.
-    if (!signal.aborted) revision = yield* resync();
+    if (ev.type === "progress") continue;
+    if (ev.type === "delete") {
+      if (ev.key === ownKey()) {
+        yield { type: "own", lease: null };
+        continue;
+      }
+      const old = known.get(ev.key);
+      if (!old) continue;
+      if (!health.removalsAllowed()) {
+        log.info(`${ev.key} is gone from the store, but the store was unreachable or behind just now: kept until a re-list confirms it`);
+        parked.add(ev.key);
+        continue;
+      }
+      known.delete(ev.key);
+      yield { type: "removed", key: ev.key, lease: old };
+      continue;
+    }
+    const lease = parseLeaseRecord(ev.kv);
+    if (ev.kv.key === ownKey()) {
+      if (lease) yield { type: "own", lease }; // a corrupt own record is repaired by the next renewal
+      continue;
+    }
+    if (!lease) continue; // logged by parseLeaseRecord; the peer keeps its last good state
+    parked.delete(ev.kv.key);
+    const old = known.get(ev.kv.key);
+    known.set(ev.kv.key, lease);
+    if (!old || !leaseEquals(old, lease)) yield { type: "added", key: ev.kv.key, lease };
+  }
+}
+
+/** listLeases until it answers: a store that cannot be listed just now keeps every peer (and the agent) as it is. */
+async function listUntilAnswered(store: Store, signal: AbortSignal): Promise<Awaited<ReturnType<typeof listLeases>>> {
+  for (let delay = 500, logged = false; ; delay = Math.min(delay * 2, 5000)) {
+    try {
+      return await listLeases(store);
+    } catch (e) {
+      if (signal.aborted) throw e;
+      if (!logged) log.warn(`listing leases failed (${(e as Error).message}); peers are kept, retrying`);
+      logged = true;
+      await sleep(delay, signal);
+      if (signal.aborted) throw e;
+    }
   }
 }
 
 const keyOf = (l: Lease): string => subnetKey(l.subnet, l.ipv6Subnet);
+
+type Item = { gen: number; ev: WatchEvent } | { gen: number; restart: WatchRestartReason } | { relist: true };
+
+/**
+ * Runs store.watch and keeps it honest: checks it against store.currentRevision() every checkIntervalMs and
+ * restarts it from its position when it stayed behind for staleAfterMs, when it failed, or if it ever ended.
+ * Yields the store's events plus { type: "relist" } after an outage (right away, and again after the removal hold).
+ */
+export class WatchSupervisor {
+  private position: Revision = 0;
+  private readonly checkMs: number;
+  private readonly staleMs: number;
+  /** The revision the last behind-check wanted, and since when (epoch ms). */
+  private target = 0;
+
+  constructor(
+    private readonly store: Store,
+    private readonly prefix: string,
+    private readonly health: StoreHealth,
+    opts: PeerWatchOptions,
+    private readonly wantsRelist: () => boolean,
+  ) {
+    this.checkMs = opts.checkIntervalMs ?? 2000;
+    this.staleMs = opts.staleAfterMs ?? 6000;
+  }
+
+  /** The consumer re-listed at `revision`: everything up to it is known. */
+  caughtUpTo(revision: Revision): void {
+    if (revision > this.position) this.position = revision;
+  }
+
+  async *run(afterRevision: Revision, signal: AbortSignal): AsyncGenerator<WatchEvent> {
+    this.position = afterRevision;
+    const queue: Item[] = [];
+    let wake: (() => void) | null = null;
+    const push = (item: Item) => {
+      queue.push(item);
+      const w = wake;
+      wake = null;
+      w?.();
+    };
+    const onAbort = () => wake?.();
+    signal.addEventListener("abort", onAbort, { once: true });
+
+    let gen = 0;
+    const inner = { ctl: null as AbortController | null };
+    const start = () => {
+      inner.ctl?.abort();
+      const ctl = new AbortController();
+      inner.ctl = ctl;
+      const g = ++gen;
+      const sig = AbortSignal.any([signal, ctl.signal]);
+      const from = this.position;
+      void (async () => {
+        try {
+          for await (const ev of this.store.watch(this.prefix, from, sig)) {
+            if (sig.aborted) return;
+            push({ gen: g, ev });
+          }
+          if (!sig.aborted) push({ gen: g, restart: "ended" });
+        } catch (e) {
+          if (sig.aborted) return;
+          this.health.error();
+          log.warn(`the ${this.store.kind} watch failed (${(e as Error).message}); restarting it`);
+          push({ gen: g, restart: "error" });
+        }
+      })();
+    };
+
+    const holdTimers = new Set<ReturnType<typeof setTimeout>>();
+    const checks = (async () => {
+      while (!signal.aborted) {
+        await sleep(this.checkMs, signal);
+        if (signal.aborted) return;
+        const restart = await this.check(push, holdTimers);
+        if (restart) push({ gen, restart: "stale" });
+      }
+    })();
+
+    start();
+    try {
+      while (!signal.aborted) {
+        const item = queue.shift();
+        if (!item) {
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+          });
+          continue;
+        }
+        if ("relist" in item) {
+          yield { type: "relist" };
+          continue;
+        }
+        if (item.gen !== gen) continue; // from a watch that was replaced
+        if ("restart" in item) {
+          this.health.watchRestarted(item.restart);
+          if (item.restart !== "stale") await sleep(500, signal); // a failing watch is not restarted in a tight loop
+          if (!signal.aborted) start();
+          continue;
+        }
+        const ev = item.ev;
+        const rev = ev.type === "put" ? ev.kv.revision : ev.type === "delete" || ev.type === "progress" ? ev.revision : 0;
+        if (rev > this.position) this.position = rev;
+        if (this.position >= this.target) this.health.behindSince = null;
+        yield ev;
+      }
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      inner.ctl?.abort();
+      for (const t of holdTimers) clearTimeout(t);
+      await checks.catch(() => {});
+    }
+  }
+
+  /** One check against the store. True when the watch is stale and must be restarted. */
+  private async check(push: (i: Item) => void, holdTimers: Set<ReturnType<typeof setTimeout>>): Promise<boolean> {
+    const startedAt = Date.now();
+    let r: Revision;
+    try {
+      r = await this.store.currentRevision(this.prefix);
+    } catch (e) {
+      this.health.error();
+      this.health.unreachable(`${this.store.kind} ${this.store.location}: ${(e as Error).message}`);
+      return false;
+    }
+    if (!this.health.up) {
+      this.health.reachable();
+      push({ relist: true }); // new peers now; removals wait for the hold
+      const t = setTimeout(() => {
+        holdTimers.delete(t);
+        push({ relist: true });
+      }, this.health.removalHoldMs + 100);
+      holdTimers.add(t);
+    }
+    if (r <= this.position) {
+      this.health.behindSince = null;
+      this.target = 0;
+      if (this.wantsRelist() && this.health.removalsAllowed()) push({ relist: true });
+      return false;
+    }
+    const behind = this.health.behindSince;
+    if (behind === null || this.position >= this.target) {
+      // Newly behind, or it reached the last target and has more to deliver: give it staleAfterMs from here.
+      this.health.behindSince = startedAt;
+      this.target = r;
+      return false;
+    }
+    if (startedAt - behind < this.staleMs) return false;
+    log.warn(
+      `the ${this.store.kind} watch is ${Math.round((startedAt - behind) / 1000)} s behind the store (at ${this.position}, store at ${r}); restarting it`,
+    );
+    this.health.behindSince = startedAt;
+    this.target = r;
+    return true;
+  }
+}

@@ -4,6 +4,7 @@
 import { existsSync } from "node:fs";
 import type { FlagValue } from "./flags.ts";
 import type { Store } from "./store.ts";
+import { type StoreHealth, storeHealth } from "./store-health.ts";
 
 const str = (v: FlagValue): string | undefined => (typeof v === "string" && v !== "" ? v : undefined);
 const list = (v: FlagValue): string[] =>
@@ -16,6 +17,14 @@ const list = (v: FlagValue): string[] =>
  * mistyped path; the agent and `config put` create it).
  */
 export async function openStore(f: Record<string, FlagValue>, opts: { existing?: boolean } = {}): Promise<Store> {
+  const s = await openStoreOf(f, opts).catch((e) => {
+    storeHealth.error();
+    throw e;
+  });
+  return countingFailures(s, storeHealth);
+}
+
+async function openStoreOf(f: Record<string, FlagValue>, opts: { existing?: boolean }): Promise<Store> {
   switch (f.store) {
     case "etcd": {
       const { EtcdStore } = await import("../stores/etcd/store.ts");
@@ -34,6 +43,7 @@ export async function openStore(f: Record<string, FlagValue>, opts: { existing?:
       return NatsStore.connect({
         servers: list(f["nats-url"]),
         bucket: str(f["nats-bucket"]) ?? "flannel",
+        replicas: typeof f["nats-replicas"] === "number" ? f["nats-replicas"] : undefined,
         user: str(f["nats-user"]),
         password: str(f["nats-password"]),
         token: str(f["nats-token"]),
@@ -60,4 +70,25 @@ export function configPutHint(f: Record<string, FlagValue>, example: string): st
     return `ETCDCTL_API=3 etcdctl --endpoints=${list(f["etcd-endpoints"]).join(",")} put ${prefix}/config '${example}'  (or: ${ours})`;
   }
   return ours;
+}
+
+/** The store with every failed operation counted in `health` (flannel_bin_store_errors_total). */
+export function countingFailures(s: Store, health: StoreHealth): Store {
+  const counted = <T>(p: Promise<T>): Promise<T> =>
+    p.catch((e) => {
+      health.error();
+      throw e;
+    });
+  return {
+    kind: s.kind,
+    location: s.location,
+    get: (key) => counted(s.get(key)),
+    list: (prefix) => counted(s.list(prefix)),
+    create: (key, value, o) => counted(s.create(key, value, o)),
+    update: (key, value, revision, o) => counted(s.update(key, value, revision, o)),
+    delete: (key, revision) => counted(s.delete(key, revision)),
+    watch: (prefix, after, signal) => s.watch(prefix, after, signal), // breaks are counted by the store and the supervisor
+    currentRevision: (prefix) => s.currentRevision(prefix), // counted by the supervisor that calls it
+    close: () => s.close(),
+  };
 }

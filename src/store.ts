@@ -18,6 +18,11 @@
 // - Errors: a store that cannot be reached right now throws StoreUnavailableError (the caller retries); any other
 //   Error is an answer (refused, misconfigured) and is not retried blindly. watch() never ends by itself before its
 //   signal aborts or the store closes: it reconnects and resumes on its own.
+// - Caught up: currentRevision(prefix) is a linearizable read (a quorum read where the store is replicated) of the
+//   newest revision a watch on `prefix` must have delivered, counting its events and { type: "progress" } reports.
+//   A watch that stays behind it is stale (alive but stuck on a hung member or a dead consumer); src/peer-watch.ts
+//   detects that once for every store and restarts the watch. A store whose watch skips a record (unreadable, not
+//   its key) reports progress past it, so a skipped record never looks like a stuck watch.
 
 export type Revision = number;
 
@@ -49,7 +54,9 @@ export type WatchEvent =
    * The consumer must list() again and diff; the watch continues on its own after this event
    * from the revision the store resumed at.
    */
-  | { type: "relist" };
+  | { type: "relist" }
+  /** Every change under the prefix up to `revision` has been delivered (nothing else to say about it). */
+  | { type: "progress"; revision: Revision };
 
 export interface ListResult {
   items: KV[];
@@ -80,6 +87,11 @@ export interface Store {
    * Reconnects by itself and resumes where it left off; yields { type: "relist" } when it cannot.
    */
   watch(prefix: string, afterRevision: Revision, signal: AbortSignal): AsyncIterable<WatchEvent>;
+  /**
+   * Linearizable: the newest revision under `prefix` (the store's whole revision where its watch reports progress
+   * up to that). Cheap enough to call every few seconds. Throws StoreUnavailableError when the store is unreachable.
+   */
+  currentRevision(prefix: string): Promise<Revision>;
   close(): Promise<void>;
 }
 

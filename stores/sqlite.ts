@@ -92,6 +92,8 @@ export class SqliteStore implements Store {
   private readonly closing = new AbortController();
   /** Pending watcher sleeps; a local write resolves them so local changes are seen at once. */
   private readonly wakers = new Set<() => void>();
+  /** Writes through this connection: they do not move PRAGMA data_version, so watchers count them here. */
+  private localWrites = 0;
 
   private constructor(db: Database, path: string, opts: Required<SqliteStoreOptions>) {
     this.db = db;
@@ -159,7 +161,7 @@ export class SqliteStore implements Store {
                ORDER BY key`,
             )
             .all(prefix, Date.now()) as Row[],
-          revision: this.currentRevision(),
+          revision: this.headRevision(),
         }))
         .deferred(),
     );
@@ -212,17 +214,37 @@ export class SqliteStore implements Store {
     });
   }
 
+  /**
+   * Polls without a query while nothing changed: PRAGMA data_version tells whether another connection committed
+   * since the last look (this connection's own writes wake the watchers directly), and expired rows are reaped when
+   * the soonest recorded expiry has passed. The change log is read only when one of the two says so.
+   */
   async *watch(prefix: string, afterRevision: Revision, signal: AbortSignal): AsyncIterable<WatchEvent> {
     checkPrefix(KIND, prefix);
     checkRevision(KIND, afterRevision, "afterRevision");
     const stop = AbortSignal.any([signal, this.closing.signal]);
     let pos = afterRevision;
+    let reported = afterRevision;
     let failing = false;
+    let seenVersion = -1;
+    let seenLocal = -1;
+    let nextExpiry = 0;
     while (!stop.aborted) {
-      let batch: { events: WatchEvent[]; pos: Revision; more: boolean };
+      let batch: { events: WatchEvent[]; pos: Revision; more: boolean } | null = null;
       try {
-        this.reapExpired();
-        batch = this.readChanges(prefix, pos);
+        this.checkOpen();
+        const version = this.dataVersion();
+        const now = Date.now();
+        if (version !== seenVersion || this.localWrites !== seenLocal || now >= nextExpiry) {
+          seenVersion = version;
+          seenLocal = this.localWrites;
+          if (now >= nextExpiry) this.reapExpired();
+          batch = this.readChanges(prefix, pos);
+          nextExpiry = this.soonestExpiry();
+          // The reaper's own writes and the read above are this connection's: take data_version after them.
+          seenVersion = this.dataVersion();
+          seenLocal = this.localWrites;
+        }
         if (failing) log.info(`${this.location}: watch on "${prefix}" recovered`);
         failing = false;
       } catch (err) {
@@ -232,13 +254,27 @@ export class SqliteStore implements Store {
         await this.sleep(this.pollMs * 4, stop);
         continue;
       }
-      pos = batch.pos;
-      for (const ev of batch.events) {
-        if (stop.aborted) return;
-        yield ev;
+      if (batch) {
+        pos = batch.pos;
+        for (const ev of batch.events) {
+          if (stop.aborted) return;
+          if (ev.type === "put") reported = ev.kv.revision;
+          else if (ev.type === "delete") reported = ev.revision;
+          yield ev;
+        }
+        if (pos > reported && !stop.aborted) {
+          reported = pos;
+          yield { type: "progress", revision: pos };
+        }
+        if (batch.more) continue;
       }
-      if (!batch.more) await this.sleep(this.pollMs, stop);
+      await this.sleep(this.pollMs, stop);
     }
+  }
+
+  async currentRevision(prefix: string): Promise<Revision> {
+    checkPrefix(KIND, prefix);
+    return this.read(() => this.headRevision());
   }
 
   async close(): Promise<void> {
@@ -260,7 +296,18 @@ export class SqliteStore implements Store {
 
   // ---- internals ----
 
-  private currentRevision(): Revision {
+  /** Changes committed by other connections since this one last looked (SQLite's own counter: no table read). */
+  private dataVersion(): number {
+    return (this.db.query("PRAGMA data_version").get() as { data_version: number }).data_version;
+  }
+
+  /** The soonest recorded expiry (epoch ms), or Infinity. */
+  private soonestExpiry(): number {
+    const r = this.db.query("SELECT min(expires_at) AS t FROM kv WHERE expires_at IS NOT NULL").get() as { t: number | null } | null;
+    return r?.t ?? Number.POSITIVE_INFINITY;
+  }
+
+  private headRevision(): Revision {
     const r = this.db.query("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").get() as { seq: number } | null;
     return r?.seq ?? 0;
   }
@@ -292,7 +339,7 @@ export class SqliteStore implements Store {
   }
 
   private trimLocked(keepEntries: number): void {
-    const cut = this.currentRevision() - keepEntries;
+    const cut = this.headRevision() - keepEntries;
     if (cut <= 0) return;
     this.db.query("DELETE FROM changes WHERE revision <= ?").run(cut);
     this.db.query("UPDATE meta SET value = max(value, ?) WHERE name = 'trimmed_through'").run(cut);
@@ -323,7 +370,7 @@ export class SqliteStore implements Store {
               value: number;
             } | null
           )?.value ?? 0;
-        const head = this.currentRevision();
+        const head = this.headRevision();
         // pos > head: the database was replaced under us; we cannot know what changed either.
         if (pos < trimmed || pos > head) {
           log.info(`${this.location}: watch on "${prefix}" at revision ${pos} lost history (kept ${trimmed}..${head})`);
@@ -367,6 +414,7 @@ export class SqliteStore implements Store {
     } catch (err) {
       throw this.wrap(err);
     }
+    this.localWrites++;
     for (const wake of [...this.wakers]) wake();
     return result;
   }

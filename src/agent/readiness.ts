@@ -41,6 +41,14 @@ export class Readiness {
     if (this.health.ready) this.update();
   }
 
+  /** While ready, something is degraded but the data plane is fine (a store outage): STATUS= says it; "" = cleared. */
+  setDegraded(text: string): void {
+    if (text === this.degradedText) return;
+    this.degradedText = text;
+    if (this.health.ready) this.update();
+  }
+  private degradedText = "";
+
   /** Holds readiness back with `reason` (logged once per distinct reason) until clear(name). */
   block(name: string, reason: string): void {
     if (this.blockers.get(name) === reason) return;
@@ -82,7 +90,7 @@ export class Readiness {
     this.health.ready = ready;
     this.health.waitingFor = ready ? "" : (blocker ?? this.phase ?? "");
     if (ready) {
-      const status = `ready: ${this.summary}`;
+      const status = `ready: ${this.summary}${this.degradedText ? `; degraded: ${this.degradedText}` : ""}`;
       if (!this.toldSystemd) {
         this.toldSystemd = true; // READY=1 once; later changes are STATUS= lines
         this.notifier.ready(status);

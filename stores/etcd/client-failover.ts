@@ -4,6 +4,7 @@
 
 import { consola } from "consola";
 import { StoreUnavailableError } from "../../src/store.ts";
+import { storeHealth } from "../../src/store-health.ts";
 import { EtcdError, errorMessage, gatewayError, isAuthTokenError, type Json, readJson } from "./gateway.ts";
 
 const log = consola.withTag("etcd");
@@ -28,6 +29,8 @@ export class EtcdClient {
   private current = 0;
   private token: { endpoint: string; token: string } | null = null;
   private readonly closeCtl = new AbortController();
+  /** Endpoints whose last attempt failed: their failure and their recovery are each logged once. */
+  private readonly down = new Set<string>();
 
   constructor(
     readonly endpoints: string[],
@@ -71,16 +74,36 @@ export class EtcdClient {
       } catch (e) {
         if (this.closeCtl.signal.aborted) throw new Error("etcd store is closed");
         if (e instanceof EtcdError || signal?.aborted) throw e;
-        failures.push(`${ep} (${(e as Error).name === "TimeoutError" ? `no answer within ${this.requestTimeoutMs} ms` : errorMessage(e)})`);
+        const why = (e as Error).name === "TimeoutError" ? `no answer within ${this.requestTimeoutMs} ms` : errorMessage(e);
+        failures.push(`${ep} (${why})`);
+        this.markDown(ep, why);
         continue;
       }
       if ("ok" in r) {
         this.current = i;
+        if (this.down.delete(ep)) log.info(`etcd endpoint ${ep} answers again`);
         return r.ok;
       }
       failures.push(`${ep} (${r.next})`);
+      this.markDown(ep, r.next);
     }
     throw new StoreUnavailableError(`etcd ${what}unavailable at every endpoint: ${failures.join(", ")}`);
+  }
+
+  private markDown(ep: string, why: string): void {
+    if (this.down.has(ep)) return;
+    this.down.add(ep);
+    log.warn(`etcd endpoint ${ep} failed (${why}); using the next endpoint`);
+  }
+
+  /**
+   * The watch on `endpoint` broke or went stale: the next request starts at the endpoint after it, so a member
+   * that keeps its connections open but does not serve (stopped, partitioned, without a leader) is left behind.
+   */
+  avoid(endpoint: string): void {
+    const i = this.endpoints.indexOf(endpoint);
+    if (i >= 0 && i === this.current && this.endpoints.length > 1) this.current = (i + 1) % this.endpoints.length;
+    storeHealth.error();
   }
 
   /** A unary gateway call (POST JSON, JSON answer), bounded by requestTimeoutMs per endpoint. */
@@ -145,7 +168,9 @@ export class EtcdClient {
   private fetchInit(body: unknown, headers: Record<string, string>, signal: AbortSignal): RequestInit {
     const init: RequestInit & { tls?: unknown } = {
       method: "POST",
-      headers: { "content-type": "application/json", ...headers },
+      // hasleader: a member without a leader refuses (and ends watches) instead of serving stale data or hanging;
+      // what etcd's WithRequireLeader sends as gRPC metadata, through the gateway's Grpc-Metadata- mapping.
+      headers: { "content-type": "application/json", "grpc-metadata-hasleader": "true", ...headers },
       body: JSON.stringify(body),
       signal,
     };

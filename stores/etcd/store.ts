@@ -17,7 +17,7 @@ import { checkKey, checkPrefix, checkRevision, checkTtl, checkValue } from "../a
 import { EtcdClient, type EtcdTls } from "./client-failover.ts";
 import { b64, EtcdError, errorMessage, headerRevision, int64, type Json, leaseId, prefixEnd, prevKvLease } from "./gateway.ts";
 import { EtcdKeys, LeaseExpiries } from "./records.ts";
-import { etcdWatch } from "./watch.ts";
+import { etcdPrefixRevision, etcdWatch } from "./watch.ts";
 
 export { EtcdError } from "./gateway.ts";
 
@@ -215,6 +215,11 @@ export class EtcdStore implements Store {
     checkPrefix(KIND, prefix);
     checkRevision(KIND, afterRevision, "afterRevision");
     return etcdWatch({ client: this.client, keys: this.keys, leases: this.leases }, prefix, afterRevision, signal);
+  }
+
+  currentRevision(prefix: string): Promise<Revision> {
+    checkPrefix(KIND, prefix);
+    return etcdPrefixRevision(this.client, this.keys, prefix);
   }
 
   async close(): Promise<void> {

@@ -20,6 +20,25 @@ export interface EtcdWatchDeps {
   leases: LeaseExpiries;
 }
 
+/**
+ * The newest mod revision of a live key under the prefix, linearizable (a range with hasleader; one key back).
+ * Deletions do not count: the watch delivers them past it anyway.
+ */
+export async function etcdPrefixRevision(client: EtcdClient, keys: EtcdKeys, prefix: string): Promise<number> {
+  const k = enc.encode(keys.etcdKey(prefix));
+  const j = await client.call("/v3/kv/range", {
+    key: b64(k),
+    range_end: b64(prefixEnd(k)),
+    limit: "1",
+    sort_order: "DESCEND",
+    sort_target: "MOD",
+    keys_only: true,
+  });
+  const kvs = j.kvs;
+  if (!Array.isArray(kvs) || kvs.length === 0) return 0;
+  return int64((kvs[0] as Json).mod_revision, "mod_revision");
+}
+
 /** The store's current revision (a count-only range: cheap). */
 export async function etcdCurrentRevision(client: EtcdClient, keys: EtcdKeys): Promise<number> {
   const j = await client.call("/v3/kv/range", { key: b64(`${keys.root}/`), count_only: true });
@@ -39,12 +58,15 @@ export async function* etcdWatch(
   const rangeEnd = b64(prefixEnd(k));
   const where = keys.etcdKey(prefix);
   let next = afterRevision + 1;
+  let endpoint = "";
   let backoff = WATCH_BACKOFF_MIN_MS;
 
   while (!ctl.aborted) {
     let relist = false;
     try {
-      for await (const msg of watchStream(client, b64(k), rangeEnd, next, ctl)) {
+      for await (const msg of watchStream(client, b64(k), rangeEnd, next, ctl, (ep) => {
+        endpoint = ep;
+      })) {
         const compactRev = int64(msg.compact_revision, "compact_revision");
         if (compactRev !== 0 || (msg.canceled === true && /compacted/i.test(String(msg.cancel_reason ?? "")))) {
           relist = true;
@@ -53,7 +75,21 @@ export async function* etcdWatch(
         if (msg.canceled === true) throw new Error(`etcd canceled the watch: ${String(msg.cancel_reason ?? "no reason given")}`);
         if (msg.created === true) backoff = WATCH_BACKOFF_MIN_MS;
         const events = msg.events;
-        if (events === undefined) continue;
+        if (events === undefined) {
+          // A progress notification: everything up to the header's revision has been sent.
+          const rev = (() => {
+            try {
+              return headerRevision(msg);
+            } catch {
+              return 0;
+            }
+          })();
+          if (msg.created !== true && rev >= next) {
+            next = rev + 1;
+            yield { type: "progress", revision: rev };
+          }
+          continue;
+        }
         if (!Array.isArray(events)) throw new Error("watch response events is not an array");
         for (const ev of events as Json[]) {
           const isDelete = ev.type === "DELETE";
@@ -72,7 +108,10 @@ export async function* etcdWatch(
               }
             })();
             log.warn(`skipping an unreadable etcd watch event: ${(e as Error).message}`);
-            if (rev >= next) next = rev + 1;
+            if (rev >= next) {
+              next = rev + 1;
+              yield { type: "progress", revision: rev };
+            }
             continue;
           }
           if (!raw) continue;
@@ -86,6 +125,7 @@ export async function* etcdWatch(
                 type: "put",
                 kv: { key: raw.key, value: raw.value, revision: raw.revision, expiresAt: exp, createRevision: raw.createRevision },
               };
+            else yield { type: "progress", revision: raw.revision };
           }
           next = raw.revision + 1;
         }
@@ -94,6 +134,7 @@ export async function* etcdWatch(
       if (ctl.aborted) return;
       const msg = errorMessage(e);
       if (isAuthTokenError(msg)) client.dropToken();
+      if (endpoint) client.avoid(endpoint);
       log.warn(`etcd watch on ${where} interrupted (${msg}); resuming at revision ${next} in ${backoff} ms`);
     }
     if (ctl.aborted) return;
@@ -127,8 +168,11 @@ async function* watchStream(
   rangeEnd: string,
   startRevision: number,
   signal: AbortSignal,
+  onOpen: (endpoint: string) => void,
 ): AsyncGenerator<Json> {
-  const body = { create_request: { key, range_end: rangeEnd, start_revision: String(startRevision) } };
+  // progress_notify: the server says now and then how far the (quiet) stream is; hasleader (client-failover.ts)
+  // makes a member that lost its leader end the stream.
+  const body = { create_request: { key, range_end: rangeEnd, start_revision: String(startRevision), progress_notify: true } };
   let stream: Awaited<ReturnType<EtcdClient["openStream"]>>;
   try {
     stream = await client.openStream("/v3/watch", body, signal);
@@ -136,6 +180,7 @@ async function* watchStream(
     if (signal.aborted) return;
     throw e;
   }
+  onOpen(stream.endpoint);
   try {
     const res = stream.res;
     if (!res.body) throw new Error(`etcd watch at ${stream.endpoint}: no response body`);

@@ -9,12 +9,14 @@ import {
   JetStreamApiError,
   type JetStreamManager,
   jetstream,
+  type StreamInfo,
   jetstreamManager,
 } from "@nats-io/jetstream";
 import { Kvm, type KV as NatsKV } from "@nats-io/kv";
 import { type ConnectionOptions, connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
 import { consola } from "consola";
 import { StoreUnavailableError } from "../../src/store.ts";
+import { storeHealth } from "../../src/store-health.ts";
 
 const log = consola.withTag("nats");
 
@@ -37,6 +39,8 @@ export interface NatsStoreOptions {
   connectTimeoutMs?: number;
   /** Written as the record's owner "o" (default: this host's name). For operators reading the bucket. */
   owner?: string;
+  /** Replicas of a bucket this store creates (default 1; 3 on a 3-server cluster survives one server). */
+  replicas?: number;
 }
 
 /** The open connection and bucket. */
@@ -116,6 +120,23 @@ function connectionOptions(opts: NatsStoreOptions, servers: string[]): Connectio
   return co;
 }
 
+/** Logs each disconnect and reconnect once, with the server; counts a disconnect as a store error. */
+export function logConnectionChanges(nc: NatsConnection): void {
+  void (async () => {
+    let down = false;
+    for await (const s of nc.status()) {
+      if (s.type === "disconnect" && !down) {
+        down = true;
+        storeHealth.error();
+        log.warn(`disconnected from NATS server ${s.server}; reconnecting`);
+      } else if (s.type === "reconnect") {
+        down = false;
+        log.info(`reconnected to NATS server ${s.server}`);
+      }
+    }
+  })().catch(() => {});
+}
+
 /** Connects and opens the bucket, creating it if missing. */
 export async function openBucket(opts: NatsStoreOptions): Promise<NatsBucket> {
   const servers = opts.servers.map((s) => s.trim()).filter((s) => s !== "");
@@ -123,6 +144,10 @@ export async function openBucket(opts: NatsStoreOptions): Promise<NatsBucket> {
   const location = servers.join(",");
   const bucket = opts.bucket ?? DEFAULT_BUCKET;
   if (!/^[-\w]+$/.test(bucket)) throw new Error(`NATS store: bad bucket name ${JSON.stringify(bucket)} (letters, digits, "-", "_")`);
+  const replicas = opts.replicas ?? 1;
+  if (!Number.isSafeInteger(replicas) || replicas < 1 || replicas > 5) {
+    throw new Error(`NATS store: replicas must be an integer from 1 to 5 (JetStream's limit), got ${String(opts.replicas)}`);
+  }
   const co = connectionOptions(opts, servers);
 
   let nc: NatsConnection;
@@ -141,24 +166,31 @@ export async function openBucket(opts: NatsStoreOptions): Promise<NatsBucket> {
     const js = jetstream(nc);
     const kvm = new Kvm(js);
     let kv: NatsKV;
-    let exists = true;
+    let existing: StreamInfo | null = null;
     try {
-      await jsm.streams.info(`KV_${bucket}`);
+      existing = await jsm.streams.info(`KV_${bucket}`);
     } catch (err) {
       if (!(err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound)) throw err;
-      exists = false;
     }
-    if (exists) {
+    if (existing) {
       kv = await kvm.open(bucket);
     } else {
-      log.info(`creating KV bucket ${bucket} on ${location}`);
+      log.info(`creating KV bucket ${bucket} on ${location} (${replicas} replica${replicas === 1 ? "" : "s"}, history ${BUCKET_HISTORY})`);
       try {
-        kv = await kvm.create(bucket, { history: BUCKET_HISTORY });
+        kv = await kvm.create(bucket, { history: BUCKET_HISTORY, replicas });
       } catch (err) {
         // Another node created it between our check and our create (with its own settings): use theirs.
-        await jsm.streams.info(`KV_${bucket}`).catch(() => Promise.reject(err));
+        existing = await jsm.streams.info(`KV_${bucket}`).catch(() => Promise.reject(err));
         kv = await kvm.open(bucket);
       }
+    }
+    if (existing) {
+      // An existing bucket is used as it is (changing a stream under other agents is the operator's call): say so.
+      const c = existing.config;
+      const diff: string[] = [];
+      if (c.num_replicas !== replicas) diff.push(`${c.num_replicas} replica(s), not the ${replicas} asked for (--nats-replicas)`);
+      if (c.max_msgs_per_subject !== BUCKET_HISTORY) diff.push(`history ${c.max_msgs_per_subject}, not ${BUCKET_HISTORY}`);
+      if (diff.length > 0) log.warn(`KV bucket ${bucket} exists with other settings: ${diff.join("; ")}; using it as it is`);
     }
     return { nc, js, jsm, kv, bucket, stream: `KV_${bucket}`, subjectPrefix: `$KV.${bucket}.`, location };
   } catch (err) {

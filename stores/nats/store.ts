@@ -18,10 +18,11 @@ import { hostname } from "node:os";
 import type { KV, ListResult, Revision, Store, WatchEvent, WriteOptions } from "../../src/store.ts";
 import { checkKey, checkPrefix, checkRevision, checkTtl, checkValue } from "../arguments.ts";
 import { decodeEnvelope, type Envelope, encodeEnvelope, envelopeCreated, envelopeExpired } from "../record-envelope.ts";
-import { type NatsBucket, type NatsStoreOptions, openBucket } from "./connection.ts";
+import { logConnectionChanges, type NatsBucket, type NatsStoreOptions, openBucket } from "./connection.ts";
 import { encodeNatsKey, natsPrefixFilter } from "./keys.ts";
 import { casDelete, casWrite, guard, Reaper, snapshot } from "./records.ts";
 import { NatsWatch } from "./watch.ts";
+import { JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
 import { consola } from "consola";
 
 export type { NatsStoreOptions } from "./connection.ts";
@@ -50,6 +51,7 @@ export class NatsStore implements Store {
 
   static async connect(opts: NatsStoreOptions): Promise<NatsStore> {
     const b = await openBucket(opts);
+    logConnectionChanges(b.nc);
     return new NatsStore(b, opts.owner ?? hostname());
   }
 
@@ -150,6 +152,21 @@ export class NatsStore implements Store {
     const deleted = await casDelete(this.b, key, natsKey, revision);
     // An expired record was already absent: the delete only cleaned it up.
     return deleted && (cur.rec === null || !envelopeExpired(cur.rec));
+  }
+
+  /** The sequence of the last message under the prefix (a put or a deletion marker), from the stream's leader. */
+  async currentRevision(prefix: string): Promise<Revision> {
+    checkPrefix(KIND, prefix);
+    const subject = this.b.subjectPrefix + natsPrefixFilter(prefix);
+    return guard(this.b, `current revision of ${prefix}`, async () => {
+      try {
+        const m = await this.b.jsm.streams.getMessage(this.b.stream, { last_by_subj: subject });
+        return m?.seq ?? 0;
+      } catch (err) {
+        if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.NoMessageFound) return 0;
+        throw err;
+      }
+    });
   }
 
   async close(): Promise<void> {

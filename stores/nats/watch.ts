@@ -9,6 +9,7 @@ import type { JsMsg } from "@nats-io/jetstream";
 import { consola } from "consola";
 import { sleep } from "../../src/sleep.ts";
 import type { Revision, WatchEvent } from "../../src/store.ts";
+import { storeHealth } from "../../src/store-health.ts";
 import { envelopeCreated, envelopeExpired } from "../record-envelope.ts";
 import type { NatsBucket } from "./connection.ts";
 import { natsPrefixFilter } from "./keys.ts";
@@ -20,6 +21,8 @@ const WATCH_RETRY_MIN_MS = 100;
 const WATCH_RETRY_MAX_MS = 5_000;
 /** Longest single timer; setTimeout overflows past 2^31 ms, and re-arming now and then is harmless. */
 const MAX_TIMER_MS = 60 * 60 * 1000;
+/** While the server does not answer, recorded expiries are looked at again this often. */
+const EXPIRY_RECHECK_MS = 2000;
 
 type Item = { kind: "msg"; msg: JsMsg } | { kind: "restart" } | { kind: "timer" } | { kind: "error"; err: unknown };
 
@@ -104,17 +107,43 @@ export class NatsWatch {
         const item = await this.inbox.next();
         if (item === null) break;
         if (item.kind === "restart" || item.kind === "error") {
-          if (item.kind === "error") log.debug(`watch ${this.prefix}: consumer ended: ${(item.err as Error)?.message ?? item.err}`);
+          if (item.kind === "error") {
+            storeHealth.error();
+            log.debug(`watch ${this.prefix}: consumer ended: ${(item.err as Error)?.message ?? item.err}`);
+          }
           needStart = true;
           continue;
         }
-        if (item.kind === "msg") for (const ev of this.onMessage(item.msg)) yield ev;
-        else for (const ev of this.expireDue()) yield ev; // the expiry timer fired: the one full scan
+        if (item.kind === "msg") {
+          let said = false;
+          for (const ev of this.onMessage(item.msg)) {
+            said = true;
+            yield ev;
+          }
+          // Skipped (another prefix's key, unreadable, a marker already reported): the watch is past it all the same.
+          if (!said) yield { type: "progress", revision: item.msg.seq };
+        } else if (await this.serverAnswers()) {
+          for (const ev of this.expireDue()) yield ev; // the expiry timer fired: the one full scan
+        } else {
+          // Expiry is judged against a server that answers now: while it does not, nothing expires here.
+          this.armAt(Date.now() + EXPIRY_RECHECK_MS);
+        }
       }
     } finally {
       this.stopConsumer?.();
       if (this.timer) clearTimeout(this.timer);
       statusLoop.stop();
+    }
+  }
+
+  /** One round trip to the stream's server, bounded: true when it answered. */
+  private async serverAnswers(): Promise<boolean> {
+    try {
+      await this.b.jsm.streams.info(this.b.stream);
+      return true;
+    } catch (err) {
+      log.debug(`watch ${this.prefix}: NATS did not answer (${(err as Error).message}); expiries wait`);
+      return false;
     }
   }
 

@@ -45,7 +45,7 @@ const STOP_GRACE_MS = 5000;
 // A few lines of sh between us and etcd, so that etcd never outlives the process that started it (a test run
 // killed by a timeout or Ctrl-C would otherwise leave etcd servers behind): it stops etcd when its stdin (a pipe
 // from us) reaches EOF, and passes SIGTERM/SIGINT on. Its exit status is etcd's.
-const SUPERVISOR = `
+export const SUPERVISOR = `
 exec 3<&0
 "$@" </dev/null 3<&- &
 pid=$!
@@ -61,6 +61,42 @@ kill $watcher 2>/dev/null
 wait $watcher 2>/dev/null
 exit $rc
 `;
+
+/** The command line of one etcd member (single or in a cluster). */
+export function etcdMemberArgs(m: {
+  etcdPath: string;
+  name: string;
+  dataDir: string;
+  client: string;
+  peer: string;
+  initialCluster: string;
+  state: "new" | "existing";
+  logLevel: string;
+}): string[] {
+  return [
+    m.etcdPath,
+    "--name",
+    m.name,
+    "--data-dir",
+    m.dataDir,
+    "--listen-client-urls",
+    m.client,
+    "--advertise-client-urls",
+    m.client,
+    "--listen-peer-urls",
+    m.peer,
+    "--initial-advertise-peer-urls",
+    m.peer,
+    "--initial-cluster",
+    m.initialCluster,
+    "--initial-cluster-state",
+    m.state,
+    "--logger",
+    "zap",
+    "--log-level",
+    m.logLevel,
+  ];
+}
 
 export async function startEtcdServer(opts: EtcdServerOptions = {}): Promise<EtcdServer> {
   const host = opts.host ?? "127.0.0.1";
@@ -97,27 +133,16 @@ export async function startEtcdServer(opts: EtcdServerOptions = {}): Promise<Etc
     const client = `${scheme}://${urlHost}:${clientPort}`;
     const peer = peerUrl();
     const args = [
-      etcdPath,
-      "--name",
-      "default",
-      "--data-dir",
-      dataDir,
-      "--listen-client-urls",
-      client,
-      "--advertise-client-urls",
-      client,
-      "--listen-peer-urls",
-      peer,
-      "--initial-advertise-peer-urls",
-      peer,
-      "--initial-cluster",
-      `default=${peer}`,
-      "--initial-cluster-state",
-      "new",
-      "--logger",
-      "zap",
-      "--log-level",
-      "warn",
+      ...etcdMemberArgs({
+        etcdPath,
+        name: "default",
+        dataDir,
+        client,
+        peer,
+        initialCluster: `default=${peer}`,
+        state: "new",
+        logLevel: "warn",
+      }),
       ...tlsArgs,
     ];
     const supervised = ["sh", "-c", SUPERVISOR, "etcd-supervisor", ...args];

@@ -51,7 +51,9 @@ export function waitFor<T>(what: string, check: () => T | undefined | Promise<T 
 
 /** Consumes a watch in the background into `events`; stop() aborts it and waits (bounded) for the loop to end. */
 export class WatchCollector {
+  /** Every event but progress reports (those are in `progress`). */
   readonly events: WatchEvent[] = [];
+  readonly progress: Revision[] = [];
   error: unknown = undefined;
   private readonly ctl = new AbortController();
   private readonly done: Promise<void>;
@@ -59,7 +61,10 @@ export class WatchCollector {
   constructor(store: Store, prefix: string, afterRevision: Revision) {
     this.done = (async () => {
       try {
-        for await (const ev of store.watch(prefix, afterRevision, this.ctl.signal)) this.events.push(ev);
+        for await (const ev of store.watch(prefix, afterRevision, this.ctl.signal)) {
+          if (ev.type === "progress") this.progress.push(ev.revision);
+          else this.events.push(ev);
+        }
       } catch (err) {
         if (!this.ctl.signal.aborted) this.error = err;
       }
@@ -190,6 +195,32 @@ export function runStoreConformance(name: string, h: StoreHarness): void {
         await expect(s.delete(key, 1.5)).rejects.toThrow(/revision/);
         expect(await s.get(`${key}2`)).toBeNull(); // nothing was written by the refused calls
         expect(text((await s.get(key))!.value)).toBe("v");
+      });
+    });
+
+    test("currentRevision is at least every write under the prefix, and the watch reports reaching it", async () => {
+      await withStores(async (open) => {
+        const s = await open();
+        const p = uniquePrefix("rev");
+        const start = await s.list(p);
+        expect(await s.currentRevision(p)).toBeLessThanOrEqual(start.revision);
+        const w = new WatchCollector(s, p, start.revision);
+        try {
+          const r1 = (await s.create(`${p}a`, bytes("1")))!;
+          expect(await s.currentRevision(p)).toBeGreaterThanOrEqual(r1);
+          const r2 = (await s.update(`${p}a`, bytes("2"), r1))!;
+          expect(await s.currentRevision(p)).toBeGreaterThanOrEqual(r2);
+          // Writes the watch does not report as events (another prefix; an unreadable record) must not leave it
+          // looking behind: it reports progress past them.
+          await s.create(`${p.slice(0, -1)}-other/x`, bytes("elsewhere"));
+          if (h.writeRaw) await h.writeRaw(`${p}unreadable`, new Uint8Array([0xff, 0x00, 0xfe]));
+          const target = await s.currentRevision(p);
+          const position = () =>
+            Math.max(0, ...w.progress, ...w.events.map((e) => (e.type === "put" ? e.kv.revision : e.type === "delete" ? e.revision : 0)));
+          await w.until(`the watch to reach revision ${target}`, () => position() >= target);
+        } finally {
+          await w.stop();
+        }
       });
     });
 
