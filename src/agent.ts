@@ -45,8 +45,8 @@ export async function runAgent(f: Flags): Promise<number> {
   const health = readiness.health;
   health.degraded = () => storeHealth.degraded();
   storeHealth.onChange(() => readiness.setDegraded(storeHealth.degraded()));
-  const port = Number(f["healthz-port"]);
-  const server = port > 0 ? serveHealth(health, String(f["healthz-ip"]), port) : null;
+  const port = f["healthz-port"];
+  const server = port > 0 ? serveHealth(health, f["healthz-ip"], port) : null;
   if (server) log.info(`health API on http://${f["healthz-ip"]}:${server.port} (/healthz, /readyz, /metrics)`);
 
   let store: Store | null = null;
@@ -67,12 +67,12 @@ export async function runAgent(f: Flags): Promise<number> {
     // Renewal runs from here on, also while the data plane waits for the kernel.
     const keeping = keepLease(keeper, lease, life);
 
-    dataPlane = new DataPlane({ backend, lease, reconcileIntervalMs: Number(f["reconcile-interval"]), readiness, signal: life.signal });
+    dataPlane = new DataPlane({ backend, lease, reconcileIntervalMs: f["reconcile-interval"], readiness, signal: life.signal });
     health.metrics = metricsOf(readiness, keeper, peers, dataPlane, () => rules?.stats?.() ?? null);
     if (!(await dataPlane.setUp())) return await finish(keeping, life);
     enableIPForward();
 
-    rules = createTrafficRules({ config: cfg, lease, flags: f, subnetFile: String(f["subnet-file"]), signal: life.signal });
+    rules = createTrafficRules({ config: cfg, lease, flags: f, subnetFile: f["subnet-file"], signal: life.signal });
     await rulesStep(rules, c);
     if (life.signal.aborted) return await finish(keeping, life);
 

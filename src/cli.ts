@@ -6,6 +6,7 @@ import { defineCommand, type CommandDef } from "citty";
 import { consola } from "consola";
 import { ConfigError, parseNetworkConfig } from "./config.ts";
 import { FlagError, type FlagSpecs, RUN_FLAGS, STORE_FLAGS, cittyArgs, parseFlags } from "./flags.ts";
+import { applyLogFlags, closeLogFile } from "./log.ts";
 import { formatCIDR, tryParseCIDR } from "./ipmath.ts";
 import { subnetKey } from "./lease.ts";
 import { listLeases } from "./lease-protocol.ts";
@@ -32,8 +33,11 @@ const run = defineCommand({
   async run({ rawArgs }) {
     const { values, positionals } = parseFlags(rawArgs, RUN_FLAGS);
     if (positionals.length) throw new FlagError(`run takes no arguments, got ${JSON.stringify(positionals.join(" "))}`);
+    applyLogFlags(values);
+    const code = await runAgent(values);
+    closeLogFile();
     // Exit at once: nothing the agent left behind (a retry timer, a half-closed socket) may keep the process.
-    process.exit(await runAgent(values));
+    process.exit(code);
   },
 });
 

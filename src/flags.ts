@@ -1,6 +1,10 @@
 // Command-line flags the way flanneld users type them: Go's flag syntax (`-flag=v`, `-flag v`, `--flag=v`,
 // `--flag v`, booleans as `--flag` or `--flag=false`) and every flag also as FLANNELD_<NAME> in the environment,
 // applied only when the flag is not on the command line. Unknown flags and bad values are errors, never ignored.
+//
+// One spec per flag (type, default, accepted values, range, help text, value placeholder); the environment name,
+// the parsed value's TypeScript type, the help screen (help.ts) and the error messages all derive from it, so adding
+// a flag is one entry in one of the tables at the bottom.
 
 import type { ArgsDef } from "citty";
 
@@ -12,13 +16,35 @@ export interface FlagSpec {
   default?: string | number | boolean;
   /** Allowed values for a string flag. */
   choices?: readonly string[];
+  /** Choices match case-insensitively (glog's level names); the value is the choice's own spelling. */
+  ignoreCase?: boolean;
   min?: number;
   max?: number;
+  /** What goes in the value, for help ("URL,...", "FILE"); derived from the type when absent. */
+  placeholder?: string;
+  /** A flanneld flag flannel-bin does not implement yet: accepted by name, and using it is an error saying so. */
+  unsupported?: string;
 }
 
 export type FlagSpecs = Record<string, FlagSpec>;
 export type FlagValue = string | number | boolean | string[] | undefined;
-export type ParsedFlags = { values: Record<string, FlagValue>; positionals: string[] };
+export type ParsedFlags<V = Record<string, FlagValue>> = { values: V; positionals: string[] };
+
+/** The TypeScript type of one flag's parsed value. Durations are milliseconds. */
+type ValueOf<S extends FlagSpec> = S["type"] extends "boolean"
+  ? boolean
+  : S["type"] extends "int" | "duration"
+    ? number
+    : S["type"] extends "list"
+      ? string[]
+      : S extends { choices: readonly (infer C)[] }
+        ? C
+        : string;
+
+/** Parsed values of a spec table: a flag with a default is always set, others may be undefined. */
+export type FlagValues<S extends FlagSpecs> = {
+  [K in keyof S]: S[K] extends { default: string | number | boolean } ? ValueOf<S[K]> : ValueOf<S[K]> | undefined;
+};
 
 /** A wrong flag, value or argument: the message names it; the command exits 2. */
 export class FlagError extends Error {}
@@ -40,6 +66,24 @@ export function parseDuration(s: string): number | null {
   return pos === s.length && pos > 0 ? total : null;
 }
 
+/** The accepted values of a flag, in words, for error messages and help. */
+export function acceptedValues(spec: FlagSpec): string {
+  switch (spec.type) {
+    case "boolean":
+      return "true or false";
+    case "int":
+      if (spec.min !== undefined && spec.max !== undefined) return `a whole number from ${spec.min} to ${spec.max}`;
+      if (spec.min !== undefined) return `a whole number, at least ${spec.min}`;
+      return "a whole number";
+    case "duration":
+      return 'a duration such as "24h", "90s" or a number of seconds';
+    case "list":
+      return "a comma-separated list";
+    case "string":
+      return spec.choices ? `one of ${spec.choices.join(", ")}` : "a value";
+  }
+}
+
 function convert(spec: FlagSpec, raw: string, from: string): FlagValue {
   const bad = (why: string) => new FlagError(`invalid value ${JSON.stringify(raw)} for ${from}: ${why}`);
   switch (spec.type) {
@@ -50,29 +94,50 @@ function convert(spec: FlagSpec, raw: string, from: string): FlagValue {
       throw bad("expected true or false");
     }
     case "int": {
-      if (!/^-?\d+$/.test(raw)) throw bad("expected a whole number");
+      if (!/^-?\d+$/.test(raw)) throw bad(`expected ${acceptedValues(spec)}`);
       const n = Number(raw);
-      if (spec.min !== undefined && n < spec.min) throw bad(`must be at least ${spec.min}`);
-      if (spec.max !== undefined && n > spec.max) throw bad(`must be at most ${spec.max}`);
+      if (spec.min !== undefined && n < spec.min) throw bad(`must be at least ${spec.min} (${acceptedValues(spec)})`);
+      if (spec.max !== undefined && n > spec.max) throw bad(`must be at most ${spec.max} (${acceptedValues(spec)})`);
       return n;
     }
     case "duration": {
       const ms = parseDuration(raw);
-      if (ms === null || ms <= 0) throw bad('expected a duration such as "24h", "90s" or a number of seconds');
+      if (ms === null || ms <= 0) throw bad(`expected ${acceptedValues(spec)}`);
       return ms;
     }
     case "list":
       return raw.split(",").filter((x) => x !== "");
-    case "string":
-      if (spec.choices && !spec.choices.includes(raw)) throw bad(`expected one of ${spec.choices.join(", ")}`);
-      return raw;
+    case "string": {
+      if (!spec.choices) return raw;
+      const match = spec.ignoreCase ? spec.choices.find((c) => c.toLowerCase() === raw.toLowerCase()) : spec.choices.find((c) => c === raw);
+      if (match === undefined) throw bad(`expected ${acceptedValues(spec)}`);
+      return match;
+    }
   }
 }
 
-export function parseFlags(argv: string[], specs: FlagSpecs, env: Record<string, string | undefined> = process.env): ParsedFlags {
+function defaultValue(spec: FlagSpec): FlagValue {
+  if (spec.default === undefined) return undefined;
+  if (spec.type === "duration") return parseDuration(String(spec.default))!;
+  if (spec.type === "list") return String(spec.default).split(",");
+  return spec.default;
+}
+
+export function parseFlags<S extends FlagSpecs>(
+  argv: string[],
+  specs: S,
+  env: Record<string, string | undefined> = process.env,
+): ParsedFlags<FlagValues<S>> {
   const values: Record<string, FlagValue> = {};
   const positionals: string[] = [];
   const given = new Set<string>();
+  const refuse = (name: string, spec: FlagSpec, from: string) => {
+    if (spec.unsupported !== undefined)
+      throw new FlagError(
+        `${from} is a flanneld flag that flannel-bin does not support yet${spec.unsupported ? `: ${spec.unsupported}` : ""}`,
+      );
+    return name;
+  };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === "--") {
@@ -88,13 +153,14 @@ export function parseFlags(argv: string[], specs: FlagSpecs, env: Record<string,
     const name = eq < 0 ? body : body.slice(0, eq);
     const spec = specs[name];
     if (!spec) throw new FlagError(`unknown flag ${arg.split("=")[0]} (see --help for the flags of this command)`);
+    refuse(name, spec, `--${name}`);
     let raw: string;
     if (eq >= 0) raw = body.slice(eq + 1);
     else if (spec.type === "boolean")
       raw = "true"; // Go: a bare boolean flag is true; `--x false` is not a value
     else {
       const next = argv[i + 1];
-      if (next === undefined) throw new FlagError(`flag needs an argument: ${arg}`);
+      if (next === undefined) throw new FlagError(`flag needs an argument: ${arg} (${acceptedValues(spec)})`);
       raw = next;
       i++;
     }
@@ -107,18 +173,13 @@ export function parseFlags(argv: string[], specs: FlagSpecs, env: Record<string,
     if (given.has(name)) continue;
     const e = env[envName(name)];
     if (e !== undefined && e !== "") {
+      refuse(name, spec, envName(name));
       values[name] = convert(spec, e, envName(name));
       given.add(name);
-    } else if (spec.default !== undefined)
-      values[name] =
-        spec.type === "duration"
-          ? parseDuration(String(spec.default))!
-          : spec.type === "list"
-            ? String(spec.default).split(",")
-            : spec.default;
+    } else if (spec.default !== undefined) values[name] = defaultValue(spec);
   }
   if ("store" in specs && !given.has("store")) values.store = inferStore(given);
-  return { values, positionals };
+  return { values: values as FlagValues<S>, positionals };
 }
 
 /**
@@ -132,7 +193,10 @@ function inferStore(given: Set<string>): string {
   return "sqlite";
 }
 
-/** citty argument definitions for --help, generated from the same specs. */
+/** The specs behind each citty argument table, so help.ts renders the real thing (groups, placeholders). */
+export const specsOfArgs = new WeakMap<ArgsDef, FlagSpecs>();
+
+/** citty argument definitions (citty only dispatches; help and parsing come from the specs). */
 export function cittyArgs(specs: FlagSpecs): ArgsDef {
   const out: ArgsDef = {};
   for (const [name, s] of Object.entries(specs)) {
@@ -142,6 +206,7 @@ export function cittyArgs(specs: FlagSpecs): ArgsDef {
         ? { type: "boolean", description }
         : { type: "string", description, ...(s.default !== undefined ? { default: String(s.default) } : {}) };
   }
+  specsOfArgs.set(out, specs);
   return out;
 }
 
@@ -182,11 +247,17 @@ export const STORE_FLAGS = {
   "nats-keyfile": { type: "string", description: "client key for NATS TLS" },
 } as const satisfies FlagSpecs;
 
-export const RUN_FLAGS = {
+/** The agent's own flags (help: "Run flags"). */
+const AGENT_FLAGS = {
   ...STORE_FLAGS,
   "public-ip": { type: "string", description: "IP accessible by other nodes for inter-host communication (default: the interface's IP)" },
   iface: { type: "list", description: "interface to use (IP or name) for inter-host communication; repeatable, tried in order" },
   "iface-regex": { type: "list", description: "regex of interface IPs or names; repeatable, tried after --iface" },
+  "iface-can-reach": {
+    type: "string",
+    placeholder: "IP",
+    description: "use the interface (and source address) of the route to this IP; tried after --iface and --iface-regex",
+  },
   "subnet-file": {
     type: "string",
     description: "filename where env variables (subnet, MTU, ...) will be written to",
@@ -241,3 +312,74 @@ export const RUN_FLAGS = {
     default: "5m",
   },
 } as const satisfies FlagSpecs;
+
+/**
+ * Logging, with the klog/glog flags of the flanneld releases the setup guides were written for (log.ts says what
+ * each does here). Every one is accepted so that flanneld's command lines work unchanged.
+ */
+export const LOG_FLAGS = {
+  v: {
+    type: "int",
+    placeholder: "N",
+    description: "klog verbosity: 2 or more adds debug lines, 4 or more trace lines",
+    default: 0,
+    min: 0,
+    max: 10,
+  },
+  vmodule: { type: "string", placeholder: "PATTERN=N,...", description: "klog per-file verbosity: accepted, no effect (one notice)" },
+  log_backtrace_at: {
+    type: "string",
+    placeholder: "FILE:LINE",
+    description: "klog stack trace at a log line: accepted, no effect (one notice)",
+  },
+  logtostderr: {
+    type: "boolean",
+    description: "log to standard error (false: to a file in --log_dir, errors also to stderr)",
+    default: true,
+  },
+  alsologtostderr: { type: "boolean", description: "with --logtostderr=false: log to standard error as well as the file", default: false },
+  log_dir: {
+    type: "string",
+    placeholder: "DIR",
+    description: "with --logtostderr=false: append log lines to DIR/flanneld.log (default /tmp, as glog)",
+  },
+  stderrthreshold: {
+    type: "string",
+    placeholder: "LEVEL",
+    description: "with --logtostderr=false: lines at this level or above also go to stderr (0-3 or INFO, WARNING, ERROR, FATAL)",
+    default: "2",
+    choices: ["0", "1", "2", "3", "INFO", "WARNING", "ERROR", "FATAL"],
+    ignoreCase: true,
+  },
+} as const satisfies FlagSpecs;
+
+/**
+ * flanneld flags (docs/flannel-compat.md §8) without an implementation yet: known by name so that using one says
+ * so instead of "unknown flag". A flag implemented later is defined in AGENT_FLAGS, which takes precedence.
+ */
+const NOT_YET: FlagSpecs = {
+  "public-ipv6": {
+    type: "string",
+    placeholder: "IP",
+    description: "IPv6 accessible by other nodes",
+    unsupported: "the data plane is IPv4",
+  },
+  "kube-subnet-mgr": { type: "boolean", description: "use the Kubernetes API instead of a store", unsupported: "use etcd, NATS or SQLite" },
+  "kube-api-url": { type: "string", placeholder: "URL", description: "Kubernetes API server URL", unsupported: "" },
+  "kubeconfig-file": { type: "string", placeholder: "FILE", description: "kubeconfig file", unsupported: "" },
+  "kube-annotation-prefix": { type: "string", description: "Kubernetes node annotation prefix", unsupported: "" },
+  "net-config-path": { type: "string", placeholder: "FILE", description: "network config file (Kubernetes mode)", unsupported: "" },
+  "set-node-network-unavailable": { type: "boolean", description: "set the node's NetworkUnavailable condition", unsupported: "" },
+};
+
+/** Every flag of `flannel-bin run` (and of `flanneld`). */
+export const RUN_FLAGS = { ...NOT_YET, ...AGENT_FLAGS, ...LOG_FLAGS } as const satisfies FlagSpecs;
+export type RunFlags = FlagValues<typeof RUN_FLAGS>;
+
+/** Help sections of `run`: a flag shows in the first section that names it. */
+export const RUN_HELP_GROUPS: [title: string, specs: FlagSpecs][] = [
+  ["Store flags", STORE_FLAGS],
+  ["Run flags", AGENT_FLAGS],
+  ["Logging flags", LOG_FLAGS],
+  ["flanneld flags not supported yet (accepted by name; using one is an error)", NOT_YET],
+];

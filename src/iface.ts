@@ -22,6 +22,8 @@ export interface SelectOptions {
   ifaceRegex?: string[];
   /** --public-ip. */
   publicIP?: string;
+  /** --iface-can-reach: the interface and source address of the route to this IP (tried after --iface and regexes). */
+  ifaceCanReach?: string;
 }
 
 export interface ChooseOptions extends SelectOptions {
@@ -127,6 +129,18 @@ const sameIP = (a: string, b: string): boolean => {
 
 type Found = { link: Link; addr: string };
 
+/** --iface-can-reach: the device of `ip -json route get <ip>` and its preferred source (else the device's address). */
+function linkReaching(links: Link[], routeGetJson: unknown, ip: string): Found {
+  const r = Array.isArray(routeGetJson) ? routeGetJson[0] : undefined;
+  if (!isObj(r) || typeof r.dev !== "string") throw new IfaceError(`no route to ${ip}`);
+  const link = links.find((x) => x.ifname === r.dev);
+  if (!link) throw new IfaceError(`the route to ${ip} uses ${r.dev}, which has no IPv4 address`);
+  const src = typeof r.prefsrc === "string" && parseIP(r.prefsrc)?.family === 4 ? formatIP(parseIP(r.prefsrc)!.value, 4) : undefined;
+  const addr = src ?? candidateAddrs(link)[0];
+  if (!addr) throw new IfaceError(`failed to find IPv4 address for interface ${link.ifname}`);
+  return { link, addr };
+}
+
 function linkOwningIP(links: Link[], ip: string): Found {
   const canon = formatIP(parseIP(ip)!.value, 4);
   for (const l of links) if (l.addrs.some((a) => sameIP(a.local, canon))) return { link: l, addr: canon };
@@ -178,7 +192,7 @@ export interface Selection {
  * The whole decision of docs/flannel-compat.md §9 (IPv4), over the JSON of `ip -json addr show` and
  * `ip -json -4 route show table main`. Throws IfaceError with flannel's messages.
  */
-export function selectInterface(addrsJson: unknown, routesJson: unknown, opts: SelectOptions): Selection {
+export function selectInterface(addrsJson: unknown, routesJson: unknown, opts: SelectOptions, routeGetJson?: unknown): Selection {
   const links = parseIpAddr(addrsJson);
   const routes = parseIpRoute(routesJson);
   const ifaces = opts.iface ?? [];
@@ -188,8 +202,11 @@ export function selectInterface(addrsJson: unknown, routesJson: unknown, opts: S
   if (opts.publicIP !== undefined && opts.publicIP !== "" && parseIP(opts.publicIP)?.family !== 4)
     throw new IfaceError(`invalid public IP address: ${opts.publicIP}`);
 
+  const canReach = opts.ifaceCanReach || undefined;
+  if (canReach !== undefined && parseIP(canReach)?.family !== 4) throw new IfaceError(`invalid --iface-can-reach address: ${canReach}`);
+
   let found: Found | null = null;
-  if (ifaces.length === 0 && regexes.length === 0) {
+  if (ifaces.length === 0 && regexes.length === 0 && canReach === undefined) {
     try {
       found = opts.publicIP ? linkOwningIP(links, opts.publicIP) : defaultRouteLink(links, routes);
     } catch (e) {
@@ -214,6 +231,13 @@ export function selectInterface(addrsJson: unknown, routesJson: unknown, opts: S
         notes.push(`Could not find valid interface matching ${p}: ${(e as Error).message}`);
       }
     }
+    if (!found && canReach !== undefined) {
+      try {
+        found = linkReaching(links, routeGetJson, canReach);
+      } catch (e) {
+        notes.push(`Could not find valid interface reaching ${canReach}: ${(e as Error).message}`);
+      }
+    }
     if (!found) {
       throw new IfaceError("Failed to find interface to use that matches the interfaces and/or regexes provided", notes);
     }
@@ -231,9 +255,11 @@ export function selectInterface(addrsJson: unknown, routesJson: unknown, opts: S
 
 /** Reads the kernel's addresses and main-table IPv4 routes (optionally in a netns) and selects the interface. */
 export async function chooseExternalInterface(opts: ChooseOptions): Promise<Selection> {
-  const [addrs, routes] = await Promise.all([
+  const reach = opts.ifaceCanReach && parseIP(opts.ifaceCanReach)?.family === 4 ? formatIP(parseIP(opts.ifaceCanReach)!.value, 4) : null;
+  const [addrs, routes, routeGet] = await Promise.all([
     ipJson(["addr", "show"], opts.netns),
     ipJson(["-4", "route", "show", "table", "main"], opts.netns),
+    reach ? ipJson(["route", "get", reach], opts.netns).catch(() => []) : Promise.resolve(undefined),
   ]);
-  return selectInterface(addrs, routes, opts);
+  return selectInterface(addrs, routes, opts, routeGet);
 }

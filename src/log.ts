@@ -1,7 +1,129 @@
-// Tagged loggers that follow consola's current reporters: consola.withTag() copies the reporter list when it is
-// called, so a logger made at import time would never reach a reporter added later (tests capture logs that way).
-import { type ConsolaInstance, consola } from "consola";
+// Logging. Tagged loggers that follow consola's current reporters: consola.withTag() copies the reporter list when it
+// is called, so a logger made at import time would never reach a reporter added later (tests capture logs that way).
+//
+// Off a terminal (journald, a pipe, a file) or with NO_COLOR set, every event is one plain line with a level word:
+// `info [agent] using the etcd store at ...`, no colour codes. On a terminal consola's coloured output stays.
+// The klog/glog flags of flanneld (flags.ts LOG_FLAGS) mean here:
+//   -v=N              N >= 2: debug lines too; N >= 4: trace lines too
+//   --logtostderr     true (default): all lines to stderr. false: lines go to <log_dir>/flanneld.log (appended),
+//                     and only lines at --stderrthreshold or above (default 2 = ERROR) also to stderr
+//   --alsologtostderr with --logtostderr=false: every line to stderr as well
+//   --log_dir         the folder of flanneld.log (default: the system temp folder, as glog); unused with logtostderr
+//   -vmodule, -log_backtrace_at: accepted, no effect (one notice)
+import { closeSync, mkdirSync, openSync, writeSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { inspect } from "node:util";
+import { type ConsolaInstance, type ConsolaReporter, type LogObject, consola } from "consola";
 
 export function logger(tag: string): ConsolaInstance {
   return new Proxy({} as ConsolaInstance, { get: (_t, prop) => Reflect.get(consola.withTag(tag), prop) });
+}
+
+const LEVEL_WORD: Record<string, string> = {
+  fatal: "fatal",
+  error: "error",
+  fail: "error",
+  warn: "warn",
+  debug: "debug",
+  trace: "trace",
+  verbose: "trace",
+};
+
+/** glog severities: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL. */
+function severity(type: string): number {
+  if (type === "fatal") return 3;
+  if (type === "error" || type === "fail") return 2;
+  if (type === "warn") return 1;
+  return 0;
+}
+
+/** One event as one line: `<level> [<tag>] <message>`; line breaks inside the message become spaces. */
+export function plainLine(o: Pick<LogObject, "type" | "tag" | "args"> & { message?: string }): string {
+  const text = [o.message, ...o.args]
+    .filter((a) => a !== undefined)
+    .map((a) => (typeof a === "string" ? a : a instanceof Error ? a.message : inspect(a, { breakLength: Number.POSITIVE_INFINITY })))
+    .join(" ");
+  const msg = text
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .join(" ");
+  return `${LEVEL_WORD[o.type] ?? "info"}${o.tag ? ` [${o.tag}]` : ""} ${msg}`;
+}
+
+/** Whether output to this stream may carry colour codes. */
+export function colourAllowed(
+  stream: { isTTY?: boolean } = process.stderr,
+  env: Record<string, string | undefined> = process.env,
+): boolean {
+  return stream.isTTY === true && env.NO_COLOR === undefined && env.TERM !== "dumb";
+}
+
+function plainReporter(write: (line: string, severity: number) => void): ConsolaReporter {
+  return { log: (o) => write(plainLine(o), severity(o.type)) };
+}
+
+/** Replaces the reporters in place (derived consola instances share the array, so they follow too). */
+function useReporters(...reporters: ConsolaReporter[]): void {
+  const list = consola.options.reporters;
+  list.splice(0, list.length, ...reporters);
+}
+
+let fileFd: number | null = null;
+
+/** Plain lines on stderr unless stderr is a terminal that may show colour. Called once at start by main.ts. */
+export function setUpLogging(): void {
+  if (!colourAllowed()) useReporters(plainReporter((line) => void process.stderr.write(`${line}\n`)));
+}
+
+export interface LogFlags {
+  v: number;
+  vmodule?: string;
+  log_backtrace_at?: string;
+  logtostderr: boolean;
+  alsologtostderr: boolean;
+  log_dir?: string;
+  stderrthreshold: string;
+}
+
+const THRESHOLD: Record<string, number> = { "0": 0, "1": 1, "2": 2, "3": 3, info: 0, warning: 1, error: 2, fatal: 3 };
+
+/** Applies flanneld's logging flags (see the top of this file). */
+export function applyLogFlags(f: LogFlags): void {
+  const log = logger("log");
+  if (f.v >= 4) consola.level = 5;
+  else if (f.v >= 2) consola.level = 4;
+  if (f.vmodule) log.info("-vmodule is accepted for flanneld compatibility and has no effect (use -v)");
+  if (f.log_backtrace_at) log.info("-log_backtrace_at is accepted for flanneld compatibility and has no effect");
+  if (f.logtostderr) {
+    if (f.log_dir) log.info(`--log_dir ${f.log_dir} is not used while --logtostderr is true (as glog); logging to stderr`);
+    return;
+  }
+  const dir = f.log_dir || tmpdir();
+  const file = join(dir, "flanneld.log");
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    fileFd = openSync(file, "a", 0o644);
+  } catch (e) {
+    log.error(`cannot open log file ${file}: ${(e as Error).message}; logging to stderr`);
+    return;
+  }
+  const threshold = THRESHOLD[f.stderrthreshold.toLowerCase()] ?? 2;
+  const fd = fileFd;
+  useReporters(
+    plainReporter((line, sev) => {
+      try {
+        writeSync(fd, `${new Date().toISOString()} ${line}\n`);
+      } catch {}
+      if (f.alsologtostderr || sev >= threshold) process.stderr.write(`${line}\n`);
+    }),
+  );
+  process.stderr.write(`info [log] logging to ${file}${f.alsologtostderr ? " and stderr" : ""}\n`);
+}
+
+/** Closes the --log_dir file (end of the process). */
+export function closeLogFile(): void {
+  if (fileFd !== null) closeSync(fileFd);
+  fileFd = null;
 }

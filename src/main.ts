@@ -1,28 +1,73 @@
 #!/usr/bin/env bun
-// Entry point of the flannel-bin binary.
-import { runCommand, showUsage } from "citty";
+// Entry point of the flannel-bin binary. The name it is run under matters, as for busybox: `flanneld` is
+// `flannel-bin run` (flanneld's command lines work unchanged), `mk-docker-opts.sh` is `flannel-bin mk-docker-opts`.
+// `flannel-bin <flags>` without a command is `flannel-bin run <flags>` too.
+import { basename } from "node:path";
+import { type CommandDef, runCommand } from "citty";
 import { consola } from "consola";
 import { VERSION, main } from "./cli.ts";
-import { FlagError } from "./flags.ts";
+import { FlagError, specsOfArgs } from "./flags.ts";
+import { type HelpCommand, renderHelp } from "./help.ts";
+import { setUpLogging } from "./log.ts";
+import { mkDockerOpts } from "./mk-docker-opts.ts";
 
-async function entry(argv: string[]): Promise<void> {
-  if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-version" || argv[0] === "-v")) {
+const HELP = new Set(["--help", "-h", "-help"]);
+const VERSION_FLAGS = new Set(["--version", "-version"]);
+
+type Resolvable<T> = T | (() => T | Promise<T>) | Promise<T>;
+async function resolve<T>(v: Resolvable<T>): Promise<T> {
+  return typeof v === "function" ? await (v as () => T | Promise<T>)() : await v;
+}
+
+/** The help screen of the deepest command named in argv, e.g. `flannel-bin config put --help`. */
+async function help(argv: string[], prog: string): Promise<string> {
+  let cmd: CommandDef = main;
+  const path = [prog];
+  for (const a of argv) {
+    const subs = (await resolve(cmd.subCommands as Resolvable<Record<string, Resolvable<CommandDef>>> | undefined)) ?? {};
+    if (!(a in subs)) break;
+    cmd = await resolve(subs[a]!);
+    if (!(prog === "flanneld" && a === "run")) path.push(a); // flanneld is `run` under another name
+  }
+  const meta = (await resolve(cmd.meta as Resolvable<{ description?: string }> | undefined)) ?? {};
+  const args = await resolve(cmd.args as Resolvable<object> | undefined);
+  const subs = (await resolve(cmd.subCommands as Resolvable<Record<string, Resolvable<CommandDef>>> | undefined)) ?? {};
+  const h: HelpCommand = {
+    path: path.join(" "),
+    description: meta.description ?? "",
+    specs: args ? specsOfArgs.get(args as never) : undefined,
+  };
+  const subList = [];
+  for (const [name, def] of Object.entries(subs)) {
+    const m = (await resolve((await resolve(def)).meta as Resolvable<{ description?: string }> | undefined)) ?? {};
+    subList.push({ name, description: m.description ?? "" });
+  }
+  if (subList.length) h.subcommands = subList;
+  if (path.length === 1 && prog !== "flanneld") {
+    h.subcommands?.push({
+      name: "mk-docker-opts",
+      description: "write Docker options from subnet.env (flannel's mk-docker-opts.sh; see mk-docker-opts -h)",
+    });
+    h.usage = [`${prog} <command> [flags]`, `${prog} [flags]   (no command: run)`];
+  } else if (path[1] === "run" || prog === "flanneld")
+    h.usage = [`${h.path} [flags]`, "flannel-bin [flags]   (no command: run)", "flanneld [flags]   (a link named flanneld runs the agent)"];
+  return renderHelp(h);
+}
+
+async function entry(argv0: string, argv: string[]): Promise<void> {
+  setUpLogging();
+  const prog = basename(argv0 || "flannel-bin");
+  if (prog === "mk-docker-opts.sh" || prog === "mk-docker-opts") process.exit(mkDockerOpts(argv, argv0));
+  if (argv[0] === "mk-docker-opts") process.exit(mkDockerOpts(argv.slice(1), "flannel-bin mk-docker-opts"));
+  const asFlanneld = prog === "flanneld";
+  if (argv.length === 1 && (VERSION_FLAGS.has(argv[0]!) || (!asFlanneld && argv[0] === "-v"))) {
     process.stdout.write(`${VERSION}\n`);
     return;
   }
-  if (argv.length === 0 || argv.some((a) => a === "--help" || a === "-h" || a === "-help")) {
-    // Show the usage of the deepest subcommand named before the help flag.
-    let cmd = main;
-    let parent = undefined as typeof main | undefined;
-    for (const a of argv) {
-      const subs = (await (typeof cmd.subCommands === "function" ? cmd.subCommands() : cmd.subCommands)) as
-        | Record<string, typeof main>
-        | undefined;
-      if (!subs || !(a in subs)) break;
-      parent = cmd;
-      cmd = (await (typeof subs[a] === "function" ? (subs[a] as unknown as () => Promise<typeof main>)() : subs[a])) as typeof main;
-    }
-    await showUsage(cmd, parent);
+  // flanneld's command lines: flags without a command run the agent.
+  if (asFlanneld || (argv[0]?.startsWith("-") && !HELP.has(argv[0]))) argv = ["run", ...argv];
+  if (argv.length === 0 || argv.some((a) => HELP.has(a))) {
+    process.stdout.write(await help(argv, asFlanneld ? "flanneld" : "flannel-bin"));
     if (argv.length === 0) process.exitCode = 2;
     return;
   }
@@ -30,14 +75,10 @@ async function entry(argv: string[]): Promise<void> {
     await runCommand(main, { rawArgs: argv });
   } catch (e) {
     const err = e as Error & { code?: string };
-    if (e instanceof FlagError || err.code === "E_UNKNOWN_COMMAND" || err.code === "E_NO_COMMAND") {
-      consola.error(err.message.replace(/\x1b\[[0-9;]*m/g, ""));
-      process.exitCode = 2;
-    } else {
-      consola.error(err.message);
-      process.exitCode = 1;
-    }
+    const msg = err.message.replace(/\x1b\[[0-9;]*m/g, "");
+    consola.error(msg);
+    process.exitCode = e instanceof FlagError || err.code === "E_UNKNOWN_COMMAND" || err.code === "E_NO_COMMAND" ? 2 : 1;
   }
 }
 
-await entry(process.argv.slice(2));
+await entry(process.argv0, process.argv.slice(2));

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { candidateAddrs, chooseExternalInterface, IfaceError, parseIpAddr, selectInterface } from "../src/iface.ts";
 import { formatCIDR } from "../src/ipmath.ts";
+import { testName } from "./helpers/binary.ts";
 
 const inet = (local: string, prefixlen: number, extra: Record<string, unknown> = {}) => ({
   family: "inet",
@@ -112,6 +113,27 @@ describe("selectInterface (pure)", () => {
     }
   });
 
+  test("--iface-can-reach: the route's device and preferred source, only after --iface and regexes fail", () => {
+    const get = [{ dst: "10.0.0.9", dev: "eth1", prefsrc: "10.9.0.5", flags: [] }];
+    const s = selectInterface(ADDRS, ROUTES, { ifaceCanReach: "10.0.0.9" }, get);
+    expect(s.iface.name).toBe("eth1");
+    expect(s.publicIP).toBe("10.9.0.5");
+    // No preferred source: the device's first address.
+    expect(selectInterface(ADDRS, ROUTES, { ifaceCanReach: "10.0.0.9" }, [{ dst: "10.0.0.9", dev: "eth1" }]).publicIP).toBe("10.0.0.5");
+    // --iface first; can-reach only when it fails.
+    expect(selectInterface(ADDRS, ROUTES, { iface: ["docker0"], ifaceCanReach: "10.0.0.9" }, get).iface.name).toBe("docker0");
+    expect(selectInterface(ADDRS, ROUTES, { iface: ["nope0"], ifaceCanReach: "10.0.0.9" }, get).iface.name).toBe("eth1");
+    // No route: flannel's "no match" message with the reason.
+    try {
+      selectInterface(ADDRS, ROUTES, { ifaceCanReach: "10.0.0.9" }, []);
+      throw new Error("expected a throw");
+    } catch (e) {
+      expect((e as IfaceError).message).toBe("Failed to find interface to use that matches the interfaces and/or regexes provided");
+      expect((e as IfaceError).notes[0]).toMatch(/reaching 10\.0\.0\.9: no route/);
+    }
+    expect(() => selectInterface(ADDRS, ROUTES, { ifaceCanReach: "eth0" }, get)).toThrow("invalid --iface-can-reach address: eth0");
+  });
+
   test("interface MTU must be non-zero", () => {
     expect(() => selectInterface(ADDRS, ROUTES, { iface: ["zero0"] })).toThrow("failed to determine MTU for 198.51.100.1 interface");
   });
@@ -135,7 +157,7 @@ describe("selectInterface (pure)", () => {
 // Real kernel: a throw-away network namespace with a veth interface (the dummy module may be missing), an
 // address and a default route.
 describe("chooseExternalInterface (netns)", () => {
-  const ns = `fbtest-iface-${process.pid}`;
+  const ns = testName(`fbtest-iface-${process.pid}`);
   const run = async (...args: string[]) => {
     const p = Bun.spawn(["ip", ...args], { stdout: "pipe", stderr: "pipe" });
     const [code, err] = await Promise.all([p.exited, new Response(p.stderr).text()]);
@@ -170,5 +192,11 @@ describe("chooseExternalInterface (netns)", () => {
     expect((await chooseExternalInterface({ netns: ns, iface: ["10.78.1.2"] })).iface.ipv4).toBe("10.78.1.2");
     expect((await chooseExternalInterface({ netns: ns, ifaceRegex: ["^ext"] })).iface.name).toBe("ext0");
     await expect(chooseExternalInterface({ netns: ns, iface: ["lo"] })).rejects.toThrow(/matches the interfaces/);
+  });
+
+  test("--iface-can-reach asks the kernel for the route (ip route get)", async () => {
+    const s = await chooseExternalInterface({ netns: ns, ifaceCanReach: "10.78.200.1" });
+    expect(s.iface.name).toBe("ext0");
+    expect(s.publicIP).toBe("10.78.1.2"); // the source the kernel picks for 10.78.0.0/16
   });
 });

@@ -4,7 +4,7 @@
 import type { Backend } from "../../backends/backend.ts";
 import { createBackend } from "../../backends/index.ts";
 import { ConfigError, DEFAULT_CONFIG_EXAMPLE, type NetworkConfig, formatNetworkConfigSummary, parseNetworkConfig } from "../config.ts";
-import type { FlagValue } from "../flags.ts";
+import type { RunFlags } from "../flags.ts";
 import { type Selection, chooseExternalInterface } from "../iface.ts";
 import { formatCIDR } from "../ipmath.ts";
 import type { Lease } from "../lease.ts";
@@ -18,7 +18,7 @@ import { retryEverySecond, settingsAreFatal } from "./retry.ts";
 
 const log = logger("agent");
 
-export type Flags = Record<string, FlagValue>;
+export type Flags = RunFlags;
 
 /** What every waiting step shares: the stop signal, readiness, and a counter of store errors for /metrics. */
 export interface StepContext {
@@ -69,9 +69,10 @@ export async function configStep(c: StepContext, store: Store): Promise<NetworkC
 /** The external interface and public IP (flannel-compat §9). Nothing found throws (exit 1), as flanneld. */
 export async function interfaceStep(f: Flags): Promise<Selection> {
   const sel = await chooseExternalInterface({
-    iface: f.iface as string[] | undefined,
-    ifaceRegex: f["iface-regex"] as string[] | undefined,
-    publicIP: (f["public-ip"] as string | undefined) || undefined,
+    iface: f.iface,
+    ifaceRegex: f["iface-regex"],
+    ifaceCanReach: f["iface-can-reach"] || undefined,
+    publicIP: f["public-ip"] || undefined,
   });
   for (const n of sel.notes) log.info(n);
   log.info(`using interface ${sel.iface.name} (mtu ${sel.iface.mtu}) with public IP ${sel.publicIP}`);
@@ -93,9 +94,9 @@ export async function leaseStep(
   backend: Backend,
 ): Promise<{ lease: Lease; keeper: LeaseKeeper } | null> {
   c.readiness.waiting("lease");
-  const ttlMs = Number(c.flags["subnet-lease-ttl"]);
-  const marginMs = Number(c.flags["subnet-lease-renew-margin"]) * 60_000;
-  const prev = readPreviousSubnet(String(c.flags["subnet-file"]));
+  const ttlMs = c.flags["subnet-lease-ttl"];
+  const marginMs = c.flags["subnet-lease-renew-margin"] * 60_000;
+  const prev = readPreviousSubnet(c.flags["subnet-file"]);
   const lease = await retryEverySecond(
     "acquiring a lease",
     c.signal,
@@ -112,7 +113,7 @@ export async function leaseStep(
  * but the data plane keeps working.
  */
 export function announceStep(c: StepContext, cfg: NetworkConfig, lease: Lease, backend: Backend): void {
-  const file = String(c.flags["subnet-file"]);
+  const file = c.flags["subnet-file"];
   try {
     writeSubnetEnv(file, { network: cfg.network, subnet: lease.subnet, mtu: backend.mtu, ipMasq: c.flags["ip-masq"] === true });
     log.info(`wrote ${file}`);

@@ -79,3 +79,52 @@ describe("store selection", () => {
     expect(store(["--etcd-prefix", "/x"], { FLANNELD_STORE: "nats" })).toBe("nats");
   });
 });
+
+describe("flanneld's flag lines", () => {
+  test("klog/glog flags are accepted with their defaults and values", () => {
+    const { values } = parseFlags([], RUN_FLAGS, {});
+    expect(values.v).toBe(0);
+    expect(values.logtostderr).toBe(true);
+    expect(values.alsologtostderr).toBe(false);
+    expect(values.stderrthreshold).toBe("2");
+    const g = parseFlags(
+      [
+        "--logtostderr=false",
+        "--log_dir=/var/log/k8s/flannel/",
+        "-v=2",
+        "-vmodule=foo=3",
+        "-log_backtrace_at=x.go:1",
+        "--stderrthreshold=warning",
+      ],
+      RUN_FLAGS,
+      {},
+    ).values;
+    expect(g.logtostderr).toBe(false);
+    expect(g.log_dir).toBe("/var/log/k8s/flannel/");
+    expect(g.v).toBe(2);
+    expect(g.vmodule).toBe("foo=3");
+    expect(g.stderrthreshold).toBe("WARNING");
+    expect(parseFlags(["-iface-can-reach=10.0.0.1"], RUN_FLAGS, {}).values["iface-can-reach"]).toBe("10.0.0.1");
+  });
+  test("flanneld flags not implemented yet are known, and using one says so (also from the environment)", () => {
+    expect(() => parseFlags(["--public-ipv6=fd00::1"], RUN_FLAGS, {})).toThrow(
+      /--public-ipv6 is a flanneld flag that flannel-bin does not support yet/,
+    );
+    expect(() => parseFlags(["--kube-subnet-mgr"], RUN_FLAGS, {})).toThrow(/not support yet/);
+    expect(() => parseFlags([], RUN_FLAGS, { FLANNELD_KUBE_SUBNET_MGR: "true" })).toThrow(/FLANNELD_KUBE_SUBNET_MGR is a flanneld flag/);
+  });
+  test("errors name the flag and the accepted values", () => {
+    expect(() => parseFlags(["--v=x"], RUN_FLAGS, {})).toThrow('invalid value "x" for flag --v: expected a whole number from 0 to 10');
+    expect(() => parseFlags(["--stderrthreshold=LOUD"], RUN_FLAGS, {})).toThrow(/expected one of 0, 1, 2, 3, INFO, WARNING, ERROR, FATAL/);
+    expect(() => parseFlags(["--healthz-port"], RUN_FLAGS, {})).toThrow(
+      "flag needs an argument: --healthz-port (a whole number from 0 to 65535)",
+    );
+  });
+  test("values are typed by the spec", () => {
+    const { values } = parseFlags(["--healthz-port=9000", "--iface=eth0"], RUN_FLAGS, {});
+    const port: number = values["healthz-port"];
+    const iface: string[] | undefined = values.iface;
+    const store: "sqlite" | "etcd" | "nats" = values.store;
+    expect([port, iface, store]).toEqual([9000, ["eth0"], "sqlite"]);
+  });
+});
