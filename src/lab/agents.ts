@@ -1,11 +1,11 @@
-// The agent in each lab host: `flannel-bin run` started detached in the host namespace (recorded by PID), its
-// liveness, its readiness (/readyz and a usable subnet.env) and the subnet.env it wrote.
+// The agent in each lab host: `flannel-bin run` (or the real flanneld, in a mixed lab) started detached in the host
+// namespace (recorded by PID), its liveness, its readiness (/readyz and a usable subnet.env) and the subnet.env it wrote.
 import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { consola } from "consola";
 import { parseEnvFile } from "../subnet-env.ts";
 import { GiveUp, execIn, processAlive, processArgv, spawnDetachedIn, waitFor } from "./netns.ts";
-import { type LabHost, type LabState, recordPath, saveState } from "./state.ts";
+import { type LabHost, LabError, type LabState, recordPath, saveState } from "./state.ts";
 
 const log = consola.withTag("lab");
 
@@ -17,7 +17,40 @@ export function defaultBinary(): string {
   return resolve(dirname(import.meta.path), "../../dist/flannel-bin");
 }
 
+/** The value of `--name v` in a flag list (the lab writes its store flags in that form). */
+function flagValue(flags: string[], name: string): string | undefined {
+  const i = flags.indexOf(name);
+  return i >= 0 ? flags[i + 1] : undefined;
+}
+
+/**
+ * flanneld v0.28 on the lab's etcd, outside Kubernetes: the same store, interface, subnet file and health port as a
+ * flannel-bin host. Values as separate arguments (Go's flag package takes `-flag value`), so the subnet file is one
+ * argv entry and agentAlive/stopProcess recognise the process.
+ */
+function flanneldArgv(s: LabState, h: LabHost): string[] {
+  const endpoints = flagValue(s.storeFlags, "--etcd-endpoints");
+  if (!s.flanneld || s.store !== "etcd" || !endpoints) throw new LabError(`${h.netns}: flanneld hosts need the lab's etcd store`);
+  const prefix = flagValue(s.storeFlags, "--etcd-prefix");
+  return [
+    s.flanneld.binary,
+    "-etcd-endpoints",
+    endpoints,
+    ...(prefix ? ["-etcd-prefix", prefix] : []),
+    "-iface",
+    "eth0",
+    "-subnet-file",
+    h.subnetFile,
+    "-healthz-ip",
+    "127.0.0.1",
+    "-healthz-port",
+    String(HEALTHZ_PORT),
+    ...s.flanneld.args,
+  ];
+}
+
 function agentArgv(s: LabState, h: LabHost): string[] {
+  if (h.agent === "flanneld") return flanneldArgv(s, h);
   return [
     s.binary,
     "run",
@@ -39,7 +72,7 @@ export function startAgent(s: LabState, h: LabHost): void {
   recordPath(s, h.subnetFile);
   h.agentPid = spawnDetachedIn(h.netns, agentArgv(s, h), h.logFile);
   saveState(s);
-  log.info(`agent pid ${h.agentPid} in ${h.netns} (log ${h.logFile})`);
+  log.info(`${h.agent ?? "flannel-bin"} pid ${h.agentPid} in ${h.netns} (log ${h.logFile})`);
 }
 
 export function logTail(file: string, lines = 15): string {

@@ -17,6 +17,7 @@ import { addContainer } from "./containers.ts";
 import { netnsDel, netnsExists, stopProcess } from "./netns.ts";
 import { type LabReport, labReport } from "./report.ts";
 import {
+  type LabAgentKind,
   type LabBackend,
   LabError,
   type LabHost,
@@ -79,6 +80,12 @@ export interface LabOptions {
   topologyOnly?: boolean;
   /** Bound for each agent's readiness (default 30 s). */
   readyTimeoutMs?: number;
+  /** Key prefix on the lab's etcd (flannel's -etcd-prefix), for agents, flanneld and `config put`. */
+  etcdPrefix?: string;
+  /** nats-server binary for the lab's NATS server (default: nats-server on PATH), e.g. a current one. */
+  natsServer?: string;
+  /** Mixed lab: these hosts (1-based) run the real flanneld instead of flannel-bin (etcd store only). */
+  flanneld?: { binary: string; hosts: number[]; args?: string[] };
 }
 
 /** Brings the whole lab up and pings all pairs. Throws on setup failure (state kept for labDown); report.ok says pings. */
@@ -92,6 +99,13 @@ export async function labUp(opts: LabOptions = {}): Promise<LabReport> {
     throw new LabError(`--backend must be vxlan or host-gw, got ${JSON.stringify(backend)}`);
   const store = opts.store ?? "sqlite";
   if (!["sqlite", "etcd", "nats"].includes(store)) throw new LabError(`--store must be sqlite, etcd or nats, got ${JSON.stringify(store)}`);
+  if (opts.flanneld) {
+    if (store !== "etcd") throw new LabError(`flanneld hosts need --store etcd, got ${store}`);
+    const bad = opts.flanneld.hosts.find((i) => !Number.isInteger(i) || i < 1 || i > nHosts);
+    if (bad !== undefined) throw new LabError(`flanneld host ${bad} is not one of the lab's hosts 1-${nHosts}`);
+    if (!existsSync(opts.flanneld.binary))
+      throw new LabError(`flanneld binary not found: ${opts.flanneld.binary} (scripts/setup.sh builds it)`);
+  }
   const stateDir = labStateDir(opts);
   if (existsSync(stateFile(stateDir)))
     throw new LabError(`lab ${name} already exists (${stateFile(stateDir)}); run \`flannel-bin lab down --name ${name}\` first`);
@@ -119,6 +133,7 @@ export async function labUp(opts: LabOptions = {}): Promise<LabReport> {
     binary,
     storeFlags: [],
     agentArgs: opts.agentArgs ?? [],
+    ...(opts.flanneld && { flanneld: { binary: resolve(opts.flanneld.binary), args: opts.flanneld.args ?? [] } }),
     underlay: `${name}-ul`,
     namespaces: [],
     hosts: [],
@@ -131,10 +146,14 @@ export async function labUp(opts: LabOptions = {}): Promise<LabReport> {
   try {
     log.info(`building underlay ${s.underlay} (br0 ${UNDERLAY_GATEWAY}/${UNDERLAY_PREFIX}) and ${nHosts} hosts`);
     await addUnderlay(s);
-    for (let i = 1; i <= nHosts; i++) await addHostNamespace(s, i);
+    for (let i = 1; i <= nHosts; i++) {
+      const h = await addHostNamespace(s, i);
+      if (opts.flanneld?.hosts.includes(i)) h.agent = "flanneld";
+    }
+    saveState(s);
     if (opts.topologyOnly) return await labReport(s, { pingCount: 1 });
 
-    await setupStore(s, opts.storeArgs);
+    await setupStore(s, opts);
     await putNetworkConfig(s, opts.backendOptions);
     // Start all agents first, then wait: they come up in parallel.
     for (const h of s.hosts) startAgent(s, h);
@@ -231,6 +250,29 @@ export async function labStartHost(opts: { name?: string; stateDir?: string; rea
   const s = loadLabState(opts);
   const h = findHost(s, host);
   if (agentAlive(h)) throw new LabError(`agent in ${h.netns} is already running (pid ${h.agentPid})`);
+  startAgent(s, h);
+  await waitAgentReady(h, opts.readyTimeoutMs);
+  return h;
+}
+
+/**
+ * Replaces a host's agent in place with `agent` (flannel-bin or flanneld): SIGTERM to the running one (both leave
+ * lease, subnet.env and kernel state in place on exit), then the other started with the same subnet file, interface
+ * and store; waits until it is ready. flanneld needs a lab made with the `flanneld` option.
+ */
+export async function labSwitchAgent(
+  opts: { name?: string; stateDir?: string; readyTimeoutMs?: number },
+  host: string,
+  agent: LabAgentKind,
+): Promise<LabHost> {
+  requireRoot();
+  const s = loadLabState(opts);
+  const h = findHost(s, host);
+  if (agent === "flanneld" && !s.flanneld) throw new LabError(`lab ${s.name} was made without a flanneld binary`);
+  if (h.agentPid !== null) await stopProcess(h.agentPid, h.subnetFile, 10_000);
+  h.agentPid = null;
+  h.agent = agent;
+  saveState(s);
   startAgent(s, h);
   await waitAgentReady(h, opts.readyTimeoutMs);
   return h;

@@ -29,8 +29,9 @@ export async function startLabServer(
   host: string,
   stateDir: string,
   onPid: (s: LabServer) => void,
-  timeoutMs = 20_000,
+  opts: { natsServer?: string; timeoutMs?: number } = {},
 ): Promise<LabServer> {
+  const timeoutMs = opts.timeoutMs ?? 20_000;
   const dataDir = join(stateDir, kind === "etcd" ? "etcd-data" : "nats-data");
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const logFile = join(stateDir, `${kind}.log`);
@@ -64,7 +65,7 @@ export async function startLabServer(
     healthUrl = `${client}/health`;
     storeFlags = ["--store", "etcd", "--etcd-endpoints", client];
   } else {
-    cmd = ["nats-server", "-a", host, "-p", String(NATS_PORT), "-m", String(NATS_MONITOR_PORT), "-js", "-sd", dataDir];
+    cmd = [opts.natsServer ?? "nats-server", "-a", host, "-p", String(NATS_PORT), "-m", String(NATS_MONITOR_PORT), "-js", "-sd", dataDir];
     healthUrl = `http://${host}:${NATS_MONITOR_PORT}/healthz`;
     storeFlags = ["--store", "nats", "--nats-url", `nats://${host}:${NATS_PORT}`];
   }

@@ -8,6 +8,8 @@ import type { LabServer } from "./servers.ts";
 
 export type LabBackend = "vxlan" | "host-gw";
 export type LabStoreKind = "sqlite" | "etcd" | "nats";
+/** What runs in a host: flannel-bin, or the real flanneld (a test peer, for mixed clusters and migration). */
+export type LabAgentKind = "flannel-bin" | "flanneld";
 
 export interface LabHost {
   /** Host namespace, e.g. "flab-h1". */
@@ -19,6 +21,8 @@ export interface LabHost {
   subnetFile: string;
   logFile: string;
   agentPid: number | null;
+  /** Absent in a lab.json from before mixed labs: flannel-bin. */
+  agent?: LabAgentKind;
   /** Container namespace, once created. */
   containerNetns: string | null;
   containerIP: string | null;
@@ -36,6 +40,8 @@ export interface LabState {
   binary: string;
   storeFlags: string[];
   agentArgs: string[];
+  /** flanneld binary and extra flags, when some hosts run flanneld (etcd store only). */
+  flanneld?: { binary: string; args: string[] };
   underlay: string;
   /** Every namespace created, in creation order. */
   namespaces: string[];

@@ -3,14 +3,23 @@
 import { join } from "node:path";
 import { consola } from "consola";
 import { execIn, waitFor } from "./netns.ts";
-import { startLabServer } from "./servers.ts";
+import { type LabServer, startLabServer } from "./servers.ts";
 import { type LabState, recordPath, saveState } from "./state.ts";
 import { UNDERLAY_GATEWAY } from "./topology.ts";
 
 const log = consola.withTag("lab");
 
+export interface LabStoreOptions {
+  /** Store flags for a server the user runs. */
+  storeArgs?: string[];
+  /** etcd key prefix for the lab's own etcd (default flannel's /coreos.com/network). */
+  etcdPrefix?: string;
+  /** nats-server binary for the lab's own server (default: nats-server on PATH). */
+  natsServer?: string;
+}
+
 /** Sets s.storeFlags: the flags every agent and `config put` get. */
-export async function setupStore(s: LabState, storeArgs: string[] | undefined): Promise<void> {
+export async function setupStore(s: LabState, { storeArgs, etcdPrefix, natsServer }: LabStoreOptions = {}): Promise<void> {
   if (storeArgs && storeArgs.length > 0) {
     s.storeFlags = ["--store", s.store, ...storeArgs];
   } else if (s.store === "sqlite") {
@@ -20,13 +29,14 @@ export async function setupStore(s: LabState, storeArgs: string[] | undefined): 
     s.storeFlags = ["--store", "sqlite", "--sqlite-path", db];
   } else {
     const kind = s.store;
-    const server = await startLabServer(kind, s.underlay, UNDERLAY_GATEWAY, s.stateDir, (srv) => {
+    const onPid = (srv: LabServer) => {
       s.servers.push(srv);
       recordPath(s, srv.dataDir);
       recordPath(s, srv.logFile);
       saveState(s);
-    });
-    s.storeFlags = server.storeFlags;
+    };
+    const server = await startLabServer(kind, s.underlay, UNDERLAY_GATEWAY, s.stateDir, onPid, { natsServer });
+    s.storeFlags = kind === "etcd" && etcdPrefix ? [...server.storeFlags, "--etcd-prefix", etcdPrefix] : server.storeFlags;
     log.info(`${kind} server pid ${server.pid} in ${s.underlay}: ${server.storeFlags.join(" ")}`);
   }
   saveState(s);
