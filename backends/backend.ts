@@ -3,6 +3,7 @@
 import type { NetworkConfig } from "../src/config.ts";
 import type { IPNet } from "../src/ipmath.ts";
 import type { Lease, LeaseAttrs } from "../src/lease.ts";
+import type { KLink } from "../src/kernel/device-compat.ts";
 import type { StateFragment } from "../src/kernel/types.ts";
 
 export interface ExternalInterface {
@@ -20,6 +21,8 @@ export interface BackendContext {
   extIface: ExternalInterface;
   /** The host's public IPv4 (--public-ip, else the interface address). */
   publicIP: string;
+  /** The links the kernel has at start: a compatible vxlan device there is adopted with its MAC. */
+  existingLinks?: KLink[];
 }
 
 export type PeerState = { state: StateFragment } | { ignored: string };

@@ -4,6 +4,7 @@ import { createHash } from "node:crypto";
 import { containsIP, formatCIDR, formatIP, parseIP } from "../src/ipmath.ts";
 import { foldKeys, type Lease, type LeaseAttrs } from "../src/lease.ts";
 import type { StateFragment, VxlanDevice } from "../src/kernel/types.ts";
+import { vxlanCompatible } from "../src/kernel/device-compat.ts";
 import { type Backend, type BackendContext, BackendError, type PeerState } from "./backend.ts";
 import { checkPeerSubnet, checkUnderlayIPv4, sameIPv4, subnetLabel } from "./peer.ts";
 import { logText } from "../src/log-text.ts";
@@ -88,7 +89,6 @@ export function createVxlanBackend(ctx: BackendContext): Backend {
       `vxlan backend: MTU ${baseMtu} (${opts.mtu > 0 ? "option MTU" : `interface ${extIface.name}`}) leaves ${mtu} for flannel.${opts.vni}, below ${MIN_IPV4_MTU}`,
     );
   const name = `flannel.${opts.vni}`;
-  const mac = vtepMac(publicIP, opts.vni);
   const device: VxlanDevice = {
     kind: "vxlan",
     name,
@@ -99,8 +99,14 @@ export function createVxlanBackend(ctx: BackendContext): Backend {
     learning: opts.learning,
     gbp: opts.gbp,
     mtu,
-    mac,
+    mac: vtepMac(publicIP, opts.vni),
   };
+  // A compatible device already there (a previous run's, or flanneld's before a live migration) is kept with its MAC:
+  // the peers' neighbour and fdb entries point at it, so adopting it costs no packet (flanneld keeps it the same way).
+  const have = ctx.existingLinks?.find((l) => l.ifname === name);
+  const haveMac = have && vxlanCompatible(device, have) ? checkUnicastMac(have.address) : null;
+  if (haveMac && "mac" in haveMac) device.mac = haveMac.mac;
+  const mac = device.mac;
 
   /** Same L2 segment as us: the peer's public IP is inside a network connected to the external interface. */
   const onLink = (ip: string): boolean => {

@@ -60,7 +60,7 @@ export async function runAgent(f: Flags): Promise<number> {
     if (!cfg) return life.exitCode;
     notifier.stopExtending();
     const sel = await interfaceStep(f);
-    const backend = backendStep(cfg, sel);
+    const backend = await backendStep(cfg, sel);
     const held = await leaseStep(c, store, cfg, backend);
     if (!held) return life.exitCode;
     const { lease, keeper } = held;

@@ -7,6 +7,7 @@ import { ConfigError, DEFAULT_CONFIG_EXAMPLE, type NetworkConfig, formatNetworkC
 import type { RunFlags } from "../flags.ts";
 import { type Selection, chooseExternalInterface } from "../iface.ts";
 import { formatCIDR } from "../ipmath.ts";
+import { readLinksDetailed } from "../kernel/kernel-read.ts";
 import type { Lease } from "../lease.ts";
 import { LeaseKeeper, acquireLease } from "../lease-protocol.ts";
 import { logger } from "../log.ts";
@@ -79,8 +80,9 @@ export async function interfaceStep(f: Flags): Promise<Selection> {
   return sel;
 }
 
-export function backendStep(cfg: NetworkConfig, sel: Selection): Backend {
-  return createBackend({ config: cfg, extIface: sel.iface, publicIP: sel.publicIP });
+/** The backend, told which links the kernel has: a compatible vxlan device there (ours, or flanneld's) is adopted. */
+export async function backendStep(cfg: NetworkConfig, sel: Selection): Promise<Backend> {
+  return createBackend({ config: cfg, extIface: sel.iface, publicIP: sel.publicIP, existingLinks: await readLinksDetailed() });
 }
 
 /**

@@ -102,6 +102,36 @@ describe("vxlan backend", () => {
     });
   });
 
+  test("a compatible flannel.1 already there is adopted with its MAC (live migration from flanneld); anything else is not", () => {
+    const flanneldMac = "7a:1b:2c:3d:4e:5f";
+    const link = (info: Record<string, unknown>, address: string = flanneldMac) => ({
+      ifname: "flannel.1",
+      address,
+      mtu: 1450,
+      linkinfo: { info_kind: "vxlan", info_data: { id: 1, local: "192.0.2.2", link: "eth0", port: 8472, ...info } },
+    });
+    const macOf = (existingLinks: unknown[]) => {
+      const be = createVxlanBackend(ctx("vxlan", {}, { existingLinks: existingLinks as never }));
+      const mac = (be.leaseAttrs().backendData as { VtepMAC: string }).VtepMAC;
+      const dev = be.localState(lease("10.5.1.0/24", { backendType: "vxlan" })).devices?.[0];
+      expect(dev?.mac).toBe(mac); // the device we want and the lease we publish agree
+      return mac;
+    };
+    const derived = vtepMac("192.0.2.2", 1);
+    expect(macOf([link({})])).toBe(flanneldMac);
+    expect(macOf([link({}, "7A:1B:2C:3D:4E:5F")])).toBe(flanneldMac);
+    expect(macOf([])).toBe(derived);
+    expect(macOf([{ ...link({}), ifname: "flannel.2" }])).toBe(derived);
+    // Incompatible (it will be recreated): the derived MAC.
+    expect(macOf([link({ id: 2 })])).toBe(derived);
+    expect(macOf([link({ local: "192.0.2.9" })])).toBe(derived);
+    expect(macOf([link({ port: 4789 })])).toBe(derived);
+    expect(macOf([{ ...link({}), linkinfo: { info_kind: "bridge", info_data: {} } }])).toBe(derived);
+    // A MAC no peer could use is never published.
+    expect(macOf([link({}, "01:00:5e:00:00:01")])).toBe(derived);
+    expect(macOf([link({}, "00:00:00:00:00:00")])).toBe(derived);
+  });
+
   test("MTU option overrides the interface MTU", () => {
     expect(createVxlanBackend(ctx("vxlan", { mtu: 9000 })).mtu).toBe(8950);
     expect(createVxlanBackend(ctx("vxlan")).mtu).toBe(1450);
