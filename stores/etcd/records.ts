@@ -23,7 +23,8 @@ export interface RawKV {
 export type LeaseExpiry = number | null | "expired";
 
 const TTL_LOOKUP_CONCURRENCY = 16;
-const LEASE_CACHE_MAX = 4096;
+/** Entries the cache may hold beyond twice the leases of the last full listing (a lease and its renewal's). */
+const LEASE_CACHE_SLACK = 1024;
 
 /** Maps logical keys onto "<prefix>/<key>" and back. */
 export class EtcdKeys {
@@ -88,7 +89,10 @@ export class EtcdKeys {
  * (flanneld's N+1). "expired" is never cached, and a cached time that has passed is asked again.
  */
 export class LeaseExpiries {
+  /** Lease ID -> expiry (epoch ms), in insertion order (the oldest go first when it is over its bound). */
   private readonly cache = new Map<string, number>();
+  /** Lease IDs in the last full listing: the cache is bounded by the leases that exist, not a fixed number. */
+  private listed = 0;
 
   constructor(private readonly client: EtcdClient) {}
 
@@ -108,23 +112,62 @@ export class LeaseExpiries {
     const hit = this.cache.get(id);
     if (hit !== undefined && hit > Date.now()) return hit;
     const e = await this.lookup(id);
-    if (this.cache.size >= LEASE_CACHE_MAX) this.cache.clear();
-    if (typeof e === "number") this.cache.set(id, e);
-    else this.cache.delete(id);
+    if (typeof e === "number") {
+      this.cache.delete(id); // re-inserted at the end: the oldest entries are the first to go
+      this.cache.set(id, e);
+      this.bound();
+    } else this.cache.delete(id);
     return e;
   }
 
-  /** Attaches expiresAt, dropping records whose lease has already run out. */
-  async attach(raw: RawKV[]): Promise<KV[]> {
+  /** Keeps the cache within 2 x the listed leases + slack: passed expiries first, then the oldest entries. */
+  private bound(): void {
+    const max = 2 * this.listed + LEASE_CACHE_SLACK;
+    if (this.cache.size <= max) return;
+    const now = Date.now();
+    for (const [id, at] of this.cache) if (at <= now) this.cache.delete(id);
+    for (const id of this.cache.keys()) {
+      if (this.cache.size <= max) break;
+      this.cache.delete(id);
+    }
+  }
+
+  /** Number of cached lease expiries (for tests). */
+  get size(): number {
+    return this.cache.size;
+  }
+
+  /**
+   * Attaches expiresAt, dropping records whose lease has already run out. The range and the TTL reads are separate
+   * requests, so a renewal in between (a new lease, the old one revoked) makes a live record look expired: with
+   * `reread`, such a record is read again and kept if its current lease is alive. `full`: a listing of the whole
+   * lease prefix, which sets the cache's bound.
+   */
+  async attach(raw: RawKV[], opts: { reread?: (key: string) => Promise<RawKV | null>; full?: boolean } = {}): Promise<KV[]> {
     const ids = [...new Set(raw.map((r) => r.lease).filter((l) => l !== "0"))];
+    if (opts.full) this.listed = ids.length;
     const exp = new Map<string, LeaseExpiry>();
     const got = await mapLimit(ids, TTL_LOOKUP_CONCURRENCY, (id) => this.of(id));
     for (const [i, id] of ids.entries()) exp.set(id, got[i]!);
     const out: KV[] = [];
+    const looksExpired: RawKV[] = [];
     for (const r of raw) {
       const e = r.lease === "0" ? null : exp.get(r.lease)!;
-      if (e === "expired") continue;
-      out.push({ key: r.key, value: r.value, revision: r.revision, expiresAt: e, createRevision: r.createRevision });
+      if (e === "expired") looksExpired.push(r);
+      else out.push({ key: r.key, value: r.value, revision: r.revision, expiresAt: e, createRevision: r.createRevision });
+    }
+    if (opts.reread && looksExpired.length > 0) {
+      const reread = opts.reread;
+      const again = await mapLimit(looksExpired, TTL_LOOKUP_CONCURRENCY, async (r) => {
+        const now = await reread(r.key);
+        if (!now || now.lease === r.lease) return null; // gone, or really on the expired lease
+        const e = await this.of(now.lease);
+        return e === "expired" ? null : { now, e };
+      });
+      for (const x of again) {
+        if (x)
+          out.push({ key: x.now.key, value: x.now.value, revision: x.now.revision, expiresAt: x.e, createRevision: x.now.createRevision });
+      }
     }
     return out;
   }

@@ -12,11 +12,19 @@
 
 import { readFile } from "node:fs/promises";
 import { consola } from "consola";
-import type { KV, ListResult, Revision, Store, WatchEvent, WriteOptions } from "../../src/store.ts";
+import {
+  type KV,
+  type ListResult,
+  type Revision,
+  type Store,
+  SUBNETS_PREFIX,
+  type WatchEvent,
+  type WriteOptions,
+} from "../../src/store.ts";
 import { checkKey, checkPrefix, checkRevision, checkTtl, checkValue } from "../arguments.ts";
 import { EtcdClient, type EtcdTls } from "./client-failover.ts";
 import { b64, EtcdError, errorMessage, headerRevision, int64, type Json, leaseId, prefixEnd, prevKvLease } from "./gateway.ts";
-import { EtcdKeys, LeaseExpiries } from "./records.ts";
+import { EtcdKeys, LeaseExpiries, type RawKV } from "./records.ts";
 import { etcdPrefixRevision, etcdWatch } from "./watch.ts";
 
 export { EtcdError } from "./gateway.ts";
@@ -135,8 +143,17 @@ export class EtcdStore implements Store {
   async get(key: string): Promise<KV | null> {
     checkKey(KIND, key);
     const j = await this.client.call("/v3/kv/range", { key: b64(this.keys.etcdKey(key)) });
-    const kvs = await this.leases.attach(this.keys.parseKVs(j.kvs, `get ${key}`).filter((r) => r.key === key));
+    const kvs = await this.leases.attach(
+      this.keys.parseKVs(j.kvs, `get ${key}`).filter((r) => r.key === key),
+      { reread: async (k) => this.readRaw(k) },
+    );
     return kvs[0] ?? null;
+  }
+
+  /** The record of one key as etcd has it now (no expiry attached). */
+  private async readRaw(key: string): Promise<RawKV | null> {
+    const j = await this.client.call("/v3/kv/range", { key: b64(this.keys.etcdKey(key)) });
+    return this.keys.parseKVs(j.kvs, `get ${key}`).find((r) => r.key === key) ?? null;
   }
 
   async list(prefix: string): Promise<ListResult> {
@@ -144,7 +161,10 @@ export class EtcdStore implements Store {
     const k = enc.encode(this.keys.etcdKey(prefix));
     const j = await this.client.call("/v3/kv/range", { key: b64(k), range_end: b64(prefixEnd(k)) });
     const revision = headerRevision(j);
-    const items = await this.leases.attach(this.keys.parseKVs(j.kvs, `list ${prefix}`));
+    const items = await this.leases.attach(this.keys.parseKVs(j.kvs, `list ${prefix}`), {
+      full: prefix === SUBNETS_PREFIX,
+      reread: async (key) => this.readRaw(key),
+    });
     return { items, revision };
   }
 

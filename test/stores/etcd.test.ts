@@ -4,6 +4,8 @@ import { type EtcdServer, startEtcdServer } from "../harness/etcd-server.ts";
 import { freePort } from "../harness/server-process.ts";
 import { leaseFromKV } from "../../src/lease.ts";
 import { type Store, StoreUnavailableError } from "../../src/store.ts";
+import { EtcdClient } from "../../stores/etcd/client-failover.ts";
+import { EtcdKeys, LeaseExpiries } from "../../stores/etcd/records.ts";
 import { EtcdError, EtcdStore } from "../../stores/etcd/store.ts";
 import { runStoreConformance, WatchCollector, waitFor } from "./conformance.ts";
 
@@ -231,6 +233,65 @@ describe("etcd store specifics", () => {
       hole.stop(true);
     }
   });
+
+  test("a renewal between the range and the TTL read does not hide a lease (it is read again)", async () => {
+    const prefix = `/flannel-test-${process.pid}-renewrace/network`;
+    const client = new EtcdClient([srv().endpoint], undefined, undefined, 5000);
+    const keys = new EtcdKeys(prefix);
+    const leases = new LeaseExpiries(client);
+    const key = `${prefix}/subnets/10.5.9.0-24`;
+    const l1 = (await gateway("/v3/lease/grant", { TTL: "600" })).ID as string;
+    await gateway("/v3/kv/put", { key: b64(key), value: b64("v1"), lease: l1 });
+    const stale = keys.parseKVs((await gateway("/v3/kv/range", { key: b64(key) })).kvs, "test");
+    // The renewal flannel-bin does: a new lease, the value put under it, the old lease revoked.
+    const l2 = (await gateway("/v3/lease/grant", { TTL: "600" })).ID as string;
+    await gateway("/v3/kv/put", { key: b64(key), value: b64("v2"), lease: l2 });
+    await gateway("/v3/lease/revoke", { ID: l1 });
+    expect(await leases.attach(stale)).toEqual([]); // without the re-read the lease looked gone
+    const reread = async (k: string) =>
+      keys.parseKVs((await gateway("/v3/kv/range", { key: b64(keys.etcdKey(k)) })).kvs, "test").find((r) => r.key === k) ?? null;
+    const got = await leases.attach(stale, { reread });
+    expect(got.map((kv) => dec.decode(kv.value))).toEqual(["v2"]);
+    expect(got[0]!.expiresAt).toBeGreaterThan(Date.now() + 500_000);
+    client.close();
+  });
+
+  test("lease expiries are cached for as many leases as exist (not cleared at 4,096): a second list asks for none", async () => {
+    const { s, prefix } = await fresh();
+    const N = 4300;
+    // Seeded through the gateway in parallel batches: N leases, one key on each.
+    const ids: string[] = [];
+    for (let i = 0; i < N; i += 100) {
+      const batch = await Promise.all(
+        Array.from({ length: Math.min(100, N - i) }, async (_, j) => {
+          const id = (await gateway("/v3/lease/grant", { TTL: "600" })).ID as string;
+          const n = i + j;
+          await gateway("/v3/kv/put", { key: b64(`${prefix}/subnets/10.${(n >> 8) & 255}.${n & 255}.0-24`), value: b64("x"), lease: id });
+          return id;
+        }),
+      );
+      ids.push(...batch);
+    }
+    const first = await s.list("subnets/");
+    expect(first.items.length).toBe(N);
+    // biome-ignore lint/suspicious/noExplicitAny: the store's private lease cache, looked at from its own test
+    const cache = (s as any).leases as LeaseExpiries;
+    expect(cache.size).toBeGreaterThanOrEqual(N);
+    const calls = { n: 0 };
+    const realFetch = globalThis.fetch;
+    globalThis.fetch = (async (input: string | URL | Request, init?: RequestInit) => {
+      if (String(input).endsWith("/v3/lease/timetolive")) calls.n++;
+      return realFetch(input, init);
+    }) as typeof fetch;
+    try {
+      const second = await s.list("subnets/");
+      expect(second.items.length).toBe(N);
+    } finally {
+      globalThis.fetch = realFetch;
+    }
+    expect(calls.n).toBe(0);
+    await Promise.all(ids.map((id) => gateway("/v3/lease/revoke", { ID: id }).catch(() => {})));
+  }, 120_000);
 
   test("bad options are refused with a clear message", async () => {
     await expect(EtcdStore.connect({ endpoints: [], prefix: "/x" })).rejects.toThrow("no etcd endpoints");

@@ -8,6 +8,7 @@ import { Kvm, type KV as NatsKV } from "@nats-io/kv";
 import { StoreUnavailableError, type Store } from "../../src/store.ts";
 import { makeTestCerts, type TestCerts } from "../harness/certs.ts";
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
+import { peerBinary } from "../helpers/peers.ts";
 import { NatsStore, decodeNatsKey, encodeNatsKey, natsPrefixFilter } from "../../stores/nats/store.ts";
 import { runStoreConformance, WatchCollector, waitFor } from "./conformance.ts";
 
@@ -15,11 +16,13 @@ import { runStoreConformance, WatchCollector, waitFor } from "./conformance.ts";
 setDefaultTimeout(30_000);
 
 let server: NatsServer | null = null;
+/** A current nats-server (Go-built by scripts/setup.sh), so the suite runs against 2.9 and a current release. */
+let current: NatsServer | null = null;
 beforeAll(async () => {
-  server = await startNatsServer({});
+  [server, current] = await Promise.all([startNatsServer({}), startNatsServer({ natsServerPath: peerBinary("nats-server") })]);
 }, 30_000);
 afterAll(async () => {
-  await server?.stop();
+  await Promise.allSettled([server?.stop(), current?.stop()]);
 });
 
 const enc = new TextEncoder();
@@ -33,8 +36,8 @@ function url(): string {
 }
 
 /** A plain client (not the store) for looking under the hood. */
-async function withRawKv<T>(bucket: string, fn: (kv: NatsKV, nc: NatsConnection) => Promise<T>): Promise<T> {
-  const nc = await connect({ servers: url(), maxReconnectAttempts: 5 });
+async function withRawKv<T>(bucket: string, fn: (kv: NatsKV, nc: NatsConnection) => Promise<T>, at = url()): Promise<T> {
+  const nc = await connect({ servers: at, maxReconnectAttempts: 5 });
   try {
     const kv = await new Kvm(nc).open(bucket);
     return await fn(kv, nc);
@@ -43,29 +46,42 @@ async function withRawKv<T>(bucket: string, fn: (kv: NatsKV, nc: NatsConnection)
   }
 }
 
-// ---- the shared conformance suite ----
-const CONFORMANCE_BUCKET = `conformance-${process.pid}`;
-runStoreConformance("nats", {
-  open: (): Promise<Store> => NatsStore.connect({ servers: [url()], bucket: CONFORMANCE_BUCKET }),
-  restartServer: () => server!.restart(),
-  async forceHistoryLoss() {
-    // Keep every key's current value but lose all history: read the latest values, purge the whole stream, write
-    // them back. Every old revision is then before the stream's first sequence.
-    await withRawKv(CONFORMANCE_BUCKET, async (kv, nc) => {
-      const latest: [string, Uint8Array][] = [];
-      for await (const k of await kv.keys()) {
-        const e = await kv.get(k);
-        if (e && e.operation === "PUT") latest.push([k, e.value]);
-      }
-      const jsm = await jetstreamManager(nc);
-      await jsm.streams.purge(`KV_${CONFORMANCE_BUCKET}`);
-      for (const [k, v] of latest) await kv.put(k, v);
-    });
-  },
-  async writeRaw(key, value) {
-    await withRawKv(CONFORMANCE_BUCKET, (kv) => kv.put(encodeNatsKey(key), value));
-  },
-});
+// ---- the shared conformance suite, on Debian's 2.9.10 and on a current nats-server ----
+function conformanceOn(label: string, srv: () => NatsServer | null): void {
+  const at = () =>
+    srv()?.url ??
+    (() => {
+      throw new Error(`${label}: nats-server not started`);
+    })();
+  const bucket = `conformance-${process.pid}`;
+  runStoreConformance(label, {
+    open: (): Promise<Store> => NatsStore.connect({ servers: [at()], bucket }),
+    restartServer: () => srv()!.restart(),
+    async forceHistoryLoss() {
+      // Keep every key's current value but lose all history: read the latest values, purge the whole stream, write
+      // them back. Every old revision is then before the stream's first sequence.
+      await withRawKv(
+        bucket,
+        async (kv, nc) => {
+          const latest: [string, Uint8Array][] = [];
+          for await (const k of await kv.keys()) {
+            const e = await kv.get(k);
+            if (e && e.operation === "PUT") latest.push([k, e.value]);
+          }
+          const jsm = await jetstreamManager(nc);
+          await jsm.streams.purge(`KV_${bucket}`);
+          for (const [k, v] of latest) await kv.put(k, v);
+        },
+        at(),
+      );
+    },
+    async writeRaw(key, value) {
+      await withRawKv(bucket, (kv) => kv.put(encodeNatsKey(key), value), at());
+    },
+  });
+}
+conformanceOn("nats", () => server);
+conformanceOn("nats (current server)", () => current);
 
 // ---- NATS-specific ----
 describe("nats key scheme", () => {
