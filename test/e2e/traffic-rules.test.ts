@@ -153,6 +153,20 @@ describe("iptables mode, vxlan, --ip-masq", () => {
     },
     T,
   );
+  test(
+    "the rules stay in place when the agent stops, so traffic keeps flowing; a restart changes nothing",
+    async () => {
+      const [h1, h2] = [host(lab, 1), host(lab, 2)];
+      const before = await sh(h1.netns, ["iptables-save"]);
+      await labStopHost(lab, h1.netns);
+      expect(ours(await sh(h1.netns, ["iptables-save"]))).toEqual(ours(before));
+      expect(await ping(h2, h1.containerIP!)).toBe(true);
+      await labStartHost(lab, h1.netns);
+      expect(ours(await sh(h1.netns, ["iptables-save"]))).toEqual(ours(before));
+      expect(await ping(h1, h2.containerIP!)).toBe(true);
+    },
+    T,
+  );
 });
 
 describe("iptables mode, host-gw, default flags (forward rules, no masquerade)", () => {
