@@ -17,6 +17,11 @@ command -v curl >/dev/null || need+=(curl)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v nats-server >/dev/null || need+=(nats-server)
+# install.sh tests: a Debian 12 root booted with systemd-nspawn, and the shells the installer must run under.
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+command -v busybox >/dev/null || need+=(busybox)
+command -v shellcheck >/dev/null || need+=(shellcheck)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -7,7 +7,7 @@ export const REPO = resolve(import.meta.dir, "../..");
 export const BINARY = join(REPO, "dist/flannel-bin");
 
 /** Newest modification time (ms) of everything the build reads. */
-function newestSource(): number {
+export function newestSource(): number {
   let newest = 0;
   const walk = (dir: string): void => {
     for (const e of readdirSync(dir, { withFileTypes: true })) {
@@ -17,7 +17,7 @@ function newestSource(): number {
     }
   };
   for (const d of ["src", "stores", "backends"]) walk(join(REPO, d));
-  for (const f of ["package.json", "scripts/build.ts"]) newest = Math.max(newest, statSync(join(REPO, f)).mtimeMs);
+  for (const f of ["package.json", "scripts/build.ts", "scripts/compile.ts"]) newest = Math.max(newest, statSync(join(REPO, f)).mtimeMs);
   return newest;
 }
 
