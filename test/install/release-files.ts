@@ -25,9 +25,11 @@ function releaseIsFresh(): boolean {
 /** Runs `bun run release` unless dist/release/ is up to date; returns the folder. */
 export function ensureRelease(): string {
   if (releaseIsFresh()) return RELEASE_DIR;
+  // Without bun test's NODE_ENV=test: the bundler would bake it in (see test/helpers/binary.ts).
+  const { NODE_ENV: _, ...env } = process.env;
   const r = Bun.spawnSync([join(REPO, "node_modules/.bin/bun"), "run", "release"], {
     cwd: REPO,
-    env: { ...process.env, FLANNEL_BIN_RUNTIME_CACHE: process.env.FLANNEL_BIN_RUNTIME_CACHE ?? join(CACHE_ROOT, "bun-runtimes") },
+    env: { ...env, FLANNEL_BIN_RUNTIME_CACHE: process.env.FLANNEL_BIN_RUNTIME_CACHE ?? join(CACHE_ROOT, "bun-runtimes") },
     stdout: "pipe",
     stderr: "pipe",
     timeout: 900_000,
