@@ -241,10 +241,16 @@ flannel_bin_uninstall() {
     ip -6 route flush table all proto 159 2>/dev/null || true
     for ipt in iptables ip6tables iptables-legacy ip6tables-legacy; do
       command -v \$ipt >/dev/null 2>&1 || continue
-      for table in filter nat mangle; do
+      # Legacy tables: only those that exist (listing one would create it).
+      case \$ipt in
+        ip6tables-legacy) tables=\$(cat /proc/net/ip6_tables_names 2>/dev/null || true) ;;
+        iptables-legacy) tables=\$(cat /proc/net/ip_tables_names 2>/dev/null || true) ;;
+        *) tables="filter nat mangle" ;;
+      esac
+      for table in \$tables; do
         chains=\$(\$ipt -w 5 -t \$table -S 2>/dev/null | awk '\$1 == "-N" && \$2 ~ /^FLANNEL-/ { print \$2 }') || true
         [ -n "\$chains" ] || continue
-        \$ipt -w 5 -t \$table -S | grep -E -e '-j FLANNEL-' | grep -v '^-N' | sed 's/^-A /-D /' | while IFS= read -r rule; do
+        \$ipt -w 5 -t \$table -S 2>/dev/null | grep -E -e '-j FLANNEL-' | grep -v '^-N' | sed 's/^-A /-D /' | while IFS= read -r rule; do
           eval "\$ipt -w 5 -t \$table \$rule" || true
         done
         for c in \$chains; do \$ipt -w 5 -t \$table -F "\$c" || true; done

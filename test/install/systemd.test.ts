@@ -398,10 +398,12 @@ describe("install.sh under systemd (Debian 12, systemd-nspawn)", () => {
     const h1 = s.hosts[0]!.netns;
     // The lab's own cni0/container are not the agent's: remove them first so the comparison is about the agent.
     await ip(["link", "delete", "cni0"], h1, { allowFail: true });
-    // What the purge must remove is really there first: the vxlan device and the route to m2's subnet.
+    // What the purge must remove is really there first: the vxlan device, the route to m2's subnet, the FLANNEL-* chains.
     const linksBefore = JSON.parse((await ip(["-j", "link", "show"], h1)).stdout) as { ifname: string }[];
     expect(linksBefore.map((l) => l.ifname)).toContain("flannel.1");
     expect((await ip(["route", "show", "table", "all", "proto", "159"], h1)).stdout.trim()).not.toBe("");
+    const rulesBefore = await machineSh(m1, "iptables-save 2>/dev/null | grep -c FLANNEL- || true");
+    expect(Number(rulesBefore.stdout.trim())).toBeGreaterThan(0);
     const r = await timed("uninstall --purge", () =>
       machineExec(m1, ["/usr/local/bin/flannel-bin-uninstall.sh", "--purge"], { allowFail: true }),
     );
