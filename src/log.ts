@@ -127,3 +127,20 @@ export function closeLogFile(): void {
   if (fileFd !== null) closeSync(fileFd);
   fileFd = null;
 }
+
+/**
+ * Keeps retried failures from flooding the log: the same text about the same key (a command line, a step) is
+ * reported once, until forget(key) says it worked again. Bounded: it starts over after 10,000 keys.
+ */
+export class RepeatFilter {
+  private readonly last = new Map<string, string>();
+  isNew(key: string, text: string): boolean {
+    if (this.last.get(key) === text) return false;
+    if (this.last.size >= 10_000) this.last.clear();
+    this.last.set(key, text);
+    return true;
+  }
+  forget(key: string): void {
+    if (this.last.size) this.last.delete(key);
+  }
+}

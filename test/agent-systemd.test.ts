@@ -133,12 +133,17 @@ describe("the agent under systemd", () => {
     expect(r?.code).toBe(503);
     expect(r?.body).toContain("device flannel.1 is missing");
     expect(curl(h, "/metrics").body).toContain("flannel_bin_ready 0");
-    await Bun.sleep(1500); // retried with backoff, still not ready
+    const batches = () => Number(/^flannel_bin_kernel_batches_total (\d+)$/m.exec(curl(h, "/metrics").body)?.[1] ?? 0);
+    const before = batches();
+    await Bun.sleep(4000); // retried with backoff, still not ready
+    expect(batches()).toBeGreaterThan(before);
     expect(curl(h, "/readyz").code).toBe(503);
     expect(listener.lines()).not.toContain("READY=1");
     expect(existsSync(h.subnetFile)).toBe(false);
     // One "not ready" line per distinct reason, however often it was retried.
     expect(lab.log(h).match(/not ready: device flannel\.1 is missing/g)?.length).toBe(1);
+    expect(lab.log(h).match(/ip link add flannel\.1 .*Operation not permitted \(gave up/g)?.length).toBe(1);
+    expect(lab.log(h).match(/device setup: ip link add flannel\.1 /g)?.length).toBe(1);
     const [code, ms] = await termAndTime(p);
     expect(code).toBe(0);
     expect(ms).toBeLessThan(3000);

@@ -11,6 +11,7 @@
 //   the kernel) follows every command, so the marker reports tell exactly how far the process got.
 import { consola } from "consola";
 import type { Command, Tool } from "./commands.ts";
+import { RepeatFilter } from "../log.ts";
 
 export type { Command } from "./commands.ts";
 
@@ -101,6 +102,7 @@ export class CommandQueue {
   private readonly retryTimers = new Set<ReturnType<typeof setTimeout>>();
   private readonly waitingRetry = new Set<Pending>();
   private closed = false;
+  private readonly repeats = new RepeatFilter();
   private readonly counters: QueueStats = { sent: 0, failed: 0, retried: 0, batches: 0 };
 
   constructor(opts: QueueOptions = {}) {
@@ -194,6 +196,7 @@ export class CommandQueue {
       const r = results[k]!;
       p.tries++;
       if (r.ok || (p.cmd.absentOk && ABSENT.test(r.error))) {
+        this.repeats.forget(p.cmd.line);
         settle(p, { cmd: p.cmd, ok: true, tries: p.tries });
       } else if (p.tries < this.maxRetries && !this.closed) {
         this.counters.retried++;
@@ -209,7 +212,10 @@ export class CommandQueue {
         this.retryTimers.add(t);
       } else {
         this.counters.failed++;
-        log.warn(`${tool} ${p.cmd.line}: ${r.error} (gave up after ${p.tries} tries)`);
+        // A command retried again and again (a device the kernel refuses) is reported once per distinct error.
+        const msg = `${tool} ${p.cmd.line}: ${r.error} (gave up after ${p.tries} tries)`;
+        if (this.repeats.isNew(p.cmd.line, r.error)) log.warn(msg);
+        else log.debug(msg);
         settle(p, { cmd: p.cmd, ok: false, error: r.error, tries: p.tries });
       }
     }

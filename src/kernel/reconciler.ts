@@ -13,6 +13,7 @@ import { KernelMonitor } from "./monitor.ts";
 import type { KernelEvent } from "./monitor-events.ts";
 import { type CommandQueue, processesSpawned } from "./queue.ts";
 import { ROUTE_PROTO, type StateFragment } from "./types.ts";
+import { RepeatFilter } from "../log.ts";
 
 export type { ReconcileCounts } from "./diff.ts";
 
@@ -47,6 +48,7 @@ export class Reconciler {
   private readonly fullIntervalMs: number;
   private readonly coalesceMs: number;
   private readonly state: DesiredState;
+  private readonly repeats = new RepeatFilter();
 
   private chain: Promise<unknown> = Promise.resolve();
   private drainTimer: ReturnType<typeof setTimeout> | null = null;
@@ -234,9 +236,12 @@ export class Reconciler {
     let ok = true;
     if (plan.cmds.length) {
       for (const r of await this.queue.runAll(plan.cmds)) {
-        if (r.ok) continue;
+        if (r.ok) {
+          this.repeats.forget(r.cmd.line);
+          continue;
+        }
         ok = false;
-        log.warn(`device setup: ip ${r.cmd.line}: ${r.error}`);
+        if (this.repeats.isNew(r.cmd.line, r.error ?? "")) log.warn(`device setup: ip ${r.cmd.line}: ${r.error}`);
       }
     }
     this.state.devicesDone(work, plan, ok);
