@@ -6,6 +6,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
+import { makeTestCerts } from "./harness/certs.ts";
 import { type EtcdServer, startEtcdServer } from "./harness/etcd-server.ts";
 import { AgentLab, type AgentHost, ensureBinary, until } from "./helpers/agents.ts";
 
@@ -110,6 +111,30 @@ describe("setup-guide flag lines against a real etcd", () => {
       if (name.includes("can-reach")) expect(lab.log(h)).toContain("using interface eth0");
     });
   }
+});
+
+describe("TLS failures say what is wrong", () => {
+  test("a server that wants a client certificate: the error says so; an https URL on a plain port: it says that", async () => {
+    const certs = await makeTestCerts({ prefix: "fb-cli-tls-" });
+    const secure = await startEtcdServer({ tls: { certFile: certs.serverCertFile, keyFile: certs.serverKeyFile, caFile: certs.caFile } });
+    const plain = await startEtcdServer({});
+    try {
+      const get = (ep: string, extra: string[] = []) =>
+        run([ensureBinary(), "config", "get", "--etcd-endpoints", ep, "--etcd-cafile", certs.caFile, ...extra]);
+      const noCert = get(secure.endpoint);
+      expect(noCert.code).toBe(1);
+      expect(noCert.err).toContain("the server requires a client certificate and none was given (set --etcd-certfile and --etcd-keyfile)");
+      expect(get(secure.endpoint, ["--etcd-certfile", certs.clientCertFile, "--etcd-keyfile", certs.clientKeyFile]).err).toContain(
+        "no network config in the etcd store",
+      );
+      const wrongPort = get(plain.endpoint.replace("http:", "https:"));
+      expect(wrongPort.err).toContain("it probably does not speak TLS on this port");
+    } finally {
+      await secure.stop();
+      await plain.stop();
+      await certs.remove();
+    }
+  });
 });
 
 describe("the command line", () => {

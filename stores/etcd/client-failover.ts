@@ -5,6 +5,7 @@
 import { consola } from "consola";
 import { StoreUnavailableError } from "../../src/store.ts";
 import { storeHealth } from "../../src/store-health.ts";
+import { diagnoseTlsFailure } from "./tls-diagnosis.ts";
 import { EtcdError, errorMessage, gatewayError, isAuthTokenError, type Json, readJson } from "./gateway.ts";
 
 const log = consola.withTag("etcd");
@@ -74,7 +75,10 @@ export class EtcdClient {
       } catch (e) {
         if (this.closeCtl.signal.aborted) throw new Error("etcd store is closed");
         if (e instanceof EtcdError || signal?.aborted) throw e;
-        const why = (e as Error).name === "TimeoutError" ? `no answer within ${this.requestTimeoutMs} ms` : errorMessage(e);
+        const why =
+          (e as Error).name === "TimeoutError"
+            ? `no answer within ${this.requestTimeoutMs} ms`
+            : ((await diagnoseTlsFailure(ep, e, this.tls)) ?? errorMessage(e));
         failures.push(`${ep} (${why})`);
         this.markDown(ep, why);
         continue;
