@@ -65,7 +65,7 @@ export async function runAgent(f: Flags): Promise<number> {
     if (!held) return life.exitCode;
     const { lease, keeper } = held;
     // Renewal runs from here on, also while the data plane waits for the kernel.
-    const keeping = keepLease(keeper, lease, life);
+    const keeping = keepLease(keeper, life);
 
     dataPlane = new DataPlane({ backend, lease, reconcileIntervalMs: f["reconcile-interval"], readiness, signal: life.signal });
     health.metrics = metricsOf(readiness, keeper, peers, dataPlane, () => rules?.stats?.() ?? null);
@@ -95,15 +95,9 @@ export async function runAgent(f: Flags): Promise<number> {
   }
 }
 
-/** The lease keeper until stopped; a subnet taken by another host ends the agent with 1 (a restart takes a new one). */
-function keepLease(keeper: LeaseKeeper, lease: Lease, life: Lifecycle): Promise<void> {
-  return keeper.run(life.signal).then((r) => {
-    if (r !== "taken") return;
-    log.error(
-      `lease ${formatCIDR(lease.subnet)} is now held by another host; exiting so that a restart takes a new subnet (kernel state is kept)`,
-    );
-    life.stop(1);
-  });
+/** The lease keeper until stopped (a record written over ours is a logged conflict it waits out: lease-protocol.ts). */
+function keepLease(keeper: LeaseKeeper, life: Lifecycle): Promise<void> {
+  return keeper.run(life.signal).then(() => {});
 }
 
 async function finish(keeping: Promise<void>, life: Lifecycle): Promise<number> {

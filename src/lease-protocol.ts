@@ -274,6 +274,13 @@ export interface KeeperOptions {
  */
 export class LeaseKeeper {
   renewals = 0;
+  /**
+   * Set while another writer's record sits on our key (its PublicIP, or a note that it is unreadable). We then keep
+   * our subnet and kernel state (never programming that record), stop renewing, and re-claim the key by
+   * create-if-absent as soon as it goes. Exiting instead (flanneld) lets a supervisor restart us on a new subnet,
+   * which renumbers every container on this host and still leaves the intruder's record in place.
+   */
+  conflict: string | null = null;
   private wake = new AbortController();
 
   constructor(
@@ -291,15 +298,20 @@ export class LeaseKeeper {
     this.wake.abort();
   }
 
-  /** Runs until `signal` aborts ("stopped") or another host holds our subnet ("taken"). */
-  async run(signal: AbortSignal): Promise<"stopped" | "taken"> {
+  /** Runs until `signal` aborts. */
+  async run(signal: AbortSignal): Promise<"stopped"> {
     const { ttlMs, marginMs } = this.opts;
     while (!signal.aborted) {
       const woken = this.wake.signal;
-      await sleep(renewDelayMs(this.lease, marginMs, ttlMs), AbortSignal.any([signal, woken]));
+      const delay = this.conflict !== null ? Math.min(CONFLICT_POLL_MS, ttlMs / 10) : renewDelayMs(this.lease, marginMs, ttlMs);
+      await sleep(delay, AbortSignal.any([signal, woken]));
       if (signal.aborted) break;
       if (woken.aborted) this.wake = new AbortController();
       try {
+        if (this.conflict !== null) {
+          await this.reclaimAfterConflict();
+          continue;
+        }
         const r = await renewLease(this.store, this.lease, ttlMs);
         if (r.ok) {
           if (r.lease.expiresAt !== null) this.renewals++;
@@ -307,7 +319,10 @@ export class LeaseKeeper {
           continue;
         }
         const again = await reclaimLease(this.store, this.lease, ttlMs);
-        if (!again) return "taken";
+        if (!again) {
+          await this.enterConflict();
+          continue;
+        }
         log.warn(`lease ${formatCIDR(this.lease.subnet)} was ${r.reason === "lost" ? "gone" : "changed"}; re-created it`);
         this.lease = again;
       } catch (e) {
@@ -318,4 +333,44 @@ export class LeaseKeeper {
     }
     return "stopped";
   }
+
+  private key(): string {
+    return subnetKey(this.lease.subnet, this.lease.ipv6Subnet);
+  }
+
+  /** Who wrote the record now on our key: its PublicIP, or why it has none. */
+  private async writer(): Promise<string | null> {
+    const cur = await this.store.get(this.key());
+    if (!cur) return null;
+    const held = parseLeaseRecord(cur);
+    return held ? `PublicIP ${held.attrs.publicIP}` : "an unreadable record";
+  }
+
+  private async enterConflict(): Promise<void> {
+    this.conflict = (await this.writer()) ?? "a record that is already gone";
+    log.error(
+      `lease conflict: ${this.key()} was overwritten by another writer (${this.conflict}); keeping subnet ` +
+        `${formatCIDR(this.lease.subnet)} and its kernel state, not programming that record, and re-claiming the key ` +
+        "by compare-and-set as soon as it goes",
+    );
+    this.wake.abort(); // try at once: the record may already be gone
+  }
+
+  private async reclaimAfterConflict(): Promise<void> {
+    const again = await reclaimLease(this.store, this.lease, this.opts.ttlMs);
+    if (again) {
+      log.warn(`lease conflict over: re-claimed ${this.key()} for ${this.lease.attrs.publicIP}`);
+      this.conflict = null;
+      this.lease = again;
+      return;
+    }
+    const now = await this.writer();
+    if (now !== null && now !== this.conflict) {
+      this.conflict = now;
+      log.error(`lease conflict: ${this.key()} is now held by another writer (${now}); still waiting for it to go`);
+    }
+  }
 }
+
+/** How often a conflicting record on our key is looked at again (its deletion also wakes the keeper at once). */
+const CONFLICT_POLL_MS = 10_000;
