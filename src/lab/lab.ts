@@ -15,6 +15,7 @@ import { consola } from "consola";
 import { agentAlive, defaultBinary, startAgent, waitAgentReady } from "./agents.ts";
 import { addContainer } from "./containers.ts";
 import { netnsDel, netnsExists, stopProcess } from "./netns.ts";
+import { startLabServer } from "./servers.ts";
 import { type LabReport, labReport } from "./report.ts";
 import {
   type LabAgentKind,
@@ -276,4 +277,32 @@ export async function labSwitchAgent(
   startAgent(s, h);
   await waitAgentReady(h, opts.readyTimeoutMs);
   return h;
+}
+
+/** Stops the lab's own store server (by recorded PID): a store outage. Its data stays for labStartStore. */
+export async function labStopStore(opts: { name?: string; stateDir?: string }): Promise<void> {
+  requireRoot();
+  const s = loadLabState(opts);
+  const srv = s.servers[0];
+  if (!srv) throw new LabError(`lab ${s.name} runs no store server (store ${s.store})`);
+  if (!(await stopProcess(srv.pid, srv.dataDir, 10_000))) throw new LabError(`${srv.kind} pid ${srv.pid} was not running`);
+}
+
+/** Starts the lab's store server again on its data directory and address; waits until it answers. */
+export async function labStartStore(opts: { name?: string; stateDir?: string }): Promise<void> {
+  requireRoot();
+  const s = loadLabState(opts);
+  const old = s.servers[0];
+  if (!old) throw new LabError(`lab ${s.name} runs no store server (store ${s.store})`);
+  await startLabServer(
+    old.kind,
+    s.underlay,
+    UNDERLAY_GATEWAY,
+    s.stateDir,
+    (srv) => {
+      s.servers[0] = srv;
+      saveState(s);
+    },
+    { natsServer: old.natsServer },
+  );
 }

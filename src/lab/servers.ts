@@ -15,6 +15,8 @@ export interface LabServer {
   logFile: string;
   /** Store flags for the agent and `config put`. */
   storeFlags: string[];
+  /** The nats-server binary, when not the one on PATH (a restart uses it again). */
+  natsServer?: string;
 }
 
 const ETCD_CLIENT_PORT = 2379;
@@ -70,7 +72,7 @@ export async function startLabServer(
     storeFlags = ["--store", "nats", "--nats-url", `nats://${host}:${NATS_PORT}`];
   }
   const pid = spawnDetachedIn(netns, cmd, logFile);
-  const server: LabServer = { kind, pid, dataDir, logFile, storeFlags };
+  const server: LabServer = { kind, pid, dataDir, logFile, storeFlags, ...(opts.natsServer && { natsServer: opts.natsServer }) };
   onPid(server);
   await waitFor(`${kind} to answer ${healthUrl} in ${netns} (log: ${logFile})`, timeoutMs, async () => {
     if (!processAlive(pid)) throw new GiveUp(`${kind} (pid ${pid}) exited; see ${logFile}`);
