@@ -45,9 +45,15 @@ async function identity(h: LabHost) {
 async function migrate(i: number, agent: "flannel-bin" | "flanneld") {
   const h = host(LAB, i);
   const before = await identity(h);
+  let switchMs = 0;
   const tallies = await pingWhile(h, others(h), async () => {
+    const t0 = Date.now();
     await labSwitchAgent(LAB, h.netns, agent);
+    switchMs = Date.now() - t0;
   });
+  console.log(
+    `host ${i} ${before.mac} -> ${agent}: ready ${switchMs} ms after SIGTERM; lost ${tallies.map((t) => `${lost(t)}/${t.transmitted}`).join(", ")}`,
+  );
   const after = await identity(host(LAB, i));
   expect(after).toEqual(before);
   expect(host(LAB, i).agent).toBe(agent);

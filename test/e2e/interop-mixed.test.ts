@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { type LabReport, labDown, labStopHost, labUp, readSubnetEnv } from "../../src/lab/lab.ts";
-import { processAlive } from "../../src/lab/netns.ts";
+import { processAlive, run } from "../../src/lab/netns.ts";
 import { peerBinary } from "../helpers/peers.ts";
 import { ensureBinary, host, knowsPeer, labState, peerInfo, routes, testName, waitUntil } from "./helpers.ts";
 import { etcdDelete, etcdGetPrefix, etcdLeases, leaseKey } from "./interop.ts";
@@ -121,6 +121,28 @@ describe("mixed cluster, vxlan: 2 flanneld + 2 flannel-bin hosts on one etcd (cu
       });
     // flanneld left its kernel state in place on the way out.
     expect((await routes(victim.netns)).filter((r) => r.dev === "flannel.1").length).toBeGreaterThan(0);
+  });
+
+  test("better: flannel-bin whose own lease is deleted by hand re-creates it on the same subnet; flanneld programs it again", async () => {
+    const s = labState(LAB);
+    const ours = host(LAB, 3);
+    const info = await peerInfo(ours);
+    const key = leaseKey(s, info.subnet);
+    const before = (await etcdLeases(s)).find((l) => l.key === key)!;
+    await etcdDelete(s, key);
+    await waitUntil(`${ours.netns} re-created ${key}`, 20_000, async () => {
+      const l = (await etcdLeases(s)).find((x) => x.key === key);
+      return l !== undefined && l.modRevision > before.modRevision;
+    });
+    expect((await etcdLeases(s)).find((l) => l.key === key)?.value).toBe(before.value);
+    expect(processAlive(ours.agentPid!)).toBe(true);
+    const flanneld = host(LAB, 1);
+    await waitUntil(`flanneld in ${flanneld.netns} programs ${info.subnet} again`, 20_000, async () => {
+      const k = await knowsPeer(flanneld.netns, info);
+      return k.route && k.neigh && k.fdb;
+    });
+    const r = await run(["ping", "-c", "2", "-W", "1", ours.containerIP!], { netns: flanneld.containerNetns!, allowFail: true });
+    expect(r.code).toBe(0);
   });
 });
 
