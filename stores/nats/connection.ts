@@ -56,6 +56,24 @@ export interface NatsBucket {
   subjectPrefix: string;
   /** The server list, for messages. */
   location: string;
+  /**
+   * nats-server >= 2.11 with a bucket that allows per-message TTLs: each lease is written with Nats-TTL, the server
+   * removes it when it runs out and leaves a delete marker every watcher sees. Otherwise (2.9, 2.10, or a bucket made
+   * without it) expiry lives in the value only and the watch synthesises the deletes.
+   */
+  serverTtl: boolean;
+}
+
+/**
+ * How long the server keeps the delete marker of an expired lease. The server also never removes a message sooner
+ * than this (a shorter Nats-TTL is raised to it), so it is short; a watch that was away longer re-lists (watch.ts).
+ */
+const MARKER_TTL_MS = 5000;
+
+/** True for nats-server 2.11 and later (per-message TTL and delete markers). */
+export function hasMessageTtl(version: string | undefined): boolean {
+  const m = /^v?(\d+)\.(\d+)/.exec(version ?? "");
+  return m !== null && (Number(m[1]) > 2 || (Number(m[1]) === 2 && Number(m[2]) >= 11));
 }
 
 const DEFAULT_BUCKET = "flannel";
@@ -165,6 +183,7 @@ export async function openBucket(opts: NatsStoreOptions): Promise<NatsBucket> {
     const jsm = await jetstreamManager(nc);
     const js = jetstream(nc);
     const kvm = new Kvm(js);
+    const ttlCapable = hasMessageTtl(nc.info?.version);
     let kv: NatsKV;
     let existing: StreamInfo | null = null;
     try {
@@ -177,7 +196,7 @@ export async function openBucket(opts: NatsStoreOptions): Promise<NatsBucket> {
     } else {
       log.info(`creating KV bucket ${bucket} on ${location} (${replicas} replica${replicas === 1 ? "" : "s"}, history ${BUCKET_HISTORY})`);
       try {
-        kv = await kvm.create(bucket, { history: BUCKET_HISTORY, replicas });
+        kv = await kvm.create(bucket, { history: BUCKET_HISTORY, replicas, ...(ttlCapable ? { markerTTL: MARKER_TTL_MS } : {}) });
       } catch (err) {
         // Another node created it between our check and our create (with its own settings): use theirs.
         existing = await jsm.streams.info(`KV_${bucket}`).catch(() => Promise.reject(err));
@@ -192,7 +211,9 @@ export async function openBucket(opts: NatsStoreOptions): Promise<NatsBucket> {
       if (c.max_msgs_per_subject !== BUCKET_HISTORY) diff.push(`history ${c.max_msgs_per_subject}, not ${BUCKET_HISTORY}`);
       if (diff.length > 0) log.warn(`KV bucket ${bucket} exists with other settings: ${diff.join("; ")}; using it as it is`);
     }
-    return { nc, js, jsm, kv, bucket, stream: `KV_${bucket}`, subjectPrefix: `$KV.${bucket}.`, location };
+    const serverTtl = ttlCapable && (existing === null || existing.config.allow_msg_ttl === true);
+    if (ttlCapable && !serverTtl) log.info(`KV bucket ${bucket} was made without per-message TTL: lease expiry stays in the value`);
+    return { nc, js, jsm, kv, bucket, stream: `KV_${bucket}`, subjectPrefix: `$KV.${bucket}.`, location, serverTtl };
   } catch (err) {
     await nc.close().catch(() => {});
     const msg = (err as Error).message ?? String(err);

@@ -5,6 +5,7 @@
 // 2.9/2.10. Revisions are stream sequence numbers; update/delete are CAS on them (Nats-Expected-Last-Subject-Sequence).
 
 import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError, type JsMsg } from "@nats-io/jetstream";
+import { headers } from "@nats-io/transport-node";
 import { consola } from "consola";
 import { StoreUnavailableError } from "../../src/store.ts";
 import { decodeEnvelope, type Envelope } from "../record-envelope.ts";
@@ -31,7 +32,9 @@ export function toRawEntry(b: NatsBucket, m: JsMsg): RawEntry | null {
     log.warn(`NATS bucket ${b.bucket}: skipping key ${natsKey}: not a key this store writes`);
     return null;
   }
-  const hop = m.headers?.get("KV-Operation") ?? "";
+  // A server delete marker (2.11+: a per-message TTL ran out, or a purge): MaxAge and Purge read as PURGE, Remove as DEL.
+  const marker = m.headers?.get("Nats-Marker-Reason") ?? "";
+  const hop = marker === "Remove" ? "DEL" : marker !== "" ? "PURGE" : (m.headers?.get("KV-Operation") ?? "");
   const op = hop === "DEL" || hop === "PURGE" ? hop : "PUT";
   if (op !== "PUT") return { key, revision: m.seq, op, rec: null };
   const rec = decodeEnvelope(m.data);
@@ -79,6 +82,18 @@ export async function casDelete(b: NatsBucket, key: string, natsKey: string, rev
   return r !== null;
 }
 
+/**
+ * A conditional write with a server-side TTL (nats-server >= 2.11): the record is kept only if the key's last
+ * revision is `previousSeq` (0: the key has none), and the server removes it after `ttlMs` (none: never).
+ */
+export async function ttlPut(b: NatsBucket, natsKey: string, data: Uint8Array, previousSeq: number, ttlMs: number | null): Promise<number> {
+  const h = headers();
+  h.set("Nats-Expected-Last-Subject-Sequence", String(previousSeq));
+  if (ttlMs !== null) h.set("Nats-TTL", `${Math.max(1, Math.ceil(ttlMs / 1000))}s`);
+  const ack = await b.js.publish(b.subjectPrefix + natsKey, data, { headers: h });
+  return ack.seq;
+}
+
 /** CAS-deletes expired records in the background; losing the race (renewed, already deleted) is fine. */
 export class Reaper {
   private readonly pending = new Set<Promise<unknown>>();
@@ -87,7 +102,7 @@ export class Reaper {
   constructor(private readonly b: NatsBucket) {}
 
   cleanup(key: string, revision: number): void {
-    if (this.closed) return;
+    if (this.closed || this.b.serverTtl) return; // with server TTLs the server removes it (and leaves a marker)
     const p = casDelete(this.b, key, encodeNatsKey(key), revision)
       .then((ok) => ok && log.debug(`removed expired ${key} (revision ${revision})`))
       .catch((err) => log.debug(`cleanup of expired ${key} failed: ${(err as Error).message}`))

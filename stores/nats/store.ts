@@ -20,7 +20,7 @@ import { checkKey, checkPrefix, checkRevision, checkTtl, checkValue } from "../a
 import { decodeEnvelope, type Envelope, encodeEnvelope, envelopeCreated, envelopeExpired } from "../record-envelope.ts";
 import { logConnectionChanges, type NatsBucket, type NatsStoreOptions, openBucket } from "./connection.ts";
 import { encodeNatsKey, natsPrefixFilter } from "./keys.ts";
-import { casDelete, casWrite, guard, Reaper, snapshot } from "./records.ts";
+import { casDelete, casWrite, guard, Reaper, snapshot, ttlPut } from "./records.ts";
 import { NatsWatch } from "./watch.ts";
 import { JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
 import { consola } from "consola";
@@ -116,14 +116,16 @@ export class NatsStore implements Store {
     checkKey(KIND, key);
     const natsKey = encodeNatsKey(key);
     const data = this.encode(value, opts);
-    // kv.create succeeds on an absent key and on one whose last entry is a DEL/PURGE marker.
-    const first = await casWrite(this.b, `create ${key}`, () => this.b.kv.create(natsKey, data));
+    const ttl = this.serverTtl(opts);
+    const ttlHeader = ttl === null ? undefined : `${Math.max(1, Math.ceil(ttl / 1000))}s`;
+    // kv.create succeeds on an absent key and on one whose last entry is a DEL/PURGE marker (or a TTL marker).
+    const first = await casWrite(this.b, `create ${key}`, () => this.b.kv.create(natsKey, data, ttlHeader));
     if (first !== null) return first;
     const cur = await this.readEntry(key, natsKey);
-    if (cur === null) return casWrite(this.b, `create ${key}`, () => this.b.kv.create(natsKey, data)); // deleted meanwhile
+    if (cur === null) return casWrite(this.b, `create ${key}`, () => this.b.kv.create(natsKey, data, ttlHeader)); // deleted meanwhile
     if (cur.rec === null || !envelopeExpired(cur.rec)) return null;
     // Expired: replace it in one compare-and-set write on its revision (a renewal racing us makes this fail).
-    return casWrite(this.b, `create ${key}`, () => this.b.kv.update(natsKey, data, cur.revision));
+    return casWrite(this.b, `create ${key}`, () => this.replace(natsKey, data, cur.revision, ttl));
   }
 
   async update(key: string, value: Uint8Array, revision: Revision, opts?: WriteOptions): Promise<Revision | null> {
@@ -139,7 +141,17 @@ export class NatsStore implements Store {
       return null;
     }
     const data = this.encode(value, opts, envelopeCreated(cur.rec, cur.revision));
-    return casWrite(this.b, `update ${key}`, () => this.b.kv.update(natsKey, data, revision));
+    return casWrite(this.b, `update ${key}`, () => this.replace(natsKey, data, revision, this.serverTtl(opts)));
+  }
+
+  /** The ttl the server enforces for this write (nats-server >= 2.11 buckets), or null when expiry is the value's only. */
+  private serverTtl(opts: WriteOptions | undefined): number | null {
+    return this.b.serverTtl ? checkTtl(KIND, opts) : null;
+  }
+
+  /** A compare-and-set write on `revision`: with the server's TTL (renewal by CAS) where the bucket has them. */
+  private replace(natsKey: string, data: Uint8Array, revision: number, ttl: number | null): Promise<number> {
+    return this.b.serverTtl ? ttlPut(this.b, natsKey, data, revision, ttl) : this.b.kv.update(natsKey, data, revision);
   }
 
   async delete(key: string, revision: Revision): Promise<boolean> {

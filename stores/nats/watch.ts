@@ -90,7 +90,9 @@ export class NatsWatch {
       while (!this.signal.aborted) {
         if (needStart) {
           try {
-            const relist = await this.start(filter, firstStart);
+            // With server TTLs, a consumer re-created after a break may have missed a delete marker (they live
+            // seconds): the consumer re-lists.
+            const relist = (await this.start(filter, firstStart)) || (this.b.serverTtl && !firstStart);
             firstStart = false;
             needStart = false;
             backoff = WATCH_RETRY_MIN_MS;
@@ -267,6 +269,7 @@ export class NatsWatch {
 
   /** Synthesised deletes for every tracked key whose recorded expiry has passed (2.9 sends none). */
   private *expireDue(): Generator<WatchEvent> {
+    if (this.b.serverTtl) return;
     const now = Date.now();
     for (const [key, k] of this.live) {
       if (k.expiresAt === null || k.expiresAt > now) continue;
@@ -290,7 +293,8 @@ export class NatsWatch {
   private armAt(at: number): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
-    if (at === Infinity || this.signal.aborted) return;
+    // With server TTLs (2.11+) the server's delete marker is the expiry: nothing is synthesised here.
+    if (at === Infinity || this.signal.aborted || this.b.serverTtl) return;
     this.timerAt = at;
     const delay = Math.min(Math.max(0, at - Date.now()) + 1, MAX_TIMER_MS);
     this.timer = setTimeout(() => {

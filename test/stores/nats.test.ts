@@ -83,6 +83,44 @@ function conformanceOn(label: string, srv: () => NatsServer | null): void {
 conformanceOn("nats", () => server);
 conformanceOn("nats (current server)", () => current);
 
+describe("nats: server-side per-key TTL on nats-server >= 2.11", () => {
+  test("a lease carries Nats-TTL; the server removes it and its delete marker is the watch's delete; 2.9 keeps expiry in the value", async () => {
+    const bucket = freshBucket("ttl");
+    const s = await NatsStore.connect({ servers: [current!.url], bucket });
+    const old = await NatsStore.connect({ servers: [url()], bucket });
+    try {
+      // biome-ignore lint/suspicious/noExplicitAny: the store's bucket handle, looked at from its own test
+      expect(((s as any).b as { serverTtl: boolean }).serverTtl).toBe(true);
+      // biome-ignore lint/suspicious/noExplicitAny: as above
+      expect(((old as any).b as { serverTtl: boolean }).serverTtl).toBe(false);
+      const start = await s.list("subnets/");
+      const w = new WatchCollector(s, "subnets/", start.revision);
+      try {
+        const rev = (await s.create("subnets/10.5.7.0-24", bytes("lease"), { ttlMs: 1500 }))!;
+        const raw = await withRawKv(
+          bucket,
+          async (_kv, nc) => (await jetstreamManager(nc)).streams.getMessage(`KV_${bucket}`, { seq: rev }),
+          current!.url,
+        );
+        expect(raw?.header.get("Nats-TTL")).toBeTruthy(); // the server raises a TTL below its marker TTL (5 s) to it
+        // A renewal by compare-and-set keeps a server TTL too.
+        const rev2 = (await s.update("subnets/10.5.7.0-24", bytes("renewed"), rev, { ttlMs: 1500 }))!;
+        await w.until("the delete for the expired lease", (evs) => evs.some((e) => e.type === "delete"), 15_000);
+        const del = w.deletes()[0]!;
+        expect(del.revision).toBeGreaterThan(rev2); // the server's marker, not a delete synthesised at the recorded time
+        const last = await withRawKv(bucket, (kv) => kv.get(encodeNatsKey("subnets/10.5.7.0-24")), current!.url);
+        expect(last?.operation).toBe("PURGE"); // a MaxAge marker: the server removed it
+        expect(await s.get("subnets/10.5.7.0-24")).toBeNull();
+        expect(await s.create("subnets/10.5.7.0-24", bytes("again"), { ttlMs: 60_000 })).not.toBeNull();
+      } finally {
+        await w.stop();
+      }
+    } finally {
+      await Promise.allSettled([s.close(), old.close()]);
+    }
+  });
+});
+
 // ---- NATS-specific ----
 describe("nats key scheme", () => {
   test("maps logical keys onto NATS tokens and back exactly", () => {
