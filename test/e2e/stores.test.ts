@@ -7,16 +7,22 @@ import { join } from "node:path";
 import { type LabBackend, labDown, labStateDir, labStatus, labUp, readLabState } from "../../src/lab/lab.ts";
 import { type EtcdServer, startEtcdServer } from "../harness/etcd-server.ts";
 import { processAlive } from "../../src/lab/netns.ts";
+import { peerBinary } from "../helpers/peers.ts";
 import { ensureBinary, etcdctl, peerInfo, waitUntil, testName } from "./helpers.ts";
 
 // Explicit: these tests wait (bounded) for agents and kernels, longer than bun's default per-test timeout.
 const TEST_TIMEOUT_MS = 90_000;
+const CURRENT_NATS = "nats-server v2.15.2";
 const CASES = [
-  { store: "etcd", backend: "vxlan", lab: { name: testName("e2etvx") } },
-  { store: "etcd", backend: "host-gw", lab: { name: testName("e2ethg") } },
-  { store: "nats", backend: "vxlan", lab: { name: testName("e2navx") } },
-  { store: "nats", backend: "host-gw", lab: { name: testName("e2nahg") } },
+  { store: "etcd", backend: "vxlan", server: "Debian's etcd", lab: { name: testName("e2etvx") } },
+  { store: "etcd", backend: "host-gw", server: "Debian's etcd", lab: { name: testName("e2ethg") } },
+  { store: "nats", backend: "vxlan", server: "Debian's nats-server 2.9", lab: { name: testName("e2navx") } },
+  { store: "nats", backend: "host-gw", server: "Debian's nats-server 2.9", lab: { name: testName("e2nahg") } },
+  // The pinned current nats-server (built by scripts/setup.sh) as well as Debian's.
+  { store: "nats", backend: "vxlan", server: CURRENT_NATS, lab: { name: testName("e2ncvx") } },
+  { store: "nats", backend: "host-gw", server: CURRENT_NATS, lab: { name: testName("e2nchg") } },
 ] as const;
+const serverOf = (c: (typeof CASES)[number]) => (c.server === CURRENT_NATS ? { natsServer: peerBinary("nats-server") } : {});
 const GIVEN = { name: testName("e2given") };
 const ALL_LABS = [...CASES.map((c) => c.lab), GIVEN];
 let binary: string;
@@ -33,11 +39,12 @@ afterAll(async () => {
   }
 }, 60_000);
 
-describe.each(CASES)("lab on $store, $backend", ({ store, backend, lab }) => {
+describe.each(CASES)("lab on $store ($server), $backend", (c) => {
+  const { store, backend, lab } = c;
   test(
     "3 hosts: every container pings every other; the server lives in the underlay and down stops it",
     async () => {
-      const report = await labUp({ ...lab, hosts: 3, backend: backend as LabBackend, store, binary });
+      const report = await labUp({ ...lab, hosts: 3, backend: backend as LabBackend, store, binary, ...serverOf(c) });
       expect(report.pairs.filter((p) => !p.ok)).toEqual([]);
       expect(report.pairs).toHaveLength(6);
       expect(report.store).toBe(store);
@@ -51,6 +58,7 @@ describe.each(CASES)("lab on $store, $backend", ({ store, backend, lab }) => {
       expect(s.servers).toHaveLength(1);
       const srv = s.servers[0]!;
       expect(srv.kind).toBe(store);
+      expect(srv.natsServer).toBe(serverOf(c).natsServer);
       expect(processAlive(srv.pid)).toBe(true);
       expect(s.storeFlags.slice(0, 2)).toEqual(["--store", store]);
       expect(s.storeFlags.join(" ")).toContain("192.0.2.1");
