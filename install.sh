@@ -101,7 +101,7 @@ flannel_bin_install() {
   download() { # url file
     case "$DOWNLOADER" in
       curl) curl -fsSL --retry 3 --connect-timeout 10 -o "$2" "$1" ;;
-      wget) wget -q -T 30 -t 3 -O "$2" "$1" ;;
+      wget) wget -q -T 30 -O "$2" "$1" ;; # busybox wget knows -q -T -O, not -t
     esac || fatal "download of $1 failed"
   }
 
@@ -308,7 +308,8 @@ EOF
   for a in "$@"; do
     check_word "$a"
     SYSTEMD_ARGS="$SYSTEMD_ARGS $(systemd_word "$a")"
-    OPENRC_ARGS="$OPENRC_ARGS $(sh_word "$a")"
+    # OpenRC: sh-quoted words inside command_args="…", so also escaped for double quotes.
+    OPENRC_ARGS="$OPENRC_ARGS $(sh_word "$a" | sed -e 's/[\\"$`]/\\&/g')"
   done
 
   # Environment for the service: FLANNELD_* set now.
