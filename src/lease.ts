@@ -3,7 +3,7 @@
 
 import { type IPNet, formatCIDR, formatIP, parseIP, tryParseCIDR } from "./ipmath.ts";
 import { escapeLogText, logText } from "./log-text.ts";
-import { SUBNETS_PREFIX } from "./store.ts";
+import { MAX_VALUE_BYTES, SUBNETS_PREFIX } from "./store.ts";
 
 export interface LeaseAttrs {
   /** IPv4 underlay address of the host ("0.0.0.0" if unset, as flannel writes it). */
@@ -67,7 +67,7 @@ export function encodeLeaseAttrs(a: LeaseAttrs): Uint8Array {
   return new TextEncoder().encode(JSON.stringify(o));
 }
 
-const MAX_RECORD_BYTES = 64 * 1024;
+const MAX_RECORD_BYTES = MAX_VALUE_BYTES;
 
 /**
  * Decodes a lease value as Go's encoding/json would (keys case-insensitive, unknown keys ignored) and validates

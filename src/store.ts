@@ -103,5 +103,11 @@ export class StoreUnavailableError extends Error {
   }
 }
 
+/**
+ * Largest value a store hands out (lease JSON and configs are a few hundred bytes). A stored record over it is
+ * skipped like any unreadable record, before it is decoded or copied, so a flood of 1 MB records costs no memory.
+ */
+export const MAX_VALUE_BYTES = 64 * 1024;
+
 export const CONFIG_KEY = "config";
 export const SUBNETS_PREFIX = "subnets/";

@@ -7,6 +7,10 @@
 // 1.4.5. decode-no-eval is a self-contained pure-JS decoder that never compiles code from record structures.
 import { Decoder } from "cbor-x/decode-no-eval";
 import { Encoder } from "cbor-x/encode";
+import { MAX_VALUE_BYTES } from "../src/store.ts";
+
+/** The value limit plus room for the envelope's own fields. */
+export const MAX_ENVELOPE_BYTES = MAX_VALUE_BYTES + 1024;
 
 export interface Envelope {
   v: Uint8Array;
@@ -28,6 +32,7 @@ export function encodeEnvelope(value: Uint8Array, expiresAt: number | null, owne
 /** The envelope, or a description of what is wrong with the bytes. */
 export function decodeEnvelope(data: unknown): Envelope | string {
   if (!(data instanceof Uint8Array)) return "record is not bytes";
+  if (data.byteLength > MAX_ENVELOPE_BYTES) return `record is ${data.byteLength} bytes, over the ${MAX_ENVELOPE_BYTES}-byte limit`;
   let x: unknown;
   try {
     x = decoder.decode(data);

@@ -14,7 +14,7 @@
 // in revision order. Reaping runs inside the write lock and re-checks expiry, so concurrent reapers are harmless.
 
 import { Database } from "bun:sqlite";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import { consola } from "consola";
 import {
@@ -27,7 +27,9 @@ import {
   type WriteOptions,
 } from "../src/store.ts";
 import { checkKey, checkPrefix, checkRevision, checkTtl, checkValue, errorText } from "./arguments.ts";
-import { decodeEnvelope, encodeEnvelope, envelopeCreated } from "./record-envelope.ts";
+import { MAX_ENVELOPE_BYTES, decodeEnvelope, encodeEnvelope, envelopeCreated } from "./record-envelope.ts";
+
+const tooBig = (size: number): string => `record is ${size} bytes, over the ${MAX_ENVELOPE_BYTES}-byte limit`;
 
 const log = consola.withTag("store:sqlite");
 const KIND = "sqlite";
@@ -45,14 +47,20 @@ interface Row {
   key: string;
   revision: number;
   expires_at: number | null;
-  record: Uint8Array;
+  /** null when over the size limit (see RECORD): the blob is never read into memory. */
+  record: Uint8Array | null;
+  size: number;
 }
+
+/** The record column as read: a record over the limit is left in the file, only its size is read. */
+const RECORD = `CASE WHEN length(record) > ${MAX_ENVELOPE_BYTES} THEN NULL ELSE record END AS record, length(record) AS size`;
 
 interface ChangeRow {
   revision: number;
   key: string;
   op: string;
   record: Uint8Array | null;
+  size: number | null;
 }
 
 /** Trim the change log whenever the global revision hits a multiple of this (exactly one writer sees each one). */
@@ -83,7 +91,12 @@ export class SqliteStore implements Store {
   readonly kind = "sqlite";
   readonly location: string;
 
-  private readonly db: Database;
+  private db: Database;
+  /** dev:inode of the file `db` has open (null for :memory:): a different one at the path means it was replaced. */
+  private fileId: string | null;
+  /** Bumped on every reopen: a watcher that sees it change re-lists (the new file has its own revisions). */
+  private generation = 0;
+  private readonly opts: Required<SqliteStoreOptions>;
   private readonly pollMs: number;
   private readonly historyEntries: number;
   private readonly busyTimeoutMs: number;
@@ -97,6 +110,8 @@ export class SqliteStore implements Store {
 
   private constructor(db: Database, path: string, opts: Required<SqliteStoreOptions>) {
     this.db = db;
+    this.fileId = fileIdOf(path);
+    this.opts = opts;
     this.location = path;
     this.pollMs = opts.pollMs;
     this.historyEntries = opts.historyEntries;
@@ -110,34 +125,14 @@ export class SqliteStore implements Store {
       historyEntries: positiveInt(opts.historyEntries ?? 10_000, "historyEntries"),
       busyTimeoutMs: positiveInt(opts.busyTimeoutMs ?? 5000, "busyTimeoutMs"),
     };
-    if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
-    let db: Database;
-    try {
-      db = new Database(path, { create: true, readwrite: true });
-    } catch (err) {
-      throw new StoreUnavailableError(`sqlite ${path}: cannot open database: ${errorText(err)}`, { cause: err });
-    }
-    try {
-      // busy_timeout first: switching to WAL and creating the schema may wait for another process's lock.
-      db.run(`PRAGMA busy_timeout = ${o.busyTimeoutMs}`);
-      const mode = db.query("PRAGMA journal_mode = WAL").get() as { journal_mode?: string } | null;
-      if (path !== ":memory:" && mode?.journal_mode?.toLowerCase() !== "wal") {
-        throw new Error(`could not switch to WAL (journal_mode is ${String(mode?.journal_mode)})`);
-      }
-      db.run("PRAGMA synchronous = NORMAL");
-      db.transaction(() => db.run(SCHEMA)).immediate();
-    } catch (err) {
-      db.close(false);
-      throw new StoreUnavailableError(`sqlite ${path}: cannot prepare database: ${errorText(err)}`, { cause: err });
-    }
-    return new SqliteStore(db, path, o);
+    return new SqliteStore(openDatabase(path, o), path, o);
   }
 
   async get(key: string): Promise<KV | null> {
     checkKey(KIND, key);
     const row = this.read(() =>
       this.db
-        .query("SELECT key, revision, expires_at, record FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)")
+        .query(`SELECT key, revision, expires_at, ${RECORD} FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)`)
         .get(key, Date.now()),
     ) as Row | null;
     if (!row) return null;
@@ -156,7 +151,7 @@ export class SqliteStore implements Store {
         .transaction(() => ({
           rows: this.db
             .query(
-              `SELECT key, revision, expires_at, record FROM kv
+              `SELECT key, revision, expires_at, ${RECORD} FROM kv
                WHERE key >= ?1 AND substr(key, 1, length(?1)) = ?1 AND (expires_at IS NULL OR expires_at > ?2)
                ORDER BY key`,
             )
@@ -229,10 +224,20 @@ export class SqliteStore implements Store {
     let seenVersion = -1;
     let seenLocal = -1;
     let nextExpiry = 0;
+    let generation = this.generation;
     while (!stop.aborted) {
       let batch: { events: WatchEvent[]; pos: Revision; more: boolean } | null = null;
       try {
         this.checkOpen();
+        if (generation !== this.generation) {
+          // Another file: its revisions are not ours. Re-list, then follow it from its current head.
+          generation = this.generation;
+          pos = reported = this.headRevision();
+          seenVersion = -1;
+          nextExpiry = 0;
+          yield { type: "relist" };
+          continue;
+        }
         const version = this.dataVersion();
         const now = Date.now();
         if (version !== seenVersion || this.localWrites !== seenLocal || now >= nextExpiry) {
@@ -313,7 +318,7 @@ export class SqliteStore implements Store {
   }
 
   private currentRow(key: string): Row | null {
-    return this.db.query("SELECT key, revision, expires_at, record FROM kv WHERE key = ?").get(key) as Row | null;
+    return this.db.query(`SELECT key, revision, expires_at, ${RECORD} FROM kv WHERE key = ?`).get(key) as Row | null;
   }
 
   /** Appends to the change log (inside a write transaction) and returns the new global revision. */
@@ -379,7 +384,7 @@ export class SqliteStore implements Store {
         const upTo = Math.min(head, pos + BATCH);
         const rows = this.db
           .query(
-            `SELECT revision, key, op, record FROM changes
+            `SELECT revision, key, op, ${RECORD} FROM changes
              WHERE revision > ?1 AND revision <= ?2 AND substr(key, 1, length(?3)) = ?3 ORDER BY revision`,
           )
           .all(pos, upTo, prefix) as ChangeRow[];
@@ -431,6 +436,17 @@ export class SqliteStore implements Store {
 
   private checkOpen(): void {
     if (this.closed) throw new Error(`sqlite ${this.location}: store is closed`);
+    if (this.location === ":memory:") return;
+    const id = fileIdOf(this.location);
+    if (id === this.fileId) return;
+    // The file was deleted or replaced (rm + config put, a restore from backup): follow the path, as an operator
+    // expects, instead of working on in a file nobody else sees.
+    log.warn(`${this.location}: the database file was ${id === null ? "deleted" : "replaced"}; reopening it (watches re-list)`);
+    const db = openDatabase(this.location, this.opts);
+    abandoned.push(this.db);
+    this.db = db;
+    this.fileId = fileIdOf(this.location);
+    this.generation++;
   }
 
   private sleep(ms: number, signal: AbortSignal): Promise<void> {
@@ -452,7 +468,7 @@ export class SqliteStore implements Store {
 
 function rowToKV(row: Row): KV | string {
   if (!Number.isSafeInteger(row.revision) || row.revision <= 0) return "bad revision column";
-  const rec = decodeEnvelope(row.record);
+  const rec = row.record === null && row.size > MAX_ENVELOPE_BYTES ? tooBig(row.size) : decodeEnvelope(row.record);
   if (typeof rec === "string") return rec;
   if (rec.e !== row.expires_at) return "expiry in the record does not match the expires_at column";
   return { key: row.key, value: rec.v, revision: row.revision, expiresAt: rec.e, createRevision: envelopeCreated(rec, row.revision) };
@@ -461,7 +477,7 @@ function rowToKV(row: Row): KV | string {
 function changeToEvent(row: ChangeRow): WatchEvent | string {
   if (row.op === "delete") return { type: "delete", key: row.key, revision: row.revision };
   if (row.op !== "put") return `unknown op "${row.op}"`;
-  const rec = decodeEnvelope(row.record);
+  const rec = row.record === null && (row.size ?? 0) > MAX_ENVELOPE_BYTES ? tooBig(row.size ?? 0) : decodeEnvelope(row.record);
   if (typeof rec === "string") return rec;
   return {
     type: "put",
@@ -477,3 +493,41 @@ function positiveInt(n: number, name: string): number {
   if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`sqlite store: ${name} must be a positive integer, got ${n}`);
   return n;
 }
+
+/** The database file opened, in WAL mode, with the schema (created, with its directory, if missing). */
+function openDatabase(path: string, o: Required<SqliteStoreOptions>): Database {
+  if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
+  let db: Database;
+  try {
+    db = new Database(path, { create: true, readwrite: true });
+  } catch (err) {
+    throw new StoreUnavailableError(`sqlite ${path}: cannot open database: ${errorText(err)}`, { cause: err });
+  }
+  try {
+    // busy_timeout first: switching to WAL and creating the schema may wait for another process's lock.
+    db.run(`PRAGMA busy_timeout = ${o.busyTimeoutMs}`);
+    const mode = db.query("PRAGMA journal_mode = WAL").get() as { journal_mode?: string } | null;
+    if (path !== ":memory:" && mode?.journal_mode?.toLowerCase() !== "wal") {
+      throw new Error(`could not switch to WAL (journal_mode is ${String(mode?.journal_mode)})`);
+    }
+    db.run("PRAGMA synchronous = NORMAL");
+    db.transaction(() => db.run(SCHEMA)).immediate();
+  } catch (err) {
+    db.close(false);
+    throw new StoreUnavailableError(`sqlite ${path}: cannot prepare database: ${errorText(err)}`, { cause: err });
+  }
+  return db;
+}
+
+/** dev:inode of the file at `path`; null if there is none (or for :memory:). */
+function fileIdOf(path: string): string | null {
+  if (path === ":memory:") return null;
+  const st = statSync(path, { throwIfNoEntry: false });
+  return st ? `${st.dev}:${st.ino}` : null;
+}
+
+/**
+ * Connections to files that were replaced under us. Never closed: closing the last connection to a WAL database
+ * checkpoints and then unlinks "<path>-wal" and "<path>-shm" by name, which would now be the new file's.
+ */
+const abandoned: Database[] = [];

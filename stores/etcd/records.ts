@@ -2,7 +2,7 @@
 // expiry of each record, which etcd keeps in the lease the key is attached to.
 
 import { consola } from "consola";
-import type { KV } from "../../src/store.ts";
+import { type KV, MAX_VALUE_BYTES } from "../../src/store.ts";
 import type { EtcdClient } from "./client-failover.ts";
 import { EtcdError, int64, type Json, leaseId, unb64 } from "./gateway.ts";
 
@@ -56,6 +56,9 @@ export class EtcdKeys {
     const key = this.logicalKey(etcdKey);
     if (key === null) return null;
     let value: Uint8Array;
+    // Over the value limit: skipped before the base64 is checked or decoded (no copy of a hostile megabyte).
+    if (typeof o.value === "string" && o.value.length > Math.ceil(MAX_VALUE_BYTES / 3) * 4)
+      throw new Error(`${etcdKey}: value is about ${Math.floor((o.value.length * 3) / 4)} bytes, over the ${MAX_VALUE_BYTES}-byte limit`);
     try {
       value = unb64(o.value, "value");
     } catch (e) {
