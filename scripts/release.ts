@@ -59,8 +59,11 @@ export function ensureRuntime(runtimePackage: string, cacheDir = runtimeCacheDir
     mkdirSync(join(tmp, "x"));
     run(["tar", "-xzf", tgz, "-C", join(tmp, "x")], tmp);
     if (!existsSync(join(tmp, "x/package/bin/bun"))) throw new Error(`${runtimePackage}@${BUN_VERSION} has no package/bin/bun`);
-    rmSync(dir, { recursive: true, force: true });
-    renameSync(join(tmp, "x"), dir); // whole or not at all: a killed run leaves no half-extracted runtime behind
+    // One rename, so a killed run leaves no half-extracted runtime; another build may have finished it meanwhile.
+    if (!existsSync(bin)) {
+      rmSync(dir, { recursive: true, force: true });
+      renameSync(join(tmp, "x"), dir);
+    }
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
