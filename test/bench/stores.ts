@@ -6,11 +6,7 @@
 // Goals (printed, not asserted): route p99 <= 200 ms on etcd and NATS, <= 300 ms on SQLite. Exit 1 on any duplicate
 // or a failed measurement.
 //
-// Everything stays in one namespace this script makes (fbb-<random>): lo, and eth0 = a veth with both ends inside
-// (192.0.2.1/24, default via 192.0.2.254). The script re-runs itself inside it (--inner), so store servers, agent,
-// writer and `ip monitor` share that namespace's loopback and routing table. The outer process deletes the
-// namespace at the end, also after a failure or SIGINT.
-import { randomBytes } from "node:crypto";
+// Everything stays in one namespace this script makes (bench-netns.ts).
 import { consola } from "consola";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -22,6 +18,7 @@ import { EtcdStore } from "../../stores/etcd/store.ts";
 import { NatsStore } from "../../stores/nats/store.ts";
 import { SqliteStore } from "../../stores/sqlite.ts";
 import { ensureBinary } from "../helpers/agents.ts";
+import { runInBenchNamespace } from "./bench-netns.ts";
 import { type AcquireResult, type RouteDelayResult, measureAcquisitions, measureRouteDelay } from "./stores-measure.ts";
 
 type Kind = "sqlite" | "etcd" | "nats";
@@ -31,11 +28,6 @@ const PEERS = 200;
 const SPACING_MS = 20;
 const GOAL_P99_MS: Record<Kind, number> = { sqlite: 300, etcd: 200, nats: 200 };
 const INNER_TIMEOUT_MS = 170_000;
-
-function sh(cmd: string[]): void {
-  const r = Bun.spawnSync(cmd, { stdout: "ignore", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`${cmd.join(" ")}: ${r.stderr.toString().trim()}`);
-}
 
 function parseKinds(arg: string | undefined): Kind[] {
   if (!arg) return ALL;
@@ -48,56 +40,8 @@ function parseKinds(arg: string | undefined): Kind[] {
 // Outer: namespace lifecycle
 
 async function outer(args: string[]): Promise<number> {
-  if (process.getuid?.() !== 0) throw new Error("run as root (creates a network namespace)");
   parseKinds(args[0]); // fail before making anything
-  const binary = ensureBinary();
-  const ns = `fbb-${randomBytes(3).toString("hex")}`;
-  let child: ReturnType<typeof Bun.spawn> | null = null;
-  const onSignal = (sig: NodeJS.Signals) => {
-    console.error(`\n${sig}: stopping the benchmark and removing ${ns}`);
-    child?.kill("SIGTERM");
-  };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
-  try {
-    sh(["ip", "netns", "add", ns]);
-    sh(["ip", "-n", ns, "link", "set", "lo", "up"]);
-    // No dummy devices on this kernel: a veth pair with both ends in the namespace gives eth0 a carrier.
-    sh(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
-    sh(["ip", "-n", ns, "link", "set", "eth0p", "up"]);
-    sh(["ip", "-n", ns, "addr", "add", "192.0.2.1/24", "dev", "eth0"]);
-    sh(["ip", "-n", ns, "link", "set", "eth0", "up"]);
-    sh(["ip", "-n", ns, "route", "add", "default", "via", "192.0.2.254", "dev", "eth0"]);
-
-    child = Bun.spawn(["ip", "netns", "exec", ns, process.execPath, import.meta.path, "--inner", binary, ...args], {
-      stdin: "ignore",
-      stdout: "inherit",
-      stderr: "inherit",
-    });
-    const c = child;
-    const killer = setTimeout(() => {
-      console.error(`benchmark still running after ${INNER_TIMEOUT_MS / 1000} s: stopping it`);
-      c.kill("SIGTERM");
-      setTimeout(() => c.kill("SIGKILL"), 10_000).unref();
-    }, INNER_TIMEOUT_MS);
-    const code = await c.exited;
-    clearTimeout(killer);
-    return code ?? 1;
-  } finally {
-    // Anything still running in the namespace was started by this benchmark (it is ours alone): stop it by PID.
-    const pids = Bun.spawnSync(["ip", "netns", "pids", ns], { stdout: "pipe", stderr: "ignore" })
-      .stdout.toString()
-      .split(/\s+/)
-      .filter(Boolean);
-    for (const pid of pids) {
-      try {
-        process.kill(Number(pid), "SIGKILL");
-      } catch {
-        /* already gone */
-      }
-    }
-    Bun.spawnSync(["ip", "netns", "del", ns], { stdout: "ignore", stderr: "ignore" });
-  }
+  return runInBenchNamespace(import.meta.path, ensureBinary(), args, INNER_TIMEOUT_MS);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
