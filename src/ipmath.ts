@@ -25,14 +25,14 @@ const V4_OCTET = /^(0|[1-9][0-9]{0,2})$/; // no leading zeros: "010" is ambiguou
 function parseV4(s: string): bigint | null {
   const parts = s.split(".");
   if (parts.length !== 4) return null;
-  let v = 0n;
+  let v = 0; // a double holds 32 bits exactly; one BigInt at the end (this runs several times per peer)
   for (const p of parts) {
     if (!V4_OCTET.test(p)) return null;
     const n = Number(p);
     if (n > 255) return null;
-    v = (v << 8n) | BigInt(n);
+    v = v * 256 + n;
   }
-  return v;
+  return BigInt(v);
 }
 
 function parseV6(s: string): bigint | null {
@@ -84,7 +84,8 @@ export function parseIPv4(s: string): bigint | null {
 
 export function formatIP(value: bigint, family: Family): string {
   if (family === 4) {
-    return [24n, 16n, 8n, 0n].map((sh) => ((value >> sh) & 255n).toString()).join(".");
+    const n = Number(value & 0xffffffffn);
+    return `${Math.floor(n / 16777216)}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
   }
   const g: number[] = [];
   for (let i = 7; i >= 0; i--) g.push(Number((value >> BigInt(i * 16)) & 0xffffn));
