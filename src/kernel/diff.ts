@@ -51,25 +51,45 @@ interface Owner<T> {
   value: T;
 }
 
+/** Usually one fragment desires a key: then the owner is held as it is, an array only when several do. */
+type Owners<T> = Owner<T> | Owner<T>[];
+
+const top = <T>(o: Owners<T>): T => (Array.isArray(o) ? o[o.length - 1]!.value : o.value);
+
 /** One kind of entry: who desires which value under a key, and what we believe the kernel has. */
 export class Table<T> {
-  readonly desired = new Map<string, Owner<T>[]>();
+  readonly desired = new Map<string, Owners<T>>();
   readonly applied = new Map<string, T>();
   readonly dirty = new Set<string>();
 
   /** When several fragments desire one key, the most recent set() wins. */
   effective(key: string): T | undefined {
     const o = this.desired.get(key);
-    return o === undefined ? undefined : o[o.length - 1]!.value;
+    return o === undefined ? undefined : top(o);
+  }
+
+  /** Every desired key with its effective value. */
+  *wanted(): Generator<[string, T]> {
+    for (const [k, o] of this.desired) yield [k, top(o)];
+  }
+
+  /** What `id` desires under `key`, if anything. */
+  valueOf(key: string, id: string): T | undefined {
+    const o = this.desired.get(key);
+    if (o === undefined) return undefined;
+    if (!Array.isArray(o)) return o.id === id ? o.value : undefined;
+    return o.find((x) => x.id === id)?.value;
   }
 
   upsert(key: string, id: string, value: T): void {
     const o = this.desired.get(key);
-    if (o === undefined) this.desired.set(key, [{ id, value }]);
+    if (o === undefined || (!Array.isArray(o) && o.id === id)) this.desired.set(key, { id, value });
     else {
-      const i = o.findIndex((x) => x.id === id);
-      if (i >= 0) o.splice(i, 1);
-      o.push({ id, value });
+      const list = Array.isArray(o) ? o : [o];
+      const i = list.findIndex((x) => x.id === id);
+      if (i >= 0) list.splice(i, 1);
+      list.push({ id, value });
+      this.desired.set(key, list);
     }
     this.dirty.add(key);
   }
@@ -77,10 +97,15 @@ export class Table<T> {
   remove(key: string, id: string): void {
     const o = this.desired.get(key);
     if (!o) return;
-    const i = o.findIndex((x) => x.id === id);
-    if (i < 0) return;
-    o.splice(i, 1);
-    if (o.length === 0) this.desired.delete(key);
+    if (!Array.isArray(o)) {
+      if (o.id !== id) return;
+      this.desired.delete(key);
+    } else {
+      const i = o.findIndex((x) => x.id === id);
+      if (i < 0) return;
+      o.splice(i, 1);
+      if (o.length === 1) this.desired.set(key, o[0]!);
+    }
     this.dirty.add(key);
   }
 }
@@ -90,6 +115,7 @@ interface Entry<T> {
   value: T;
 }
 
+/** A fragment as validated entries; set() keeps only its keys (FragmentKeys): the values live in the tables. */
 interface NormFragment {
   devices: Entry<VxlanDevice>[];
   addresses: Entry<Address>[];
@@ -97,6 +123,17 @@ interface NormFragment {
   neighs: Entry<Neigh>[];
   fdbs: Entry<Fdb>[];
 }
+
+/** What one id desires: the keys, one list per kind (shared empty list for kinds it has none of). */
+interface FragmentKeys {
+  devices: string[];
+  addresses: string[];
+  routes: string[];
+  neighs: string[];
+  fdbs: string[];
+}
+
+const keysOf = <T>(es: Entry<T>[]): string[] => (es.length === 0 ? NONE : es.map((e) => e.key));
 
 export const routeKey = (dst: string) => dst;
 export const devKey = (dev: string, x: string) => `${dev} ${x}`; // device names hold no spaces
@@ -141,7 +178,7 @@ export interface KernelSnapshot {
 }
 
 export class DesiredState {
-  private readonly fragments = new Map<string, NormFragment>();
+  private readonly fragments = new Map<string, FragmentKeys>();
   readonly devices = new Table<VxlanDevice>();
   readonly addresses = new Table<Address>();
   readonly routes = new Table<KRoute>();
@@ -161,7 +198,13 @@ export class DesiredState {
   set(id: string, fragment: StateFragment): void {
     const next = normalize(fragment);
     const prev = this.fragments.get(id);
-    this.fragments.set(id, next);
+    this.fragments.set(id, {
+      devices: keysOf(next.devices),
+      addresses: keysOf(next.addresses),
+      routes: keysOf(next.routes),
+      neighs: keysOf(next.neighs),
+      fdbs: keysOf(next.fdbs),
+    });
     if (prev || next.devices.length) diffInto(this.devices, id, prev?.devices, next.devices, deviceEq);
     if (prev || next.addresses.length) diffInto(this.addresses, id, prev?.addresses, next.addresses, sameKey);
     if (prev || next.routes.length) diffInto(this.routes, id, prev?.routes, next.routes, routeEq);
@@ -174,11 +217,11 @@ export class DesiredState {
     const prev = this.fragments.get(id);
     if (!prev) return false;
     this.fragments.delete(id);
-    for (const e of prev.devices) this.devices.remove(e.key, id);
-    for (const e of prev.addresses) this.addresses.remove(e.key, id);
-    for (const e of prev.routes) this.routes.remove(e.key, id);
-    for (const e of prev.neighs) this.neighs.remove(e.key, id);
-    for (const e of prev.fdbs) this.fdbs.remove(e.key, id);
+    for (const k of prev.devices) this.devices.remove(k, id);
+    for (const k of prev.addresses) this.addresses.remove(k, id);
+    for (const k of prev.routes) this.routes.remove(k, id);
+    for (const k of prev.neighs) this.neighs.remove(k, id);
+    for (const k of prev.fdbs) this.fdbs.remove(k, id);
     return true;
   }
 
@@ -268,7 +311,7 @@ export class DesiredState {
       if (!link && !this.devices.effective(dev)) continue; // nothing to do on a device that is not there
       const actual = link && !fresh.has(dev) ? globalAddresses(dev, link) : new Set<string>();
       const wanted = new Set<string>();
-      for (const [k] of this.addresses.desired) if (keyDev(k) === dev) wanted.add(this.addresses.effective(k)!.cidr);
+      for (const [k, a] of this.addresses.wanted()) if (keyDev(k) === dev) wanted.add(a.cidr);
       for (const cidr of actual) {
         if (wanted.has(cidr)) continue;
         if (owned.has(dev) || w.addrKeys.has(devKey(dev, cidr))) {
@@ -390,8 +433,8 @@ export class DesiredState {
         }
         if (!ev.up || was !== false) return false; // only a down -> up transition loses entries
         let any = this.forgetEntriesOn(ev.dev, true);
-        for (const [name, o] of this.devices.desired) {
-          if (o[o.length - 1]!.value.underlay !== ev.dev) continue;
+        for (const [name, d] of this.devices.wanted()) {
+          if (d.underlay !== ev.dev) continue;
           this.devices.dirty.add(name);
           this.forgetEntriesOn(name, true);
           any = true;
@@ -458,9 +501,8 @@ export class DesiredState {
 
   /** Counts differences between kernel and desire, then makes the kernel view the applied one and dirties all keys. */
   private adopt<T>(t: Table<T>, actual: Map<string, T>, eq: (a: T, b: T) => boolean): void {
-    for (const [k, o] of t.desired) {
+    for (const [k, want] of t.wanted()) {
       const a = actual.get(k);
-      const want = o[o.length - 1]!.value;
       if (a !== undefined && eq(a, want)) continue;
       if (a === undefined && !t.applied.has(k)) this.counts.added++;
       else this.counts.repaired++;
@@ -498,8 +540,8 @@ export class DesiredState {
     const forget = <T extends { dev?: string }>(t: Table<T>) => {
       for (const [k, v] of t.applied) if (v.dev === dev) t.applied.delete(k);
       if (!readd) return;
-      for (const [k, o] of t.desired) {
-        if (o[o.length - 1]!.value.dev !== dev) continue;
+      for (const [k, v] of t.wanted()) {
+        if (v.dev !== dev) continue;
         t.dirty.add(k);
         any = true;
       }
@@ -523,18 +565,17 @@ function split<T>(t: Table<T>, eq: (a: T, b: T) => boolean, add: string[], del: 
   t.dirty.clear();
 }
 
-function diffInto<T>(t: Table<T>, id: string, prev: Entry<T>[] | undefined, next: Entry<T>[], eq: (a: T, b: T) => boolean): void {
+function diffInto<T>(t: Table<T>, id: string, prev: string[] | undefined, next: Entry<T>[], eq: (a: T, b: T) => boolean): void {
   if (!prev || prev.length === 0) {
     for (const e of next) t.upsert(e.key, id, e.value);
     return;
   }
-  const before = new Map(prev.map((e) => [e.key, e.value]));
+  const gone = new Set(prev);
   for (const e of next) {
-    const old = before.get(e.key);
-    before.delete(e.key);
+    const old = gone.delete(e.key) ? t.valueOf(e.key, id) : undefined;
     if (old === undefined || !eq(old, e.value)) t.upsert(e.key, id, e.value);
   }
-  for (const k of before.keys()) t.remove(k, id);
+  for (const k of gone) t.remove(k, id);
 }
 
 const NONE: never[] = [];

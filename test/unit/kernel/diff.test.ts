@@ -43,6 +43,20 @@ describe("DesiredState", () => {
     expect(lines(s)).toEqual([]);
   });
 
+  test("two ids desiring one key: the latest wins, and the other takes over when it leaves", () => {
+    const s = new DesiredState(P);
+    const r = (via: string): StateFragment => ({ routes: [{ dst: "10.5.9.0/24", via, dev: "eth0", onlink: false }] });
+    s.set("peer:a", r("192.168.77.1"));
+    s.set("peer:b", r("192.168.77.2"));
+    expect(lines(s)).toEqual([`ip route replace 10.5.9.0/24 via 192.168.77.2 dev eth0 proto ${P}`]);
+    s.set("peer:a", r("192.168.77.3")); // a set() again is the most recent
+    expect(lines(s)).toEqual([`ip route replace 10.5.9.0/24 via 192.168.77.3 dev eth0 proto ${P}`]);
+    s.delete("peer:a");
+    expect(lines(s)).toEqual([`ip route replace 10.5.9.0/24 via 192.168.77.2 dev eth0 proto ${P}`]);
+    s.set("peer:b", {}); // b stops desiring it too
+    expect(lines(s)).toEqual([`ip route del 10.5.9.0/24 via 192.168.77.2 dev eth0 proto ${P}`]);
+  });
+
   test("a removed peer: route, FDB, then neighbour", () => {
     const s = new DesiredState(P);
     s.set("peer:a", peer(2));
