@@ -45,6 +45,9 @@ export async function runAgent(f: Flags): Promise<number> {
   const health = readiness.health;
   health.degraded = () => storeHealth.degraded();
   storeHealth.onChange(() => readiness.setDegraded(storeHealth.degraded()));
+  // systemd's watchdog: a watch that stays behind a reachable store for 2 minutes (its supervisor could not catch it
+  // up) means a wedged agent, which a restart fixes; an unreachable store is not (a restart would not bring it back).
+  readiness.addLiveness("store watch", () => !storeHealth.up || storeHealth.lagSeconds() < 120);
   const port = f["healthz-port"];
   const server = port > 0 ? serveHealth(health, f["healthz-ip"], port) : null;
   if (server) log.info(`health API on http://${f["healthz-ip"]}:${server.port} (/healthz, /readyz, /metrics)`);
