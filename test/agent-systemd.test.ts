@@ -2,7 +2,8 @@
 // abstract), readiness that follows the kernel (an agent without CAP_NET_ADMIN, via capsh), and SIGTERM/SIGINT ending
 // the agent in each waiting state. Every agent runs in its own namespace.
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { type AgentHost, AgentLab, ensureBinary, until } from "./helpers/agents.ts";
 import { NotifyListener } from "./helpers/notify-listener.ts";
@@ -92,6 +93,35 @@ describe("the agent under systemd", () => {
     expect(await lab.stop(h)).toBe(0);
     await listener.waitFor((l) => l === "STOPPING=1");
     expect(listener.lines()).not.toContain("WATCHDOG=1"); // no WATCHDOG_USEC: no pings
+  });
+
+  test("children never inherit NOTIFY_SOCKET or WATCHDOG_USEC (every ip/bridge the agent runs is checked)", async () => {
+    const h = lab.addHost();
+    lab.putConfig(VXLAN); // vxlan: the device is made through ip -batch too
+    listener = new NotifyListener(false);
+    await listener.start();
+    // Wrappers named ip, bridge, iptables* and nft first in PATH record what each child process sees, then runs the real tool.
+    const bin = join(lab.dir, `wrap-${h.ns}`);
+    const seen = join(lab.dir, `seen-${h.ns}.txt`);
+    mkdirSync(bin, { recursive: true });
+    for (const tool of ["ip", "bridge", "iptables", "iptables-save", "iptables-restore", "nft"]) {
+      const real = Bun.which(tool, { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" });
+      if (!real) continue;
+      writeFileSync(
+        join(bin, tool),
+        `#!/bin/sh\necho "${tool} $1 \${NOTIFY_SOCKET-unset} \${WATCHDOG_USEC-unset}" >> ${seen}\nexec ${real} "$@"\n`,
+        {
+          mode: 0o755,
+        },
+      );
+    }
+    lab.start(h, [], { NOTIFY_SOCKET: listener.socket, WATCHDOG_USEC: "1000000", PATH: `${bin}:${process.env.PATH}` });
+    await listener.waitFor((l) => l === "READY=1");
+    expect(await lab.stop(h)).toBe(0);
+    // The first line is `ip netns exec` that started the agent (it has the variables); every later one is a child.
+    const children = readFileSync(seen, "utf8").trim().split("\n").slice(1);
+    expect(children.length).toBeGreaterThan(2);
+    expect(children.filter((l) => !l.endsWith(" unset unset"))).toEqual([]);
   });
 
   test("NOTIFY_SOCKET pointing nowhere: the agent still reaches ready and exits 0", async () => {
