@@ -28,6 +28,7 @@ import {
 } from "../src/store.ts";
 import { checkKey, checkPrefix, checkRevision, checkTtl, checkValue, errorText } from "./arguments.ts";
 import { MAX_ENVELOPE_BYTES, decodeEnvelope, encodeEnvelope, envelopeCreated } from "./record-envelope.ts";
+import { escapeLogText, logText } from "../src/log-text.ts";
 
 const tooBig = (size: number): string => `record is ${size} bytes, over the ${MAX_ENVELOPE_BYTES}-byte limit`;
 
@@ -138,7 +139,7 @@ export class SqliteStore implements Store {
     if (!row) return null;
     const kv = rowToKV(row);
     if (typeof kv === "string") {
-      log.warn(`${this.location}: skipping corrupt record for key "${key}": ${kv}`);
+      log.warn(`${this.location}: skipping corrupt record for key ${logText(key)}: ${escapeLogText(kv)}`);
       return null;
     }
     return kv;
@@ -163,7 +164,7 @@ export class SqliteStore implements Store {
     const items: KV[] = [];
     for (const row of rows) {
       const kv = rowToKV(row);
-      if (typeof kv === "string") log.warn(`${this.location}: skipping corrupt record for key "${row.key}": ${kv}`);
+      if (typeof kv === "string") log.warn(`${this.location}: skipping corrupt record for key ${logText(row.key)}: ${escapeLogText(kv)}`);
       else items.push(kv);
     }
     return { items, revision };
@@ -392,7 +393,7 @@ export class SqliteStore implements Store {
         for (const row of rows) {
           const ev = changeToEvent(row);
           if (typeof ev === "string") {
-            log.warn(`${this.location}: skipping corrupt change ${row.revision} for key "${row.key}": ${ev}`);
+            log.warn(`${this.location}: skipping corrupt change ${row.revision} for key ${logText(row.key)}: ${escapeLogText(ev)}`);
           } else {
             events.push(ev);
           }

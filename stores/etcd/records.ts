@@ -5,6 +5,7 @@ import { consola } from "consola";
 import { type KV, MAX_VALUE_BYTES } from "../../src/store.ts";
 import type { EtcdClient } from "./client-failover.ts";
 import { EtcdError, int64, type Json, leaseId, unb64 } from "./gateway.ts";
+import { escapeLogText } from "../../src/log-text.ts";
 
 const log = consola.withTag("etcd");
 const utf8 = new TextDecoder("utf-8", { fatal: true });
@@ -79,7 +80,7 @@ export class EtcdKeys {
         const r = this.parseKV(kv);
         if (r) out.push(r);
       } catch (e) {
-        log.warn(`skipping an unreadable etcd record in ${what}: ${(e as Error).message}`);
+        log.warn(`skipping an unreadable etcd record in ${what}: ${escapeLogText((e as Error).message)}`);
       }
     }
     return out;

@@ -7,6 +7,7 @@ import type { Revision, WatchEvent } from "../../src/store.ts";
 import type { EtcdClient } from "./client-failover.ts";
 import { b64, errorMessage, headerRevision, int64, isAuthTokenError, type Json, prefixEnd } from "./gateway.ts";
 import type { EtcdKeys, LeaseExpiries, RawKV } from "./records.ts";
+import { escapeLogText } from "../../src/log-text.ts";
 
 const log = consola.withTag("etcd");
 const enc = new TextEncoder();
@@ -107,7 +108,7 @@ export async function* etcdWatch(
                 return 0;
               }
             })();
-            log.warn(`skipping an unreadable etcd watch event: ${(e as Error).message}`);
+            log.warn(`skipping an unreadable etcd watch event: ${escapeLogText((e as Error).message)}`);
             if (rev >= next) {
               next = rev + 1;
               yield { type: "progress", revision: rev };

@@ -11,6 +11,7 @@ import { StoreUnavailableError } from "../../src/store.ts";
 import { decodeEnvelope, type Envelope } from "../record-envelope.ts";
 import type { NatsBucket } from "./connection.ts";
 import { decodeNatsKey, encodeNatsKey } from "./keys.ts";
+import { escapeLogText, logText } from "../../src/log-text.ts";
 
 const log = consola.withTag("nats");
 
@@ -29,7 +30,7 @@ export function toRawEntry(b: NatsBucket, m: JsMsg): RawEntry | null {
   const natsKey = m.subject.startsWith(b.subjectPrefix) ? m.subject.slice(b.subjectPrefix.length) : m.subject;
   const key = decodeNatsKey(natsKey);
   if (key === null) {
-    log.warn(`NATS bucket ${b.bucket}: skipping key ${natsKey}: not a key this store writes`);
+    log.warn(`NATS bucket ${b.bucket}: skipping key ${logText(natsKey)}: not a key this store writes`);
     return null;
   }
   // A server delete marker (2.11+: a per-message TTL ran out, or a purge): MaxAge and Purge read as PURGE, Remove as DEL.
@@ -39,7 +40,7 @@ export function toRawEntry(b: NatsBucket, m: JsMsg): RawEntry | null {
   if (op !== "PUT") return { key, revision: m.seq, op, rec: null };
   const rec = decodeEnvelope(m.data);
   if (typeof rec === "string") {
-    log.warn(`NATS bucket ${b.bucket}: skipping key ${key} (${natsKey}) at revision ${m.seq}: ${rec}`);
+    log.warn(`NATS bucket ${b.bucket}: skipping key ${logText(key)} (${logText(natsKey)}) at revision ${m.seq}: ${escapeLogText(rec)}`);
     return { key, revision: m.seq, op, rec: null };
   }
   return { key, revision: m.seq, op, rec };

@@ -24,6 +24,7 @@ import { casDelete, casWrite, guard, Reaper, snapshot, ttlPut } from "./records.
 import { NatsWatch } from "./watch.ts";
 import { JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
 import { consola } from "consola";
+import { escapeLogText, logText } from "../../src/log-text.ts";
 
 export type { NatsStoreOptions } from "./connection.ts";
 export { decodeNatsKey, encodeNatsKey, natsPrefixFilter } from "./keys.ts";
@@ -69,7 +70,9 @@ export class NatsStore implements Store {
     if (e === null || e.operation !== "PUT") return null;
     const rec = decodeEnvelope(e.value);
     if (typeof rec === "string") {
-      log.warn(`NATS bucket ${this.b.bucket}: skipping key ${key} (${natsKey}) at revision ${e.revision}: ${rec}`);
+      log.warn(
+        `NATS bucket ${this.b.bucket}: skipping key ${logText(key)} (${logText(natsKey)}) at revision ${e.revision}: ${escapeLogText(rec)}`,
+      );
       return { revision: e.revision, rec: null };
     }
     return { revision: e.revision, rec };
