@@ -4,30 +4,17 @@
 // comparison table, one test per row; they run in order on one lab.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
-import { labDown, labStartHost, labStartStore, labStopHost, labStopStore, labUp } from "../../src/lab/lab.ts";
+import { labDown, labStartHost, labStartStore, labStopHost, labStopStore } from "../../src/lab/lab.ts";
 import { ip, processAlive, run } from "../../src/lab/netns.ts";
-import { peerBinary } from "../helpers/peers.ts";
-import { ensureBinary, fdb, host, knowsPeer, labState, neighs, peerInfo, routes, testName, waitUntil } from "./helpers.ts";
-import { etcdDelete, leaseKey, lost, pingWhile } from "./interop.ts";
+import { fdb, host, knowsPeer, labState, neighs, peerInfo, routes, testName, waitUntil } from "./helpers.ts";
+import { etcdDelete, leaseKey, lost, pingWhile, upMixedVxlanLab } from "./interop.ts";
 
 const LAB = { name: testName("e2cmp") };
 const FLANNELD = 1;
 const OURS = 3;
 const TEST_TIMEOUT_MS = 90_000;
 
-beforeAll(async () => {
-  await labDown(LAB);
-  const report = await labUp({
-    ...LAB,
-    hosts: 4,
-    backend: "vxlan",
-    store: "etcd",
-    flanneld: { binary: peerBinary("flannel"), hosts: [1, 2], args: ["-ip-masq"] },
-    agentArgs: ["--ip-masq"],
-    binary: await ensureBinary(),
-  });
-  if (!report.ok) throw new Error(`mixed lab not fully reachable: ${JSON.stringify(report.pairs.filter((p) => !p.ok))}`);
-}, 120_000);
+beforeAll(() => upMixedVxlanLab(LAB, { flanneldArgs: ["-ip-masq"], agentArgs: ["--ip-masq"] }), 120_000);
 afterAll(async () => {
   await labDown(LAB);
 }, 60_000);

@@ -5,28 +5,14 @@
 // flannel-bin hosts on one etcd) shared by the tests, which run in order. flannel-bin reconciles every 2 s here, so a
 // full comparison of kernel and desired state happens while the pings run.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { type LabHost, labDown, labSwitchAgent, labUp } from "../../src/lab/lab.ts";
-import { peerBinary } from "../helpers/peers.ts";
-import { ensureBinary, host, labState, peerInfo, testName } from "./helpers.ts";
-import { etcdLeases, leaseKey, lost, pingWhile } from "./interop.ts";
+import { type LabHost, labDown, labSwitchAgent } from "../../src/lab/lab.ts";
+import { host, labState, peerInfo, testName } from "./helpers.ts";
+import { etcdLeases, leaseKey, lost, pingWhile, upMixedVxlanLab } from "./interop.ts";
 
 const LAB = { name: testName("e2mig") };
 const TEST_TIMEOUT_MS = 120_000;
 
-beforeAll(async () => {
-  await labDown(LAB);
-  const report = await labUp({
-    ...LAB,
-    hosts: 4,
-    backend: "vxlan",
-    store: "etcd",
-    etcdPrefix: "/interop/network",
-    flanneld: { binary: peerBinary("flannel"), hosts: [1, 2] },
-    agentArgs: ["--reconcile-interval", "2s"],
-    binary: await ensureBinary(),
-  });
-  if (!report.ok) throw new Error(`mixed lab not fully reachable: ${JSON.stringify(report.pairs.filter((p) => !p.ok))}`);
-}, 120_000);
+beforeAll(() => upMixedVxlanLab(LAB, { etcdPrefix: "/interop/network", agentArgs: ["--reconcile-interval", "2s"] }), 120_000);
 afterAll(async () => {
   await labDown(LAB);
 }, 60_000);

@@ -1,7 +1,30 @@
 // Helpers for the tests that run flannel-bin beside the real flanneld (test peers from scripts/setup.sh): the lab's
 // etcd as flanneld sees it, and pings that run while something changes.
-import type { LabHost, LabState } from "../../src/lab/lab.ts";
-import { etcdctl } from "./helpers.ts";
+import { type LabHost, type LabState, labDown, labUp } from "../../src/lab/lab.ts";
+import { peerBinary } from "../helpers/peers.ts";
+import { ensureBinary, etcdctl } from "./helpers.ts";
+
+/**
+ * A 4-host vxlan lab on its own etcd, hosts 1-2 running flanneld and 3-4 flannel-bin (any leftover of the same name
+ * removed first); throws unless every container pair pings.
+ */
+export async function upMixedVxlanLab(
+  lab: { name: string },
+  opts: { etcdPrefix?: string; flanneldArgs?: string[]; agentArgs?: string[] } = {},
+): Promise<void> {
+  await labDown(lab);
+  const report = await labUp({
+    ...lab,
+    hosts: 4,
+    backend: "vxlan",
+    store: "etcd",
+    etcdPrefix: opts.etcdPrefix,
+    flanneld: { binary: peerBinary("flannel"), hosts: [1, 2], args: opts.flanneldArgs },
+    agentArgs: opts.agentArgs,
+    binary: await ensureBinary(),
+  });
+  if (!report.ok) throw new Error(`mixed lab not fully reachable: ${JSON.stringify(report.pairs.filter((p) => !p.ok))}`);
+}
 
 /** The lab's etcd endpoint and key prefix, from the store flags every agent got. */
 export function etcdOf(s: LabState): { endpoint: string; prefix: string } {
