@@ -15,6 +15,9 @@ import { openStore } from "./store-open.ts";
 import { runAgent } from "./agent.ts";
 import { labCommand } from "./lab/cli.ts";
 
+/** How the binary was invoked (main.ts sets it): a link named flanneld is flanneld, also in its defaults. */
+export const invokedAs = { flanneld: false };
+
 declare const FLANNEL_BIN_VERSION: string | undefined;
 export const VERSION: string = typeof FLANNEL_BIN_VERSION === "string" ? FLANNEL_BIN_VERSION : "0.1.0-dev";
 
@@ -31,7 +34,8 @@ const run = defineCommand({
   meta: { name: "run", description: "run the agent: take a subnet lease, write subnet.env, program routes to every peer" },
   args: cittyArgs(RUN_FLAGS),
   async run({ rawArgs }) {
-    const { values, positionals } = parseFlags(rawArgs, RUN_FLAGS);
+    // Run as flanneld, no store flags mean flanneld's own default: etcd at 127.0.0.1.
+    const { values, positionals } = parseFlags(rawArgs, RUN_FLAGS, process.env, { storeFallback: invokedAs.flanneld ? "etcd" : "sqlite" });
     if (positionals.length) throw new FlagError(`run takes no arguments, got ${JSON.stringify(positionals.join(" "))}`);
     applyLogFlags(values);
     const code = await runAgent(values);

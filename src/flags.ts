@@ -127,6 +127,7 @@ export function parseFlags<S extends FlagSpecs>(
   argv: string[],
   specs: S,
   env: Record<string, string | undefined> = process.env,
+  opts: { storeFallback?: string } = {},
 ): ParsedFlags<FlagValues<S>> {
   const values: Record<string, FlagValue> = {};
   const positionals: string[] = [];
@@ -178,7 +179,7 @@ export function parseFlags<S extends FlagSpecs>(
       given.add(name);
     } else if (spec.default !== undefined) values[name] = defaultValue(spec);
   }
-  if ("store" in specs && !given.has("store")) values.store = inferStore(given);
+  if ("store" in specs && !given.has("store")) values.store = inferStore(given, opts.storeFallback);
   return { values: values as FlagValues<S>, positionals };
 }
 
@@ -186,11 +187,12 @@ export function parseFlags<S extends FlagSpecs>(
  * Without --store, the store follows the flags given: flanneld users write `-etcd-endpoints=… -etcd-prefix=…`
  * and mean etcd; NATS flags mean NATS; otherwise the embedded SQLite file.
  */
-function inferStore(given: Set<string>): string {
+function inferStore(given: Set<string>, fallback = "sqlite"): string {
   const any = (p: string) => [...given].some((n) => n.startsWith(p));
   if (any("etcd-")) return "etcd";
   if (any("nats-")) return "nats";
-  return "sqlite";
+  if (any("sqlite-")) return "sqlite";
+  return fallback;
 }
 
 /** The specs behind each citty argument table, so help.ts renders the real thing (groups, placeholders). */

@@ -5,7 +5,7 @@
 import { basename } from "node:path";
 import { type CommandDef, runCommand } from "citty";
 import { consola } from "consola";
-import { VERSION, main } from "./cli.ts";
+import { VERSION, invokedAs, main } from "./cli.ts";
 import { FlagError, specsOfArgs } from "./flags.ts";
 import { type HelpCommand, renderHelp } from "./help.ts";
 import { setUpLogging } from "./log.ts";
@@ -60,6 +60,7 @@ async function entry(argv0: string, argv: string[]): Promise<void> {
   if (prog === "mk-docker-opts.sh" || prog === "mk-docker-opts") process.exit(mkDockerOpts(argv, argv0));
   if (argv[0] === "mk-docker-opts") process.exit(mkDockerOpts(argv.slice(1), "flannel-bin mk-docker-opts"));
   const asFlanneld = prog === "flanneld";
+  invokedAs.flanneld = asFlanneld;
   if (argv.length === 1 && (VERSION_FLAGS.has(argv[0]!) || (!asFlanneld && argv[0] === "-v"))) {
     process.stdout.write(`${VERSION}\n`);
     return;

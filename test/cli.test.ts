@@ -138,6 +138,22 @@ describe("TLS failures say what is wrong", () => {
 });
 
 describe("the command line", () => {
+  test("flanneld without store flags uses flanneld's default store: etcd on 127.0.0.1", async () => {
+    const lab = new AgentLab();
+    try {
+      const h = lab.addHost();
+      const p = Bun.spawn(["ip", "netns", "exec", h.ns, links().flanneld, "--healthz-port=0", "--subnet-file", h.subnetFile], {
+        stdout: Bun.file(h.logFile),
+        stderr: Bun.file(h.logFile),
+      });
+      expect(await until(() => lab.log(h).includes("etcd unavailable at every endpoint: http://127.0.0.1:4001"), 15_000)).toBe(true);
+      p.kill("SIGTERM");
+      expect(await p.exited).toBe(0);
+    } finally {
+      await lab.cleanup();
+    }
+  });
+
   test("flanneld --version and a flanneld flag we do not have yet", () => {
     const { flanneld } = links();
     expect(run([flanneld, "--version"]).out).toMatch(/^\d+\.\d+\.\d+/);

@@ -78,6 +78,12 @@ describe("store selection", () => {
     expect(store(["--store", "sqlite", "--etcd-prefix", "/x"])).toBe("sqlite");
     expect(store(["--etcd-prefix", "/x"], { FLANNELD_STORE: "nats" })).toBe("nats");
   });
+  test("run as flanneld: no store flags mean etcd (flanneld's default), --sqlite-path still means sqlite", () => {
+    const asFlanneld = (argv: string[]) => parseFlags(argv, RUN_FLAGS, {}, { storeFallback: "etcd" }).values.store;
+    expect(asFlanneld([])).toBe("etcd");
+    expect(asFlanneld(["--sqlite-path", "/tmp/x.db"])).toBe("sqlite");
+    expect(asFlanneld(["--nats-url", "nats://127.0.0.1:4222"])).toBe("nats");
+  });
 });
 
 describe("flanneld's flag lines", () => {
