@@ -70,11 +70,25 @@ export interface NatsBucket {
  */
 const MARKER_TTL_MS = 5000;
 
+/**
+ * True for nats-server 2.10 and later. On 2.9 (Debian 12's 2.9.10) a replicated stream does not enforce the expected
+ * last sequence of a subject against concurrent writers: two KV updates on the same revision from two clients both
+ * succeeded in 40 of 200 races on a 3-server R3 bucket (0 of 200 on 2.10.29 and 2.15.2, same test). Compare-and-set is
+ * what keeps two hosts off one subnet, so a replicated bucket needs 2.10+; a single replica is exact on 2.9 too.
+ */
+export function hasReplicatedCas(version: string | undefined): boolean {
+  const m = /^v?(\d+)\.(\d+)/.exec(version ?? "");
+  return m !== null && (Number(m[1]) > 2 || (Number(m[1]) === 2 && Number(m[2]) >= 10));
+}
+
 /** True for nats-server 2.11 and later (per-message TTL and delete markers). */
 export function hasMessageTtl(version: string | undefined): boolean {
   const m = /^v?(\d+)\.(\d+)/.exec(version ?? "");
   return m !== null && (Number(m[1]) > 2 || (Number(m[1]) === 2 && Number(m[2]) >= 11));
 }
+
+/** Settings that can never work against this server (not retried: the agent exits naming them). */
+export class StoreSettingsError extends Error {}
 
 const DEFAULT_BUCKET = "flannel";
 const BUCKET_HISTORY = 5;
@@ -191,6 +205,14 @@ export async function openBucket(opts: NatsStoreOptions): Promise<NatsBucket> {
     } catch (err) {
       if (!(err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound)) throw err;
     }
+    const casProblem = (n: number): string | null =>
+      n > 1 && !hasReplicatedCas(nc.info?.version)
+        ? `NATS ${location}: KV bucket ${bucket} with ${n} replicas on nats-server ${nc.info?.version ?? "(unknown version)"}: ` +
+          "2.9 does not enforce compare-and-set on replicated streams, so two hosts could take one subnet; " +
+          "run nats-server 2.10 or later for a replicated bucket, or use --nats-replicas 1"
+        : null;
+    const refused = casProblem(existing ? existing.config.num_replicas : replicas);
+    if (refused) throw new StoreSettingsError(refused);
     if (existing) {
       kv = await kvm.open(bucket);
     } else {
@@ -216,6 +238,7 @@ export async function openBucket(opts: NatsStoreOptions): Promise<NatsBucket> {
     return { nc, js, jsm, kv, bucket, stream: `KV_${bucket}`, subjectPrefix: `$KV.${bucket}.`, location, serverTtl };
   } catch (err) {
     await nc.close().catch(() => {});
+    if (err instanceof StoreSettingsError) throw err;
     const msg = (err as Error).message ?? String(err);
     throw new StoreUnavailableError(`NATS ${location}: cannot open KV bucket ${bucket} (is JetStream enabled?): ${msg}`, { cause: err });
   }

@@ -13,6 +13,7 @@ import { EtcdStore } from "../../stores/etcd/store.ts";
 import { NatsStore } from "../../stores/nats/store.ts";
 import { type EtcdCluster, startEtcdCluster } from "../harness/etcd-cluster.ts";
 import { type NatsCluster, startNatsCluster } from "../harness/nats-cluster.ts";
+import { peerBinary } from "../helpers/peers.ts";
 import { runStoreConformance } from "./conformance.ts";
 
 setDefaultTimeout(90_000);
@@ -20,7 +21,8 @@ setDefaultTimeout(90_000);
 let etcd: EtcdCluster | null = null;
 let nats: NatsCluster | null = null;
 beforeAll(async () => {
-  [etcd, nats] = await Promise.all([startEtcdCluster(), startNatsCluster()]);
+  // The NATS cluster runs a current nats-server: 2.9 refuses a replicated bucket (no compare-and-set across replicas).
+  [etcd, nats] = await Promise.all([startEtcdCluster(), startNatsCluster({ binary: peerBinary("nats-server") })]);
 }, 60_000);
 afterAll(async () => {
   await Promise.allSettled([etcd?.stop(), nats?.stop()]);

@@ -260,6 +260,26 @@ describe("nats store", () => {
     }
   }, 30_000);
 
+  test("a replicated bucket is refused on nats-server 2.9 (no compare-and-set across replicas), before anything is created", async () => {
+    const bucket = freshBucket("r3");
+    const err = await NatsStore.connect({ servers: [url()], bucket, replicas: 3 }).then(
+      () => null,
+      (e: Error) => e,
+    );
+    expect(err).not.toBeNull();
+    expect(err).not.toBeInstanceOf(StoreUnavailableError); // settings that can never work here: not retried
+    expect(err!.message).toContain("3 replicas on nats-server 2.9.10");
+    expect(err!.message).toContain("run nats-server 2.10 or later for a replicated bucket, or use --nats-replicas 1");
+    const nc = await connect({ servers: url(), maxReconnectAttempts: 5 });
+    try {
+      const names: string[] = [];
+      for await (const n of (await jetstreamManager(nc)).streams.names()) names.push(n);
+      expect(names).not.toContain(`KV_${bucket}`);
+    } finally {
+      await nc.close();
+    }
+  });
+
   test("an unreachable server is a StoreUnavailableError naming it", async () => {
     const dead = await startNatsServer({});
     const deadUrl = dead.url;
