@@ -3,7 +3,8 @@
 import { describe, expect, test } from "bun:test";
 import type { NetworkConfig } from "../../src/config.ts";
 import { type IPNet, formatCIDR, overlaps, parseCIDR } from "../../src/ipmath.ts";
-import { type WalkStats, freeRanges, pickFree } from "../../src/lease-protocol.ts";
+import { PARSE_SLICE, type WalkStats, freeRanges, listLeases, pickFree } from "../../src/lease-protocol.ts";
+import type { Store } from "../../src/store.ts";
 
 function cfg(network: string, subnetLen: number): NetworkConfig {
   const net = parseCIDR(network);
@@ -110,5 +111,26 @@ describe("free-subnet walk", () => {
     expect(formatCIDR(pickFree(c, ranges, () => 0)!)).toBe("10.5.2.0/24");
     expect(formatCIDR(pickFree(c, ranges, () => 0.9999999999)!)).toBe("10.5.255.0/24");
     expect(pickFree(c, [], () => 0.5)).toBeNull();
+  });
+});
+
+describe("listing leases", () => {
+  test("10,000 records are decoded in slices: a timer set before the list runs before it returns", async () => {
+    const enc = new TextEncoder();
+    const items = Array.from({ length: 10_000 }, (_, i) => ({
+      key: `subnets/10.${1 + (i >> 8)}.${i & 255}.0-24`,
+      value: enc.encode(`{"PublicIP":"172.16.${(i + 1) >> 8}.${(i + 1) & 255}","PublicIPv6":null,"BackendType":"host-gw"}`),
+      revision: i + 1,
+      createRevision: i + 1,
+      expiresAt: null,
+    }));
+    const store = { list: async () => ({ items, revision: 10_000 }) } as unknown as Store;
+    let ticked = false;
+    setTimeout(() => (ticked = true), 0);
+    let tickedBeforeDone = false;
+    const snap = await listLeases(store).then((s) => ((tickedBeforeDone = ticked), s));
+    expect(snap.leases).toHaveLength(10_000);
+    expect(PARSE_SLICE).toBeLessThan(10_000);
+    expect(tickedBeforeDone).toBe(true);
   });
 });
