@@ -212,7 +212,7 @@ describe("the command line", () => {
     expect(r.err.startsWith(`${mk} [-f FLANNEL-ENV-FILE] [-d DOCKER-ENV-FILE] [-i] [-c] [-m] [-k COMBINED-KEY]\n`)).toBe(true);
   });
 
-  test("mk-docker-opts: the route-conflict check, in a namespace whose routing table already has the subnet", () => {
+  test("mk-docker-opts: the route-conflict check, in a namespace whose routing table already has the subnet", async () => {
     const lab = new AgentLab();
     try {
       const h = lab.addHost();
@@ -226,7 +226,7 @@ describe("the command line", () => {
       expect(r.err).toBe("Your routing table already contains the subnet: 10.5.72.0/24 via 192.0.2.9 dev eth0 \n");
       expect(readFileSync(join(dir, "d2", "opts"), "utf8")).toContain("DOCKER_OPTS="); // written before the check, as the script
     } finally {
-      void lab.cleanup();
+      await lab.cleanup();
     }
   });
 });
