@@ -5,25 +5,7 @@ import type { NetworkConfig } from "../../src/config.ts";
 import { type IPNet, formatCIDR, overlaps, parseCIDR } from "../../src/ipmath.ts";
 import { PARSE_SLICE, type WalkStats, freeRanges, listLeases, pickFree } from "../../src/lease-protocol.ts";
 import type { Store } from "../../src/store.ts";
-
-function cfg(network: string, subnetLen: number): NetworkConfig {
-  const net = parseCIDR(network);
-  const size = 1n << BigInt(32 - subnetLen);
-  return {
-    enableIPv4: true,
-    enableIPv6: false,
-    enableNFTables: false,
-    network: net,
-    subnetLen,
-    subnetMin: net.ip + size,
-    subnetMax: net.ip + (1n << BigInt(32 - net.prefix)) - size,
-    ipv6Network: null,
-    ipv6SubnetLen: 0,
-    ipv6SubnetMin: 0n,
-    ipv6SubnetMax: 0n,
-    backend: { type: "host-gw", options: {} },
-  };
-}
+import { cfg } from "./net-config.ts";
 
 const expand = (c: NetworkConfig, taken: IPNet[]) => {
   const step = 1n << BigInt(32 - c.subnetLen);

@@ -19,6 +19,7 @@ import {
 } from "../../src/lease-protocol.ts";
 import type { Store } from "../../src/store.ts";
 import { SqliteStore } from "../../stores/sqlite.ts";
+import { cfg } from "./net-config.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "fb-lease-"));
 const opened: Store[] = [];
@@ -35,24 +36,6 @@ const open = (path: string) => {
   return s;
 };
 
-function cfg(network: string, subnetLen: number, min?: string, max?: string): NetworkConfig {
-  const net = parseCIDR(network);
-  const size = 1n << BigInt(32 - subnetLen);
-  return {
-    enableIPv4: true,
-    enableIPv6: false,
-    enableNFTables: false,
-    network: net,
-    subnetLen,
-    subnetMin: min ? parseIPv4(min)! : net.ip + size,
-    subnetMax: max ? parseIPv4(max)! : net.ip + (1n << BigInt(32 - net.prefix)) - size,
-    ipv6Network: null,
-    ipv6SubnetLen: 0,
-    ipv6SubnetMin: 0n,
-    ipv6SubnetMax: 0n,
-    backend: { type: "host-gw", options: {} },
-  };
-}
 const attrs = (ip: string): LeaseAttrs => ({ publicIP: ip, publicIPv6: null, backendType: "host-gw" });
 const HOUR = 3_600_000;
 
