@@ -5,8 +5,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { consola } from "consola";
-import type { NetworkConfig } from "../../src/config.ts";
-import { formatCIDR, parseCIDR, parseIPv4 } from "../../src/ipmath.ts";
+import { formatCIDR, parseCIDR } from "../../src/ipmath.ts";
 import { type LeaseAttrs, encodeLeaseAttrs, subnetKey } from "../../src/lease.ts";
 import {
   LeaseKeeper,
