@@ -162,6 +162,7 @@ async function follow(d: FollowDeps): Promise<void> {
           );
         },
       },
+      peers,
     );
   } catch (e) {
     if (life.signal.aborted) return;

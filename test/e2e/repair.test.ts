@@ -34,6 +34,7 @@ describe("vxlan: the kernel monitor repairs what is removed by hand", () => {
     h1 = host(LAB, 1);
     peer = await peerInfo(host(LAB, 2));
     expect(await metric(h1.netns, "flannel_bin_reconcile_runs_total")).toBe(1);
+    expect(await metric(h1.netns, "flannel_bin_peers")).toBe(1); // the one other host, as /metrics and STATUS= count it
   }, 180_000);
   afterAll(async () => {
     const r = await labDown(LAB);
