@@ -10,7 +10,7 @@ import type { LeaseKeeper } from "./lease-protocol.ts";
 import { logger } from "./log.ts";
 import { renderMetrics } from "./metrics.ts";
 import { sleep } from "./sleep.ts";
-import { watchPeers } from "./peer-watch.ts";
+import { type SnapshotBox, watchPeers } from "./peer-watch.ts";
 import { storeHealth } from "./store-health.ts";
 import type { Store } from "./store.ts";
 import { type Notifier, notifierFromEnv } from "./systemd-notify.ts";
@@ -81,7 +81,7 @@ export async function runAgent(f: Flags): Promise<number> {
 
     announceStep(c, cfg, lease, backend);
     readiness.waiting("initial peer sync");
-    await follow({ store, config: cfg, lease, keeper, backend, dataPlane, peers, readiness, notifier, life });
+    await follow({ store, config: cfg, lease, keeper, backend, dataPlane, peers, readiness, notifier, life, initial: held.initial });
     return await finish(keeping, life);
   } catch (e) {
     if (life.signal.aborted) return life.exitCode; // a step cut short by the stop, not a failure
@@ -134,6 +134,8 @@ interface FollowDeps {
   readiness: Readiness;
   notifier: Notifier;
   life: Lifecycle;
+  /** The lease acquisition's list: the first peer sync takes it out of the box and starts from it. */
+  initial: SnapshotBox;
 }
 
 /** The peer loop until stopped; start-up is done once the first sync is programmed. */
@@ -144,7 +146,7 @@ async function follow(d: FollowDeps): Promise<void> {
     `lease ${formatCIDR(lease.subnet)}, ${peers.programmed.size} peers${peers.ignored.size ? `, ${peers.ignored.size} ignored` : ""}`;
   try {
     await runPeerLoop(
-      watchPeers(d.store, () => ownKey, life.signal, { config: d.config, own: () => d.keeper.lease }),
+      watchPeers(d.store, () => ownKey, life.signal, { config: d.config, own: () => d.keeper.lease }, { initial: d.initial }),
       {
         backend: d.backend,
         target: d.dataPlane.reconciler,

@@ -150,10 +150,25 @@ const sameAttrs = (a: LeaseAttrs, b: LeaseAttrs): boolean => Buffer.from(encodeL
  * Every write is create-if-absent or compare-and-set, so two hosts can never end up on one subnet.
  */
 export async function acquireLease(store: Store, cfg: NetworkConfig, attrs: LeaseAttrs, opts: AcquireOptions): Promise<Lease> {
+  return (await acquireLeaseFrom(store, cfg, attrs, opts)).lease;
+}
+
+/**
+ * acquireLease, plus the list it decided on: the peer watch starts from it (and watches from its revision, so
+ * nothing written since is missed) instead of listing every lease a second time.
+ */
+export async function acquireLeaseFrom(
+  store: Store,
+  cfg: NetworkConfig,
+  attrs: LeaseAttrs,
+  opts: AcquireOptions,
+): Promise<{ lease: Lease; snapshot: LeaseSnapshot }> {
+  const held = (lease: Lease) => ({ lease, snapshot: snap });
+  let snap: LeaseSnapshot = { leases: [], corrupt: [], revision: 0 };
   const value = encodeLeaseAttrs(attrs);
   const random = opts.random ?? Math.random;
   for (let attempt = 1; attempt <= RACE_RETRIES; attempt++) {
-    const snap = await listLeases(store);
+    snap = await listLeases(store);
 
     // 1. A lease (or reservation) that already carries our public IP. A reservation whose key is not one subnet
     // of this network (a whole-Network key, a wrong prefix) is never taken up.
@@ -165,16 +180,16 @@ export async function acquireLease(store: Store, cfg: NetworkConfig, attrs: Leas
           log.warn(
             `reservation ${formatCIDR(mine.subnet)} for ${attrs.publicIP} does not fit the network config; using it anyway as reserved`,
           );
-        if (sameAttrs(mine.attrs, attrs)) return mine;
+        if (sameAttrs(mine.attrs, attrs)) return held(mine);
         const rev = await store.update(subnetKey(mine.subnet, mine.ipv6Subnet), value, mine.revision, {});
-        if (rev !== null) return { ...mine, attrs, revision: rev };
+        if (rev !== null) return held({ ...mine, attrs, revision: rev });
         continue;
       }
       if (isCompatible(cfg, mine.subnet)) {
         const rev = await store.update(subnetKey(mine.subnet, mine.ipv6Subnet), value, mine.revision, { ttlMs: opts.ttlMs });
         if (rev !== null) {
           log.info(`reusing lease ${formatCIDR(mine.subnet)} held by ${attrs.publicIP}`);
-          return { ...mine, attrs, revision: rev, expiresAt: Date.now() + opts.ttlMs };
+          return held({ ...mine, attrs, revision: rev, expiresAt: Date.now() + opts.ttlMs });
         }
         continue; // changed under us: look again
       }
@@ -201,7 +216,7 @@ export async function acquireLease(store: Store, cfg: NetworkConfig, attrs: Leas
     const rev = await store.create(subnetKey(subnet), value, { ttlMs: opts.ttlMs });
     if (rev !== null) {
       log.info(`acquired lease ${formatCIDR(subnet)} for ${attrs.publicIP} (attempt ${attempt})`);
-      return { subnet, ipv6Subnet: null, attrs, revision: rev, expiresAt: Date.now() + opts.ttlMs };
+      return held({ subnet, ipv6Subnet: null, attrs, revision: rev, expiresAt: Date.now() + opts.ttlMs });
     }
     log.debug(`lost the race for ${formatCIDR(subnet)}; trying again`);
     // Another host took it between our list and our create: the next list will show it.

@@ -14,7 +14,7 @@ import type { NetworkConfig } from "./config.ts";
 import { consola } from "consola";
 import { type Lease, subnetKey } from "./lease.ts";
 import { usablePeerEvents } from "./lease-validity.ts";
-import { leaseEquals, listLeases, parseLeaseRecord } from "./lease-protocol.ts";
+import { type LeaseSnapshot, leaseEquals, listLeases, parseLeaseRecord } from "./lease-protocol.ts";
 import { sleep } from "./sleep.ts";
 import { type Revision, type Store, SUBNETS_PREFIX, type WatchEvent } from "./store.ts";
 import { type StoreHealth, storeHealth, type WatchRestartReason } from "./store-health.ts";
@@ -36,6 +36,13 @@ export interface PeerWatchOptions {
   checkIntervalMs?: number;
   /** A watch behind the store for this long is restarted (default 6000 ms). */
   staleAfterMs?: number;
+  /** A list already made (the lease acquisition's): the first sync uses it instead of listing again. */
+  initial?: SnapshotBox;
+}
+
+/** Holds a snapshot until the first sync takes it out, so nothing keeps 10k decoded leases alive after that. */
+export interface SnapshotBox {
+  snapshot?: LeaseSnapshot;
 }
 
 /** With `usable`, only records that pass the lease validity rules (src/lease-validity.ts) become peers. */
@@ -54,7 +61,10 @@ export async function* watchPeers(
 
   // Diffs a full list against what we know: Added for new or changed peers, Removed for vanished ones.
   async function* resync(): AsyncGenerator<PeerEvent, number> {
-    const snap = await listUntilAnswered(store, signal);
+    let snap = opts.initial?.snapshot;
+    if (snap)
+      delete opts.initial?.snapshot; // used once: later re-lists ask the store
+    else snap = await listUntilAnswered(store, signal);
     const seen = new Set<string>();
     const corruptKeys = new Set(snap.corrupt.map((n) => n.ip)); // keep peers whose record turned corrupt
     for (const lease of snap.leases) {

@@ -37,9 +37,13 @@ export class PeerSet {
   readonly ignored = new Set<string>();
 }
 
+/** Peers logged one by one during the initial sync; the rest are in the start-up summary (and at debug level). */
+export const NAMED_AT_START = 20;
+
 export async function runPeerLoop(events: AsyncIterable<PeerEvent>, deps: PeerLoopDeps, peers = new PeerSet()): Promise<void> {
   const { backend, target } = deps;
   let synced = false;
+  let named = 0;
   const ignore = (key: string, why: string) => {
     if (!peers.ignored.has(key)) log.warn(`ignoring peer ${key}: ${why}`);
     peers.ignored.add(key);
@@ -63,7 +67,10 @@ export async function runPeerLoop(events: AsyncIterable<PeerEvent>, deps: PeerLo
         peers.ignored.delete(ev.key);
         const isNew = !peers.programmed.has(ev.key);
         peers.programmed.add(ev.key);
-        log.info(`peer ${formatCIDR(ev.lease.subnet)} at ${ev.lease.attrs.publicIP} ${isNew ? "added" : "changed"}`);
+        // The initial sync names the first few peers; a 10,000-peer start is one summary line, not 10,000 (debug has them).
+        const line = `peer ${formatCIDR(ev.lease.subnet)} at ${ev.lease.attrs.publicIP} ${isNew ? "added" : "changed"}`;
+        if (synced || ++named <= NAMED_AT_START) log.info(line);
+        else log.debug(line);
         if (synced && isNew) deps.onChange?.();
         break;
       }

@@ -9,7 +9,8 @@ import { type Selection, chooseExternalInterface } from "../iface.ts";
 import { formatCIDR } from "../ipmath.ts";
 import { readLinksDetailed } from "../kernel/kernel-read.ts";
 import type { Lease } from "../lease.ts";
-import { LeaseKeeper, acquireLease } from "../lease-protocol.ts";
+import { LeaseKeeper, acquireLeaseFrom } from "../lease-protocol.ts";
+import type { SnapshotBox } from "../peer-watch.ts";
 import { logger } from "../log.ts";
 import { CONFIG_KEY, type Store } from "../store.ts";
 import { configPutHint, openStore } from "../store-open.ts";
@@ -87,27 +88,29 @@ export async function backendStep(cfg: NetworkConfig, sel: Selection): Promise<B
 
 /**
  * Takes (or reuses: the previous subnet from subnet.env) a lease, retrying lost races and "out of subnets";
- * returns it with its keeper, the one owner of renewal and re-creation. null if stopped first.
+ * returns it with its keeper, the one owner of renewal and re-creation, and the list it decided on (for the peer
+ * watch). null if stopped first.
  */
 export async function leaseStep(
   c: StepContext,
   store: Store,
   cfg: NetworkConfig,
   backend: Backend,
-): Promise<{ lease: Lease; keeper: LeaseKeeper } | null> {
+): Promise<{ lease: Lease; keeper: LeaseKeeper; initial: SnapshotBox } | null> {
   c.readiness.waiting("lease");
   const ttlMs = c.flags["subnet-lease-ttl"];
   const marginMs = c.flags["subnet-lease-renew-margin"] * 60_000;
   const prev = readPreviousSubnet(c.flags["subnet-file"]);
-  const lease = await retryEverySecond(
+  const got = await retryEverySecond(
     "acquiring a lease",
     c.signal,
-    () => acquireLease(store, cfg, backend.leaseAttrs(), { previousSubnet: prev.subnet, ttlMs }),
+    () => acquireLeaseFrom(store, cfg, backend.leaseAttrs(), { previousSubnet: prev.subnet, ttlMs }),
     c.storeError,
   );
-  if (!lease) return null;
+  if (!got) return null;
+  const { lease, snapshot } = got;
   log.info(`holding lease ${formatCIDR(lease.subnet)}${lease.expiresAt === null ? " (reserved)" : ""}`);
-  return { lease, keeper: new LeaseKeeper(store, lease, { ttlMs, marginMs, onError: c.storeError }) };
+  return { lease, initial: { snapshot }, keeper: new LeaseKeeper(store, lease, { ttlMs, marginMs, onError: c.storeError }) };
 }
 
 /**

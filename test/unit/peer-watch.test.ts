@@ -2,7 +2,9 @@ import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { encodeLeaseAttrs } from "../../src/lease.ts";
+import { parseNetworkConfig } from "../../src/config.ts";
+import { encodeLeaseAttrs, subnetKey } from "../../src/lease.ts";
+import { acquireLeaseFrom } from "../../src/lease-protocol.ts";
 import { watchPeers } from "../../src/peer-watch.ts";
 import { collect } from "../helpers/events.ts";
 import { SqliteStore } from "../../stores/sqlite.ts";
@@ -38,6 +40,37 @@ test("snapshot then events, never our own lease, corrupt records skipped without
     await s.create("subnets/10.5.5.0-24", val("192.0.2.5"), { ttlMs: 300 });
     const exp = await collect(it, (e) => e.some((x) => x.type === "removed"));
     expect(exp.map((e) => e.type)).toEqual(["added", "removed"]);
+  } finally {
+    ac.abort();
+    await s.close();
+  }
+});
+
+test("the lease acquisition's list is the first sync: no second list, and nothing written after it is missed", async () => {
+  const s = SqliteStore.open(join(dir, "pw-initial.db"));
+  const ac = new AbortController();
+  let lists = 0;
+  const counted = new Proxy(s, {
+    get(target, prop) {
+      if (prop === "list") lists++;
+      const v = Reflect.get(target, prop, target);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+  try {
+    await s.create("subnets/10.5.2.0-24", val("192.0.2.2"), { ttlMs: 60_000 });
+    const cfg = parseNetworkConfig('{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}');
+    const attrs = { publicIP: "192.0.2.1", publicIPv6: null, backendType: "host-gw" };
+    const { lease, snapshot } = await acquireLeaseFrom(counted, cfg, attrs, { previousSubnet: null, ttlMs: 60_000 });
+    expect(lists).toBe(1);
+    await s.create("subnets/10.5.9.0-24", val("192.0.2.9"), { ttlMs: 60_000 }); // after the list, before the watch
+    const box = { snapshot };
+    const it = watchPeers(counted, () => subnetKey(lease.subnet), ac.signal, undefined, { initial: box });
+    const evs = await collect(it, (e) => e.some((x) => x.type === "added" && x.key === "subnets/10.5.9.0-24"));
+    const keys = evs.flatMap((e) => (e.type === "added" ? [e.key] : e.type));
+    expect(keys).toEqual(["subnets/10.5.2.0-24", "synced", "own", "subnets/10.5.9.0-24"]);
+    expect(lists).toBe(1); // the watch started from the snapshot, not from a list of its own
+    expect(box.snapshot).toBeUndefined(); // taken out, so the watch does not keep it alive
   } finally {
     ac.abort();
     await s.close();
