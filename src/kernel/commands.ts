@@ -1,7 +1,7 @@
 // Builders for iproute2 batch lines. A Command is only ever made here, from typed values that pass through
 // validate.ts, so no store text reaches a command line unchecked. Every value is a single word without spaces,
 // quotes or '#', which is what `ip -batch`'s line splitter needs.
-import type { Address, Fdb, Neigh, Route, VxlanDevice } from "./types.ts";
+import type { Address, Fdb, Neigh, Nexthop, Route, VxlanDevice } from "./types.ts";
 import {
   validDevName,
   validFdb,
@@ -11,6 +11,8 @@ import {
   validMTU,
   validNeigh,
   validNet,
+  validNexthop,
+  validNexthopId,
   validProto,
   validRoute,
   validVxlanDevice,
@@ -40,13 +42,48 @@ export function routeReplace(route: Route, proto: number): Command {
   return make("ip", w);
 }
 
-/** Deletes only a route with our protocol (and the given gateway/device when known), never someone else's. */
-export function routeDel(route: { dst: string; via?: string; dev?: string }, proto: number): Command {
+/** A route through nexthop object `nhid` (gateway, device and onlink live in the nexthop). */
+export function routeReplaceNh(dst: string, nhid: number, proto: number): Command {
+  return make("ip", [
+    "route",
+    "replace",
+    validNet(dst, "route dst"),
+    "nhid",
+    String(validNexthopId(nhid)),
+    "proto",
+    String(validProto(proto)),
+  ]);
+}
+
+/**
+ * Deletes only a route with our protocol (and the given nexthop, or gateway/device, when known), never someone
+ * else's. A route through a nexthop object matches no "via"/"dev" in a delete (the kernel answers "No such process",
+ * which would pass as already gone), so it is named by its nhid.
+ */
+export function routeDel(route: { dst: string; via?: string; dev?: string; nhid?: number }, proto: number): Command {
   const w = ["route", "del", validNet(route.dst, "route dst")];
-  if (route.via !== undefined) w.push("via", validIP(route.via, "route via"));
-  if (route.dev !== undefined) w.push("dev", validDevName(route.dev, "route dev"));
+  if (route.nhid !== undefined) w.push("nhid", String(validNexthopId(route.nhid)));
+  else {
+    if (route.via !== undefined) w.push("via", validIP(route.via, "route via"));
+    if (route.dev !== undefined) w.push("dev", validDevName(route.dev, "route dev"));
+  }
   w.push("proto", String(validProto(proto)));
   return make("ip", w, true);
+}
+
+// ---- nexthop objects (Linux >= 5.3), tagged with our protocol number like our routes
+
+export function nexthopReplace(nh: Nexthop, proto: number): Command {
+  const n = validNexthop(nh);
+  const w = ["nexthop", "replace", "id", String(n.id), "via", n.via, "dev", n.dev];
+  if (n.onlink) w.push("onlink");
+  w.push("proto", String(validProto(proto)));
+  return make("ip", w);
+}
+
+/** Deleting a nexthop also deletes every route through it (without route notifications): routes go first. */
+export function nexthopDel(id: number): Command {
+  return make("ip", ["nexthop", "del", "id", String(validNexthopId(id))], true);
 }
 
 // ---- neighbours (permanent ARP / NDP entries)

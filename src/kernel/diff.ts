@@ -4,13 +4,14 @@
 //
 // set()/delete() diff a fragment against the previous one for the same id and mark only the changed keys dirty;
 // planPeers() turns dirty keys into commands in dependency order:
-//   route dels -> fdb dels -> neigh dels -> neigh adds -> fdb adds -> route adds
+//   route dels -> fdb dels -> neigh dels -> neigh adds -> fdb adds -> (nexthop add ->) route adds -> nexthop dels
 // (a new peer gets neighbour -> FDB -> route as flannel does, a removed one route -> FDB -> neighbour; §5 of the compat
 // notes), after a separate device/address step (takeDeviceWork/planDevices), since entries need their device.
 //
 // adoptKernel() replaces the "applied" view with what the kernel really has and dirties everything, so entries
 // deleted by hand come back and entries we own that nobody desires (stale peers left by a previous run) go away. We
-// own: routes with our protocol number, PERMANENT neighbours and FDB entries with a dst on owned devices, and the
+// own: routes and nexthop objects with our protocol number (nexthops.ts: routes go through them where the kernel
+// has them), PERMANENT neighbours and FDB entries with a dst on owned devices, and the
 // addresses on owned devices. Nothing else is ever touched.
 import {
   addrDel,
@@ -26,11 +27,15 @@ import {
   linkSetVxlanLearning,
   neighDel,
   neighReplace,
+  nexthopDel,
+  nexthopReplace,
   routeDel,
   routeReplace,
+  routeReplaceNh,
 } from "./commands.ts";
 import { type KLink, vxlanCompatible } from "./device-compat.ts";
-import { globalAddresses, type KRoute } from "./kernel-read.ts";
+import { globalAddresses, type KNexthop, type KRoute } from "./kernel-read.ts";
+import { Nexthops } from "./nexthops.ts";
 import type { KernelEvent } from "./monitor-events.ts";
 import type { Address, Fdb, Neigh, Route, StateFragment, VxlanDevice } from "./types.ts";
 import { validAddress, validFdb, validNeigh, validRoute, validVxlanDevice } from "./validate.ts";
@@ -61,6 +66,8 @@ export class Table<T> {
   readonly desired = new Map<string, Owners<T>>();
   readonly applied = new Map<string, T>();
   readonly dirty = new Set<string>();
+  /** Called when the effective value under a key changes (routes: the nexthop reference counts). */
+  onChange: ((before: T | undefined, after: T | undefined) => void) | null = null;
 
   /** When several fragments desire one key, the most recent set() wins. */
   effective(key: string): T | undefined {
@@ -82,6 +89,21 @@ export class Table<T> {
   }
 
   upsert(key: string, id: string, value: T): void {
+    const before = this.onChange ? this.effective(key) : undefined;
+    this.put(key, id, value);
+    if (this.onChange) this.onChange(before, this.effective(key));
+  }
+
+  remove(key: string, id: string): void {
+    const before = this.onChange ? this.effective(key) : undefined;
+    this.take(key, id);
+    if (this.onChange) {
+      const after = this.effective(key);
+      if (after !== before) this.onChange(before, after);
+    }
+  }
+
+  private put(key: string, id: string, value: T): void {
     const o = this.desired.get(key);
     if (o === undefined || (!Array.isArray(o) && o.id === id)) this.desired.set(key, { id, value });
     else {
@@ -94,7 +116,7 @@ export class Table<T> {
     this.dirty.add(key);
   }
 
-  remove(key: string, id: string): void {
+  private take(key: string, id: string): void {
     const o = this.desired.get(key);
     if (!o) return;
     if (!Array.isArray(o)) {
@@ -139,7 +161,7 @@ export const routeKey = (dst: string) => dst;
 export const devKey = (dev: string, x: string) => `${dev} ${x}`; // device names hold no spaces
 export const keyDev = (key: string) => key.slice(0, key.indexOf(" "));
 
-const routeEq = (a: KRoute, b: KRoute) => a.dst === b.dst && a.via === b.via && a.dev === b.dev && a.onlink === b.onlink;
+const routeEq = (a: KRoute, b: KRoute): boolean => a.dst === b.dst && a.via === b.via && a.dev === b.dev && a.onlink === b.onlink;
 const neighEq = (a: Neigh, b: Neigh) => a.lladdr === b.lladdr && a.ip === b.ip && a.dev === b.dev;
 const fdbEq = (a: Fdb, b: Fdb) => a.dst === b.dst && a.mac === b.mac && a.dev === b.dev;
 const deviceEq = (a: VxlanDevice, b: VxlanDevice) => JSON.stringify(a) === JSON.stringify(b);
@@ -164,9 +186,10 @@ export interface DevicePlan {
 /** Peer-entry commands with, per command, the table, key and value (undefined: a delete) to record when it succeeds. */
 export interface PeerPlan {
   cmds: Command[];
-  tables: (Table<KRoute> | Table<Neigh> | Table<Fdb> | null)[];
+  tables: (Table<KRoute> | Table<Neigh> | Table<Fdb> | Nexthops | null)[];
   keys: string[];
-  values: (KRoute | Neigh | Fdb | undefined)[];
+  /** For a nexthop: its id when added, undefined when deleted. */
+  values: (KRoute | Neigh | Fdb | number | undefined)[];
 }
 
 /** What a full read of the kernel found (kernel-read.ts). */
@@ -175,6 +198,8 @@ export interface KernelSnapshot {
   routes: KRoute[];
   neighs: Map<string, Neigh[]>;
   fdbs: Map<string, Fdb[]>;
+  /** Every nexthop object (read only when routes go through them). */
+  nexthops?: KNexthop[];
 }
 
 export class DesiredState {
@@ -184,6 +209,9 @@ export class DesiredState {
   readonly routes = new Table<KRoute>();
   readonly neighs = new Table<Neigh>();
   readonly fdbs = new Table<Fdb>();
+  /** The nexthop objects our routes go through, once useNexthops() turned them on (else plain gateway routes). */
+  readonly nexthops = new Nexthops();
+  private nhMode = false;
   /** FDB remotes found in the kernel that nobody desires (a MAC can have several): removed by the next planPeers. */
   private staleFdbs: Fdb[] = [];
   /** Devices whose addresses the device step checks even if nothing about them is dirty. */
@@ -193,6 +221,33 @@ export class DesiredState {
   counts: ReconcileCounts = { added: 0, removed: 0, repaired: 0 };
 
   constructor(readonly proto: number) {}
+
+  /** Routes go through nexthop objects from now on; `existing` (the kernel's) are adopted, never deleted here. */
+  useNexthops(existing: KNexthop[]): void {
+    if (!this.nhMode) {
+      this.nhMode = true;
+      const nh = this.nexthops;
+      for (const [, r] of this.routes.wanted()) nh.ref(r as Route, 1);
+      this.routes.onChange = (before, after) => {
+        if (before) nh.ref(before as Route, -1);
+        if (after) nh.ref(after as Route, 1);
+      };
+    }
+    this.nexthops.adopt(existing, this.proto, false);
+    for (const k of this.routes.desired.keys()) this.routes.dirty.add(k);
+  }
+
+  get usesNexthops(): boolean {
+    return this.nhMode;
+  }
+
+  /** A route in the kernel is right when it has the wanted gateway/device/onlink, through our nexthop if we use them. */
+  private readonly routeOk = (want: KRoute, have: KRoute): boolean => {
+    if (!routeEq(want, have)) return false;
+    if (!this.nhMode) return have.nhid === undefined;
+    const e = this.nexthops.of(want as Route);
+    return e !== undefined && e.applied && have.nhid === e.id;
+  };
 
   /** Desires `fragment` under `id`, replacing what that id desired before. Throws (changing nothing) on invalid values. */
   set(id: string, fragment: StateFragment): void {
@@ -353,7 +408,7 @@ export class DesiredState {
     const nAdd: string[] = [];
     const fDel: string[] = [];
     const fAdd: string[] = [];
-    split(this.routes, routeEq, rAdd, rDel);
+    split(this.routes, this.routeOk, rAdd, rDel);
     split(this.neighs, neighEq, nAdd, nDel);
     split(this.fdbs, fdbEq, fAdd, fDel);
     const stale = this.staleFdbs;
@@ -381,10 +436,34 @@ export class DesiredState {
       const v = F.effective(k)!;
       op(fdbReplace(v), F, k, v);
     }
+    const NH = this.nexthops;
     for (const k of rAdd) {
       const v = R.effective(k)! as Route;
-      op(routeReplace(v, this.proto), R, k, v);
+      const e = this.nhMode ? NH.of(v) : undefined;
+      if (!e) {
+        op(routeReplace(v, this.proto), R, k, v);
+        continue;
+      }
+      // The nexthop before the first route through it (applied is set now so it is sent once; undone on failure).
+      if (!e.applied) {
+        e.applied = true;
+        op(nexthopReplace(e, this.proto), NH, e.key, e.id);
+      }
+      op(routeReplaceNh(v.dst, e.id, this.proto), R, k, { ...v, nhid: e.id });
     }
+    // Nexthops nobody wants, after the routes that used them were deleted or moved to another one.
+    for (const key of NH.dirty) {
+      const e = NH.entries.get(key);
+      if (!e || e.want > 0) continue;
+      if (!e.applied) NH.release(e);
+      else {
+        e.applied = false; // now, so the monitor's echo of our own delete costs nothing
+        op(nexthopDel(e.id), NH, key, undefined);
+      }
+    }
+    NH.dirty.clear();
+    for (const id of NH.stale) op(nexthopDel(id), null, "", undefined);
+    NH.stale = [];
     return plan;
   }
 
@@ -392,11 +471,38 @@ export class DesiredState {
   peersDone(plan: PeerPlan, ok: (i: number) => boolean): void {
     for (let i = 0; i < plan.cmds.length; i++) {
       const t = plan.tables[i];
+      if (t instanceof Nexthops) {
+        this.nexthopDone(t, plan.keys[i]!, plan.values[i] as number | undefined, ok(i));
+        continue;
+      }
       if (!t || !ok(i)) continue;
       const v = plan.values[i];
       if (v === undefined) t.applied.delete(plan.keys[i]!);
       else (t as Table<typeof v>).applied.set(plan.keys[i]!, v);
     }
+  }
+
+  /** A nexthop add (id) or delete (undefined) finished; its applied flag was set when it was planned. */
+  private nexthopDone(nh: Nexthops, key: string, id: number | undefined, ok: boolean): void {
+    const e = nh.entries.get(key);
+    if (!e) return;
+    if (id === undefined) {
+      if (ok) nh.release(e);
+      else if (e.want === 0) (e.applied = true), nh.dirty.add(key); // still there: the next plan tries again
+    } else if (!ok && e.id === id) e.applied = false;
+  }
+
+  /** Routes we applied through nexthop `id` are gone with it: unapplied, and dirty if still desired. */
+  private lostRoutesVia(id: number): boolean {
+    let any = false;
+    for (const [k, v] of this.routes.applied) {
+      if (v.nhid !== id) continue;
+      this.routes.applied.delete(k);
+      if (!this.routes.desired.has(k)) continue;
+      this.routes.dirty.add(k);
+      any = true;
+    }
+    return any;
   }
 
   /**
@@ -413,6 +519,15 @@ export class DesiredState {
         return this.lost(this.neighs, devKey(ev.dev, ev.ip), () => true);
       case "fdb":
         return this.lost(this.fdbs, devKey(ev.dev, ev.mac), (v) => ev.dst === undefined || v.dst === ev.dst);
+      case "nexthop": {
+        // Deleting a nexthop deletes the routes through it without a route event.
+        const e = this.nexthops.byId.get(ev.id);
+        if (!e?.applied) return false;
+        e.applied = false;
+        const any = this.lostRoutesVia(e.id);
+        this.nexthops.release(e);
+        return any;
+      }
       case "addr":
         if (!this.devices.desired.has(ev.dev) && !this.hasAddressOn(ev.dev)) return false;
         this.addrCheck.add(ev.dev);
@@ -462,10 +577,12 @@ export class DesiredState {
     for (const d of owned) if (k.present.has(d)) this.addrCheck.add(d);
     for (const key of this.addresses.desired.keys()) this.addrCheck.add(keyDev(key));
 
+    // Nexthops first (a route is right only through our nexthop); ours that no route wants are removed after the routes.
+    if (this.nhMode && k.nexthops) this.counts.removed += this.nexthops.adopt(k.nexthops, this.proto, true);
     // Routes: all with our proto are ours.
     const actualRoutes = new Map<string, KRoute>();
     for (const r of k.routes) actualRoutes.set(routeKey(r.dst), r);
-    this.adopt(this.routes, actualRoutes, routeEq);
+    this.adopt(this.routes, actualRoutes, this.routeOk);
 
     const actualNeighs = new Map<string, Neigh>();
     for (const [dev, list] of k.neighs) {
@@ -499,11 +616,11 @@ export class DesiredState {
     for (const key of this.fdbs.desired.keys()) this.fdbs.dirty.add(key);
   }
 
-  /** Counts differences between kernel and desire, then makes the kernel view the applied one and dirties all keys. */
+  /** Counts differences between kernel and desire (eq(wanted, actual)), then makes the kernel view the applied one and dirties all keys. */
   private adopt<T>(t: Table<T>, actual: Map<string, T>, eq: (a: T, b: T) => boolean): void {
     for (const [k, want] of t.wanted()) {
       const a = actual.get(k);
-      if (a !== undefined && eq(a, want)) continue;
+      if (a !== undefined && eq(want, a)) continue;
       if (a === undefined && !t.applied.has(k)) this.counts.added++;
       else this.counts.repaired++;
     }
@@ -547,6 +664,7 @@ export class DesiredState {
       }
     };
     forget(this.routes);
+    this.nexthops.forgetOn(dev); // the kernel flushes a device's nexthops (and their routes) silently
     forget(this.neighs);
     forget(this.fdbs);
     return any;

@@ -4,7 +4,7 @@
 import type { KLink } from "./device-compat.ts";
 import { bridgeJson, ipJson } from "./queue.ts";
 import type { Fdb, Neigh } from "./types.ts";
-import { validAddress, validDevName, validFdb, validIP, validNeigh, validNet } from "./validate.ts";
+import { validAddress, validDevName, validFdb, validIP, validNeigh, validNet, validNexthopId } from "./validate.ts";
 
 /** A route as read back from the kernel: gateway and device may be absent on routes someone else tagged with our proto. */
 export interface KRoute {
@@ -12,6 +12,19 @@ export interface KRoute {
   via?: string;
   dev?: string;
   onlink: boolean;
+  /** The nexthop object the route goes through (its gateway and device are the nexthop's). */
+  nhid?: number;
+}
+
+/** A nexthop object as read back: gateway and device are absent on groups and blackholes. */
+export interface KNexthop {
+  id: number;
+  proto?: number;
+  via?: string;
+  dev?: string;
+  onlink: boolean;
+  /** A group or blackhole: nothing we make. */
+  special: boolean;
 }
 
 type Json = Record<string, unknown>;
@@ -29,7 +42,23 @@ export function parseRoute(r: Json, family: 4 | 6): KRoute | null {
     const kr: KRoute = { dst: validNet(dst, "route dst"), onlink: Array.isArray(r.flags) && r.flags.includes("onlink") };
     if (typeof r.gateway === "string") kr.via = validIP(r.gateway, "route gateway");
     if (typeof r.dev === "string") kr.dev = validDevName(r.dev, "route dev");
+    if (r.nhid !== undefined) kr.nhid = validNexthopId(r.nhid);
     return kr;
+  } catch {
+    return null;
+  }
+}
+
+/** One entry of `ip -json nexthop show`; null when its id is not a valid one. Protocol is printed as a number or a name. */
+export function parseNexthop(n: Json): KNexthop | null {
+  try {
+    const nh: KNexthop = { id: validNexthopId(n.id), onlink: Array.isArray(n.flags) && n.flags.includes("onlink"), special: false };
+    const p = typeof n.protocol === "string" && /^\d{1,3}$/.test(n.protocol) ? Number(n.protocol) : n.protocol;
+    if (typeof p === "number" && Number.isInteger(p) && p >= 0 && p <= 255) nh.proto = p;
+    if ("group" in n || "blackhole" in n || "fdb" in n) nh.special = true;
+    if (typeof n.gateway === "string") nh.via = validIP(n.gateway, "nexthop gateway");
+    if (typeof n.dev === "string") nh.dev = validDevName(n.dev, "nexthop dev");
+    return nh;
   } catch {
     return null;
   }
@@ -108,6 +137,16 @@ export async function readRoutes(proto: number, netns?: string): Promise<KRoute[
   for (const r of objects(r6)) {
     const kr = parseRoute(r, 6);
     if (kr) out.push(kr);
+  }
+  return out;
+}
+
+/** Every nexthop object (`ip -json nexthop show`); throws where the kernel has none (Linux < 5.3). */
+export async function readNexthops(netns?: string): Promise<KNexthop[]> {
+  const out: KNexthop[] = [];
+  for (const n of objects(await ipJson(["nexthop", "show"], netns))) {
+    const nh = parseNexthop(n);
+    if (nh) out.push(nh);
   }
   return out;
 }

@@ -1,7 +1,7 @@
-// Lines of `ip -o monitor label link address route neigh` and `bridge monitor fdb` parsed into the few facts the
+// Lines of `ip -o monitor label link address route neigh [nexthop]` and `bridge monitor fdb` parsed into the few facts the
 // reconciler repairs from. The text comes from the kernel through iproute2 but is parsed defensively anyway: a line
 // that does not look exactly like one we know (or holds a value that does not validate) is ignored, never guessed at.
-import { validDevName, validIP, validMAC, validNet } from "./validate.ts";
+import { validDevName, validIP, validMAC, validNet, validNexthopId } from "./validate.ts";
 
 export type KernelEvent =
   /** A main-table route went away (dst as a canonical CIDR). */
@@ -9,6 +9,8 @@ export type KernelEvent =
   | { kind: "neigh"; deleted: true; dev: string; ip: string }
   | { kind: "fdb"; deleted: true; dev: string; mac: string; dst?: string }
   | { kind: "addr"; deleted: true; dev: string }
+  /** A nexthop object went away (the kernel drops the routes through it without a route event). */
+  | { kind: "nexthop"; deleted: true; id: number }
   /** A link appeared or changed (up = administratively up), or was deleted. */
   | { kind: "link"; deleted: boolean; dev: string; up: boolean };
 
@@ -28,7 +30,7 @@ const ROUTE_TYPES = new Set(["local", "broadcast", "multicast", "unreachable", "
 
 /** One line of `ip -o monitor label ...`; null for anything the reconciler does not act on. */
 export function parseIpMonitorLine(line: string): KernelEvent | null {
-  const m = /^\[(LINK|ADDR|ROUTE|NEIGH)\](Deleted )?(.*)$/.exec(line.trimEnd());
+  const m = /^\[(LINK|ADDR|ROUTE|NEIGH|NEXTHOP)\](Deleted )?(.*)$/.exec(line.trimEnd());
   if (!m) return null;
   const [, label, del, rest] = m as unknown as [string, string, string | undefined, string];
   const deleted = del !== undefined;
@@ -47,6 +49,11 @@ export function parseIpMonitorLine(line: string): KernelEvent | null {
     const a = ADDR.exec(rest);
     const dev = a ? valid(() => validDevName(a[1])) : null;
     return dev ? { kind: "addr", deleted, dev } : null;
+  }
+  if (label === "NEXTHOP") {
+    // "id 7 via 192.0.2.9 dev eth0 scope link proto 159"
+    const id = w[0] === "id" && /^\d{1,10}$/.test(w[1] ?? "") ? valid(() => validNexthopId(Number(w[1]))) : null;
+    return id === null ? null : { kind: "nexthop", deleted, id };
   }
   const dev = word(w, "dev");
   if (label === "NEIGH") {

@@ -1,4 +1,4 @@
-// The long-lived kernel watchers: one `ip -o monitor label link address route neigh` and one `bridge monitor fdb`,
+// The long-lived kernel watchers: one `ip -o monitor label link address route neigh [nexthop]` and one `bridge monitor fdb`,
 // whose lines become KernelEvents for the reconciler. Each is started and stopped by its own PID; one that dies is
 // restarted with backoff, and since events may have been missed meanwhile, onRestart lets the owner re-read the kernel.
 import { consola } from "consola";
@@ -9,6 +9,8 @@ const log = consola.withTag("monitor");
 
 export interface MonitorOptions {
   netns?: string;
+  /** Also watch nexthop objects (only where the kernel has them: an older one refuses the group). */
+  nexthops?: boolean;
   onEvents: (events: KernelEvent[]) => void;
   /** A watcher came back after dying: events may have been lost. */
   onRestart: () => void;
@@ -27,7 +29,11 @@ export class KernelMonitor {
   constructor(opts: MonitorOptions) {
     const ns = nsArgs(opts.netns);
     this.watchers = [
-      new Watcher(["ip", ...ns, "-o", "monitor", "label", "link", "address", "route", "neigh"], parseIpMonitorLine, opts),
+      new Watcher(
+        ["ip", ...ns, "-o", "monitor", "label", "link", "address", "route", "neigh", ...(opts.nexthops ? ["nexthop"] : [])],
+        parseIpMonitorLine,
+        opts,
+      ),
       new Watcher(["bridge", ...ns, "monitor", "fdb"], parseFdbMonitorLine, opts),
     ];
   }

@@ -77,7 +77,8 @@ const NETNS = /^[A-Za-z0-9._-]{1,64}$/;
 // Rejected by ip/bridge in user space ("Object ... is unknown"); it is not a prefix of any object name.
 const MARKER = "fbt-marker";
 const FAILED = /^Command failed .*:(\d+)$/;
-// What iproute2 prints when the thing to delete is already gone (ESRCH, ENOENT, EADDRNOTAVAIL, missing device).
+// What iproute2 prints when the thing to delete is already gone (ESRCH, ENOENT, EADDRNOTAVAIL, missing device or
+// nexthop: "Nexthop id does not exist").
 const ABSENT =
   /No such process|No such file or directory|Address not found|Cannot assign requested address|Cannot find device|does not exist/;
 

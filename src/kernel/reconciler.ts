@@ -8,11 +8,11 @@
 // really has, makes that the applied view and drains again.
 import { consola } from "consola";
 import { type DeviceWork, DesiredState, type ReconcileCounts } from "./diff.ts";
-import { readFdbs, readLinkNames, readLinksDetailed, readNeighs, readRoutes } from "./kernel-read.ts";
+import { readFdbs, readLinkNames, readLinksDetailed, readNeighs, readNexthops, readRoutes } from "./kernel-read.ts";
 import { KernelMonitor } from "./monitor.ts";
 import type { KernelEvent } from "./monitor-events.ts";
 import { type CommandQueue, processesSpawned } from "./queue.ts";
-import { ROUTE_PROTO, type StateFragment } from "./types.ts";
+import { NEXTHOP_ID_BASE, ROUTE_PROTO, type StateFragment } from "./types.ts";
 import { RepeatFilter } from "../log.ts";
 
 export type { ReconcileCounts } from "./diff.ts";
@@ -34,6 +34,11 @@ export interface ReconcilerOptions {
   monitor?: boolean;
   /** How long monitor events are gathered before a repair drain (a deleted device is a burst of events). Default 20 ms. */
   monitorSettleMs?: number;
+  /**
+   * Peer routes through nexthop objects (Linux >= 5.3: linear where plain gateway routes on one device are quadratic).
+   * Default: used when `ip nexthop show` works; false forces plain gateway routes; true requires nexthops.
+   */
+  nexthops?: boolean;
 }
 
 export const DEFAULT_FULL_INTERVAL_MS = 300_000;
@@ -59,6 +64,9 @@ export class Reconciler {
   private readonly monitorOn: boolean;
   private readonly settleMs: number;
   private monitor: KernelMonitor | null = null;
+  private readonly nexthopsOpt: boolean | undefined;
+  /** Decided by the first drain or read: null until then. */
+  private nhMode: boolean | null = null;
   /** Totals over every full reconcile since start, for /metrics; eventRepairs counts monitor events acted on. */
   readonly totals = {
     fullRuns: 0,
@@ -84,6 +92,12 @@ export class Reconciler {
     this.coalesceMs = opts.coalesceMs ?? 5;
     this.monitorOn = opts.monitor ?? true;
     this.settleMs = opts.monitorSettleMs ?? 20;
+    this.nexthopsOpt = opts.nexthops;
+  }
+
+  /** Whether peer routes go through nexthop objects (null: not decided yet, before the first drain). */
+  get usesNexthops(): boolean | null {
+    return this.nhMode;
   }
 
   /** Desires `fragment` under `id`, replacing what that id desired before. Throws (changing nothing) on invalid values. */
@@ -125,15 +139,26 @@ export class Reconciler {
   start(): void {
     if (this.fullTimer) return;
     this.fullTimer = setInterval(() => this.safetyNet(), this.fullIntervalMs);
-    if (this.monitorOn) {
-      this.monitor = new KernelMonitor({
-        netns: this.netns,
-        onEvents: (evs) => this.onKernelEvents(evs),
-        // Events may have been lost while a watcher was down: read everything once.
-        onRestart: () => this.safetyNet(),
-      });
-      this.monitor.start();
-    }
+    if (!this.monitorOn) return;
+    // The monitor watches nexthops only where the kernel has them: decided first if no drain has run yet.
+    if (this.nhMode !== null) this.startMonitor();
+    else
+      this.serial(() => this.decideNexthops()).then(
+        () => this.fullTimer && this.startMonitor(),
+        () => this.fullTimer && this.startMonitor(),
+      );
+  }
+
+  private startMonitor(): void {
+    if (this.monitor) return;
+    this.monitor = new KernelMonitor({
+      netns: this.netns,
+      nexthops: this.nhMode === true,
+      onEvents: (evs) => this.onKernelEvents(evs),
+      // Events may have been lost while a watcher was down: read everything once.
+      onRestart: () => this.safetyNet(),
+    });
+    this.monitor.start();
   }
 
   /** PIDs of the kernel monitor's processes (empty when it is off). */
@@ -205,7 +230,29 @@ export class Reconciler {
     this.retryMs = Math.min(this.retryMs * 2, RETRY_MAX_MS);
   }
 
+  /** Once: routes through nexthop objects if the kernel has them (adopting ours a previous run left), else plain. */
+  private async decideNexthops(): Promise<void> {
+    if (this.nhMode !== null) return;
+    if (this.nexthopsOpt === false) {
+      this.nhMode = false;
+      log.info("peer routes are plain gateway routes (nexthop objects turned off)");
+      return;
+    }
+    try {
+      this.state.useNexthops(await readNexthops(this.netns));
+      this.nhMode = true;
+      log.info(`peer routes go through nexthop objects (proto ${this.state.proto}, ids from ${NEXTHOP_ID_BASE})`);
+    } catch (e) {
+      if (this.nexthopsOpt === true) throw e;
+      this.nhMode = false;
+      log.warn(
+        `the kernel has no nexthop objects (Linux < 5.3?): peer routes are plain gateway routes, slower to program by the thousand (${(e as Error).message})`,
+      );
+    }
+  }
+
   private async drain(): Promise<void> {
+    await this.decideNexthops();
     if (this.state.hasDeviceWork()) {
       // Peer entries need their device: while it cannot be set up, they wait (dirty) instead of failing one by one.
       if (!(await this.applyDevices())) {
@@ -248,11 +295,16 @@ export class Reconciler {
     return ok;
   }
 
-  /** Reads routes, neighbours and FDB entries we may own and makes them the applied view. */
+  /** Reads routes, nexthops, neighbours and FDB entries we may own and makes them the applied view. */
   private async loadActual(): Promise<void> {
-    const [present, routes] = await Promise.all([readLinkNames(this.netns), readRoutes(this.state.proto, this.netns)]);
+    await this.decideNexthops();
+    const [present, routes, nexthops] = await Promise.all([
+      readLinkNames(this.netns),
+      readRoutes(this.state.proto, this.netns),
+      this.nhMode ? readNexthops(this.netns) : undefined,
+    ]);
     const { neighDevs, fdbDevs } = this.state.devicesToRead(this.owned(), present);
     const [neighs, fdbs] = await Promise.all([readNeighs(neighDevs, this.netns), readFdbs(fdbDevs, this.netns)]);
-    this.state.adoptKernel({ present, routes, neighs, fdbs }, this.owned());
+    this.state.adoptKernel({ present, routes, neighs, fdbs, nexthops }, this.owned());
   }
 }

@@ -34,6 +34,14 @@ export interface Route {
   onlink: boolean;
 }
 
+/** A nexthop object (Linux >= 5.3) a route refers to by id: one per distinct gateway/device/onlink. */
+export interface Nexthop {
+  id: number;
+  via: string;
+  dev: string;
+  onlink: boolean;
+}
+
 export interface Neigh {
   dev: string;
   ip: string;
@@ -58,3 +66,11 @@ export interface StateFragment {
 
 /** Routes installed by flannel-bin carry this protocol number, so they are told apart from everyone else's. */
 export const ROUTE_PROTO = 0x9f; // 159: unassigned in /etc/iproute2/rt_protos
+
+/**
+ * Our nexthop ids start at 159 << 24 (our protocol number in the top byte, 16M ids above it): far above the ids other
+ * software hands out from 1 upward (FRR's zebra and its daemons stay below 2^31), and any id found in use by someone
+ * else is skipped anyway.
+ */
+export const NEXTHOP_ID_BASE = ROUTE_PROTO * 2 ** 24;
+export const NEXTHOP_ID_RANGE = 2 ** 24;

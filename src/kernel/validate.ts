@@ -2,7 +2,7 @@
 // value in canonical form (the form `ip -json` prints back), so the reconciler's keys match what the kernel reports,
 // and throws a ValidationError naming the field and the offending value.
 import { formatCIDR, formatIP, parseIP, tryParseCIDR, type Family } from "../ipmath.ts";
-import type { Address, Fdb, Neigh, Route, VxlanDevice } from "./types.ts";
+import type { Address, Fdb, Neigh, Nexthop, Route, VxlanDevice } from "./types.ts";
 
 export class ValidationError extends Error {
   override name = "ValidationError";
@@ -128,6 +128,9 @@ export const validMTU = (v: unknown, field = "MTU"): number => validInt(v, 68, 6
 /** Route protocol number (rtm_protocol is a u8). */
 export const validProto = (v: unknown, field = "route protocol"): number => validInt(v, 0, 255, field);
 
+/** Nexthop object id (a u32; 0 means "none" to the kernel). */
+export const validNexthopId = (v: unknown, field = "nexthop id"): number => validInt(v, 1, 0xffffffff, field);
+
 function validBool(v: unknown, field: string): boolean {
   if (typeof v !== "boolean") fail(field, v, "not a boolean");
   return v;
@@ -154,6 +157,12 @@ export function validRoute(r: unknown): Route {
   const via = validIP(r.via, "route via");
   if (dst.includes(":") !== via.includes(":")) fail("route via", r.via, `family differs from dst ${dst}`);
   return remember({ dst, via, dev: validDevName(r.dev, "route dev"), onlink: validBool(r.onlink, "route onlink") });
+}
+
+export function validNexthop(n: unknown): Nexthop {
+  isObject(n, "nexthop");
+  const via = validIP(n.via, "nexthop via");
+  return { id: validNexthopId(n.id), via, dev: validDevName(n.dev, "nexthop dev"), onlink: validBool(n.onlink, "nexthop onlink") };
 }
 
 export function validNeigh(n: unknown): Neigh {

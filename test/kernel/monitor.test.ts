@@ -19,7 +19,7 @@ afterEach(() => {
     r.stop();
     q.close();
   }
-  ns.ip("route", "flush", "proto", String(ROUTE_PROTO));
+  ns.flushOurs(ROUTE_PROTO);
   for (const l of JSON.parse(ns.ip("-j", "link", "show")) as { ifname: string }[])
     if (l.ifname !== "lo" && l.ifname !== "ul0") Bun.spawnSync(["ip", "-n", ns.name, "link", "del", l.ifname]);
 });

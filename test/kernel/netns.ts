@@ -7,6 +7,8 @@ export interface TestNs {
   /** Runs `ip -n <ns> <args>` and returns stdout; throws on failure. */
   ip(...args: string[]): string;
   bridge(...args: string[]): string;
+  /** Removes our nexthops (which takes their routes along) and our other routes: iproute2 6.1's route flush fails on nhid routes. */
+  flushOurs(proto: number): void;
   remove(): void;
 }
 
@@ -23,6 +25,10 @@ export function makeNs(underlay = "ul0", cidr = "192.168.77.1/24"): TestNs {
     name,
     ip: (...a) => sh(["ip", "-n", name, ...a]),
     bridge: (...a) => sh(["bridge", "-n", name, ...a]),
+    flushOurs: (proto) => {
+      sh(["ip", "-n", name, "nexthop", "flush", "proto", String(proto)]);
+      sh(["ip", "-n", name, "route", "flush", "proto", String(proto)]);
+    },
     remove: () => {
       Bun.spawnSync(["ip", "netns", "del", name]);
     },

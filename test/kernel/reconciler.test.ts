@@ -25,7 +25,7 @@ afterEach(() => {
   for (const r of recs.splice(0)) r.stop();
   for (const q of queues.splice(0)) q.close();
   // Leave the namespace as beforeAll made it.
-  ns.ip("route", "flush", "proto", String(ROUTE_PROTO));
+  ns.flushOurs(ROUTE_PROTO);
   // Deleting an underlay also removes the vxlan devices on it, so a later name may already be gone.
   for (const l of JSON.parse(ns.ip("-j", "link", "show")) as { ifname: string }[])
     if (l.ifname !== "lo" && l.ifname !== "ul0") Bun.spawnSync(["ip", "-n", ns.name, "link", "del", l.ifname]);
