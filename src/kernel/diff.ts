@@ -246,7 +246,7 @@ export class DesiredState {
     if (!routeEq(want, have)) return false;
     if (!this.nhMode) return have.nhid === undefined;
     const e = this.nexthops.of(want as Route);
-    return e !== undefined && e.applied && have.nhid === e.id;
+    return e?.applied === true && have.nhid === e.id;
   };
 
   /** Desires `fragment` under `id`, replacing what that id desired before. Throws (changing nothing) on invalid values. */
