@@ -51,6 +51,9 @@ interface JRoute {
   gateway?: string;
   dev?: string;
   protocol?: string;
+  flags?: string[];
+  /** flannel-bin's peer routes go through a nexthop object where the kernel has them. */
+  nhid?: number;
 }
 interface JNeigh {
   dst: string;

@@ -56,7 +56,10 @@ async function peerEntries(i: number) {
   const ns = await neighs(h.netns);
   const fs = await fdb(h.netns);
   return peers.map((p) => ({
-    route: rs.filter((r) => r.dst === p.subnet).map((r) => ({ dst: r.dst, gateway: r.gateway, dev: r.dev })),
+    // The meaning (dst, gateway, device, onlink), not the nhid: flannel-bin's route goes through a nexthop object.
+    route: rs
+      .filter((r) => r.dst === p.subnet)
+      .map((r) => ({ dst: r.dst, gateway: r.gateway, dev: r.dev, onlink: r.flags?.includes("onlink") ?? false })),
     neigh: ns.filter((n) => n.dst === p.subnetIP).map((n) => ({ dst: n.dst, lladdr: n.lladdr, state: n.state })),
     fdb: fs.filter((f) => f.mac === p.vtepMac).map((f) => ({ mac: f.mac, dst: f.dst, flags: f.flags })),
   }));

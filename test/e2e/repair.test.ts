@@ -17,6 +17,12 @@ async function metric(netns: string, name: string): Promise<number> {
   return Number(line.split(" ")[1]);
 }
 
+/** The nexthop object the route to `dst` goes through (flannel-bin uses them where the kernel has them). */
+async function nhidOf(netns: string, dst: string): Promise<number | undefined> {
+  const rs = JSON.parse((await ip(["-j", "route", "show", dst], netns)).stdout || "[]") as { nhid?: number }[];
+  return rs[0]?.nhid;
+}
+
 const knowsAll = async (netns: string, peer: PeerInfo) => {
   const k = await knowsPeer(netns, peer);
   return k.route && k.neigh && k.fdb;
@@ -61,6 +67,19 @@ describe("vxlan: the kernel monitor repairs what is removed by hand", () => {
     async () => {
       await ip(["route", "del", peer.subnet], h1.netns);
       await backWithin2s(`the route to ${peer.subnet}`);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  test(
+    "the route's nexthop deleted by hand (the kernel drops the route with it, without a route event)",
+    async () => {
+      const id = await nhidOf(h1.netns, peer.subnet);
+      expect(id).toBeNumber();
+      await ip(["nexthop", "del", "id", String(id)], h1.netns);
+      expect((await knowsPeer(h1.netns, peer)).route).toBe(false);
+      await backWithin2s(`the nexthop and route to ${peer.subnet}`);
+      expect(await nhidOf(h1.netns, peer.subnet)).toBe(id!);
     },
     TEST_TIMEOUT_MS,
   );
@@ -138,10 +157,15 @@ describe("host-gw: the kernel monitor repairs what is removed by hand", () => {
   }, 60_000);
 
   test(
-    "a route deleted by hand, then the underlay set down (the kernel drops its routes silently) and up",
+    "a route deleted by hand, its nexthop deleted by hand, then the underlay set down (the kernel drops its routes silently) and up",
     async () => {
       await ip(["route", "del", peer.subnet], h1.netns);
       await waitUntil("the route is back", REPAIR_MS, hasRoute, 50);
+      const id = await nhidOf(h1.netns, peer.subnet);
+      expect(id).toBeNumber();
+      await ip(["nexthop", "del", "id", String(id)], h1.netns);
+      expect(await hasRoute()).toBe(false);
+      await waitUntil("the route is back after its nexthop was deleted", REPAIR_MS, hasRoute, 50);
       await ip(["link", "set", "eth0", "down"], h1.netns);
       expect(await hasRoute()).toBe(false);
       await ip(["link", "set", "eth0", "up"], h1.netns);

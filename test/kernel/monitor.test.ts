@@ -24,9 +24,9 @@ afterEach(() => {
     if (l.ifname !== "lo" && l.ifname !== "ul0") Bun.spawnSync(["ip", "-n", ns.name, "link", "del", l.ifname]);
 });
 
-async function started(owned: string[] = ["flannel.1"]): Promise<Reconciler> {
+async function started(owned: string[] = ["flannel.1"], nexthops?: boolean): Promise<Reconciler> {
   const q = new CommandQueue({ netns: ns.name, retryBaseMs: 10, maxRetries: 2 });
-  const r = new Reconciler(q, { ownedDevices: owned, netns: ns.name, coalesceMs: 1, fullIntervalMs: 3_600_000 });
+  const r = new Reconciler(q, { ownedDevices: owned, netns: ns.name, coalesceMs: 1, fullIntervalMs: 3_600_000, nexthops });
   made.push({ q, r });
   return r;
 }
@@ -40,10 +40,10 @@ const vxpeer = (i: number): StateFragment => ({
   routes: [{ dst: `10.5.${i}.0/24`, via: `10.5.${i}.0`, dev: "flannel.1", onlink: true }],
 });
 
-const routes = async () =>
-  ((await ipJson(["route", "show", "proto", String(ROUTE_PROTO)], ns.name)) as { dst: string; dev: string }[])
-    .map((r) => `${r.dst} ${r.dev}`)
-    .sort();
+type JRoute = { dst: string; dev: string; gateway?: string; nhid?: number };
+const ourRoutes = async () => (await ipJson(["route", "show", "proto", String(ROUTE_PROTO)], ns.name)) as JRoute[];
+const routes = async () => (await ourRoutes()).map((r) => `${r.dst} ${r.dev}`).sort();
+const nhidOf = async (dst: string) => (await ourRoutes()).find((r) => r.dst === dst)?.nhid;
 const neighs = async () =>
   ((await ipJson(["neigh", "show", "dev", "flannel.1", "nud", "permanent"], ns.name)) as { dst: string }[]).map((n) => n.dst).sort();
 const fdbs = async () =>
@@ -66,8 +66,8 @@ async function within2s(check: () => Promise<boolean>): Promise<number> {
   return -1;
 }
 
-async function vxlanUp(): Promise<Reconciler> {
-  const r = await started();
+async function vxlanUp(nexthops?: boolean): Promise<Reconciler> {
+  const r = await started(["flannel.1"], nexthops);
   r.set("local", local);
   r.set("peer:7", vxpeer(7));
   r.set("peer:8", vxpeer(8));
@@ -96,6 +96,41 @@ describe("kernel monitor repair", () => {
     expect(await within2s(async () => (await addrs()).join() === "10.5.52.0")).toBeGreaterThanOrEqual(0);
     expect(r.totals.fullRuns).toBe(1); // only the one this test ran
     expect(r.totals.eventRepairs).toBeGreaterThanOrEqual(4);
+  });
+
+  test("a peer's nexthop deleted by hand takes its route silently; both come back, without a full reconcile", async () => {
+    const r = await vxlanUp();
+    const id = await nhidOf("10.5.7.0/24");
+    expect(id).toBeNumber();
+    ns.ip("nexthop", "del", "id", String(id));
+    expect(await within2s(all7and8)).toBeGreaterThanOrEqual(0);
+    expect(await nhidOf("10.5.7.0/24")).toBe(id!); // the same id again
+    expect(r.totals.fullRuns).toBe(1);
+    expect(r.totals.eventRepairs).toBeGreaterThanOrEqual(1);
+  });
+
+  test("host-gw: a nexthop deleted by hand and a route deleted by hand come back", async () => {
+    const r = await started([]);
+    r.set("peer:1", { routes: [{ dst: "10.5.1.0/24", via: "192.168.77.11", dev: "ul0", onlink: false }] });
+    r.set("peer:2", { routes: [{ dst: "10.5.2.0/24", via: "192.168.77.12", dev: "ul0", onlink: false }] });
+    await r.flush();
+    r.start();
+    await Bun.sleep(200);
+    const both = async () => (await routes()).join() === "10.5.1.0/24 ul0,10.5.2.0/24 ul0";
+    ns.ip("nexthop", "del", "id", String(await nhidOf("10.5.1.0/24")));
+    expect(await within2s(both)).toBeGreaterThanOrEqual(0);
+    ns.ip("route", "del", "10.5.2.0/24");
+    expect(await within2s(both)).toBeGreaterThanOrEqual(0);
+    expect(r.totals.fullRuns).toBe(0);
+  });
+
+  test("plain gateway routes (nexthops turned off): a route deleted by hand comes back", async () => {
+    const r = await vxlanUp(false);
+    expect(await nhidOf("10.5.7.0/24")).toBeUndefined();
+    ns.ip("route", "del", "10.5.7.0/24", "proto", String(ROUTE_PROTO));
+    expect(await within2s(all7and8)).toBeGreaterThanOrEqual(0);
+    expect(await nhidOf("10.5.7.0/24")).toBeUndefined();
+    expect(r.totals.fullRuns).toBe(1);
   });
 
   test("the device deleted by hand comes back with its MAC, address and every peer entry", async () => {
