@@ -2,16 +2,19 @@
 //
 // For host-gw (one route per peer) and vxlan (neighbour + fdb + route per peer) it compares, in one run:
 //   agent  Reconciler.set() for every peer fragment, then flush() (validation, diffing, batching, result mapping)
-//   raw    the same lines piped into `ip -force -batch -` (and `bridge -force -batch -` for fdb) once: the floor
+//   raw    the same lines piped into `ip -force -batch -` (and `bridge -force -batch -` for fdb) once: the floor;
+//          twice: routes through nexthop objects (what the agent sends where the kernel has them: one nexthop per
+//          gateway, then the route by nhid) and plain gateway routes (the fallback, and what flanneld programs)
 //   exec   one `ip`/`bridge` process per command, measured on a sample and extrapolated
-// Every peer has its own gateway (host-gw: its public IP; vxlan: its subnet address, onlink), so the kernel holds one
-// fib_info per route and its insert cost dominates; the "one gateway" row shows the user-space cost alone.
+// Every peer has its own gateway (host-gw: its public IP; vxlan: its subnet address, onlink), so with plain routes the
+// kernel holds one fib_info per route, all in one hash chain (the hash leaves the gateway out): quadratic. Through
+// nexthop objects it is linear. The "one gateway" row shows the user-space cost alone.
 // Kernel state is cleared between runs; each figure is the median of the rounds.
 import { randomBytes } from "node:crypto";
-import { fdbReplace, neighReplace, routeReplace } from "../../src/kernel/commands.ts";
+import { fdbReplace, neighReplace, nexthopReplace, routeReplace, routeReplaceNh } from "../../src/kernel/commands.ts";
 import { CommandQueue } from "../../src/kernel/queue.ts";
 import { Reconciler } from "../../src/kernel/reconciler.ts";
-import { ROUTE_PROTO, type StateFragment, type VxlanDevice } from "../../src/kernel/types.ts";
+import { NEXTHOP_ID_BASE, ROUTE_PROTO, type Route, type StateFragment, type VxlanDevice } from "../../src/kernel/types.ts";
 import { vxlanDevice } from "../helpers/kernel-fixtures.ts";
 
 const PEERS = Number(process.argv[2] ?? 10_000);
@@ -46,11 +49,29 @@ const vxlanPeer = (i: number): StateFragment => ({
   routes: [{ dst: `${subnet(i)}/24`, via: subnet(i), dev: "flannel.1", onlink: true }],
 });
 
-/** Lines grouped the way the agent sends them: ip (neigh) | bridge (fdb) | ip (route). */
-function rawGroups(frags: StateFragment[]): { tool: "ip" | "bridge"; lines: string[] }[] {
+/** Route lines through nexthop objects as the agent makes them: a gateway's nexthop before its first route. */
+function nexthopRouteLines(routes: Route[]): string[] {
+  const ids = new Map<string, number>();
+  const out: string[] = [];
+  for (const r of routes) {
+    const key = `${r.via} ${r.dev} ${r.onlink}`;
+    let id = ids.get(key);
+    if (id === undefined) {
+      id = NEXTHOP_ID_BASE + ids.size;
+      ids.set(key, id);
+      out.push(nexthopReplace({ id, via: r.via, dev: r.dev, onlink: r.onlink }, ROUTE_PROTO).line);
+    }
+    out.push(routeReplaceNh(r.dst, id, ROUTE_PROTO).line);
+  }
+  return out;
+}
+
+/** Lines grouped the way the agent sends them: ip (neigh) | bridge (fdb) | ip (route, or nexthop + route). */
+function rawGroups(frags: StateFragment[], nexthops: boolean): { tool: "ip" | "bridge"; lines: string[] }[] {
   const neigh = frags.flatMap((f) => (f.neighs ?? []).map((n) => neighReplace(n).line));
   const fdb = frags.flatMap((f) => (f.fdbs ?? []).map((x) => fdbReplace(x).line));
-  const route = frags.flatMap((f) => (f.routes ?? []).map((r) => routeReplace(r, ROUTE_PROTO).line));
+  const routes = frags.flatMap((f) => f.routes ?? []);
+  const route = nexthops ? nexthopRouteLines(routes) : routes.map((r) => routeReplace(r, ROUTE_PROTO).line);
   return [
     { tool: "ip" as const, lines: neigh },
     { tool: "bridge" as const, lines: fdb },
@@ -59,6 +80,8 @@ function rawGroups(frags: StateFragment[]): { tool: "ip" | "bridge"; lines: stri
 }
 
 function reset(kind: Kind): void {
+  // Nexthops first: deleting one takes its routes along, and iproute2 6.1's route flush fails on nhid routes.
+  ip("nexthop", "flush", "proto", String(ROUTE_PROTO));
   ip("route", "flush", "proto", String(ROUTE_PROTO));
   if (kind === "vxlan") {
     // A fresh device: no neighbours, no fdb entries, no routes.
@@ -88,9 +111,10 @@ function reset(kind: Kind): void {
   }
 }
 
-async function timeAgent(kind: Kind, frags: StateFragment[]): Promise<{ ms: number; batches: number; failed: number }> {
+async function timeAgent(kind: Kind, frags: StateFragment[]): Promise<{ ms: number; batches: number; failed: number; nh: boolean }> {
   const q = new CommandQueue({ netns: ns }); // defaults, as the agent runs it (maxBatch 5000)
   const r = new Reconciler(q, { ownedDevices: kind === "vxlan" ? ["flannel.1"] : [], netns: ns });
+  await r.flush(); // decides nexthops vs plain routes (one `ip nexthop show`), as the agent's first drain does
   if (kind === "vxlan") {
     r.set("local", { devices: [VX], addresses: [{ dev: "flannel.1", cidr: "10.255.255.0/32" }] });
     await r.flush(); // device already exists and matches: one read, no commands
@@ -101,9 +125,10 @@ async function timeAgent(kind: Kind, frags: StateFragment[]): Promise<{ ms: numb
   await r.flush();
   const ms = performance.now() - t0;
   const s = q.stats();
+  const nh = r.usesNexthops === true;
   r.stop();
   q.close();
-  return { ms, batches: s.batches - before.batches, failed: s.failed };
+  return { ms, batches: s.batches - before.batches, failed: s.failed, nh };
 }
 
 async function timeRaw(groups: { tool: "ip" | "bridge"; lines: string[] }[]): Promise<number> {
@@ -142,41 +167,50 @@ async function main(): Promise<void> {
     for (const kind of ["host-gw", "host-gw, one gateway", "vxlan"] as const) {
       const make = kind === "vxlan" ? vxlanPeer : kind === "host-gw" ? hostgwPeer : sharedGwPeer;
       const frags = Array.from({ length: PEERS }, (_, i) => make(i));
-      const groups = rawGroups(frags);
+      const groups = rawGroups(frags, true);
+      const plainGroups = rawGroups(frags, false);
       const perPeer = kind === "vxlan" ? 3 : 1;
       const agent: number[] = [];
       const raw: number[] = [];
+      const rawPlain: number[] = [];
       let batches = 0;
+      let nh = false;
       for (let round = 0; round < ROUNDS; round++) {
         reset(kind);
         raw.push(await timeRaw(groups));
+        reset(kind);
+        rawPlain.push(await timeRaw(plainGroups));
         reset(kind);
         const a = await timeAgent(kind, frags);
         if (a.failed) throw new Error(`${kind}: ${a.failed} agent commands failed`);
         agent.push(a.ms);
         batches = a.batches;
+        nh = a.nh;
       }
       reset(kind);
-      const exec = timeExec(groups, perPeer);
+      const exec = timeExec(plainGroups, perPeer);
       const a = median(agent);
       const r = median(raw);
+      const rp = median(rawPlain);
       rows.push([
         kind,
         String(PEERS * perPeer),
-        `${a.toFixed(1)} ms (${batches} proc)`,
+        `${a.toFixed(1)} ms (${batches} proc, ${nh ? "nexthops" : "plain routes"})`,
         `${r.toFixed(1)} ms (${groups.length} proc)`,
+        `${rp.toFixed(1)} ms`,
         `~${(exec / 1000).toFixed(1)} s`,
-        (a / r).toFixed(2),
-        `agent runs: ${agent.map((x) => x.toFixed(0)).join("/")}, raw runs: ${raw.map((x) => x.toFixed(0)).join("/")}`,
+        (a / (nh ? r : rp)).toFixed(2),
+        `agent runs: ${agent.map((x) => x.toFixed(0)).join("/")}, raw nexthop runs: ${raw.map((x) => x.toFixed(0)).join("/")}, raw plain runs: ${rawPlain.map((x) => x.toFixed(0)).join("/")}`,
       ]);
     }
     const head = [
       "backend",
       "commands",
       "agent (set+flush)",
-      "raw ip -batch",
+      "raw ip -batch, nexthops",
+      "raw ip -batch, plain routes",
       `1 process/cmd (${SAMPLE} peers, extrapolated)`,
-      "agent/raw",
+      "agent/raw (same mode)",
       "detail",
     ];
     console.log(`\n${PEERS} peers, median of ${ROUNDS} rounds, namespace ${ns}\n`);

@@ -262,8 +262,19 @@ async function benchStore(kind: Kind, o: Options, dir: string, binary: string): 
   return row;
 }
 
-/** One `ip -batch` of N neighbours and routes plus one `bridge -batch` of N fdb entries on a fresh vxlan device. */
+/**
+ * One `ip -batch` of N neighbours and routes plus one `bridge -batch` of N fdb entries on a fresh vxlan device, with
+ * routes through nexthop objects (what the agent does where the kernel has them: returned) and with plain gateway
+ * routes (quadratic in the kernel: printed beside it).
+ */
 function floor(n: number): number {
+  const plain = floorOnce(n, false);
+  const nh = floorOnce(n, true);
+  console.error(`floor: ${n} peers, routes through nexthops ${nh.toFixed(2)} s, plain gateway routes ${plain.toFixed(2)} s`);
+  return nh;
+}
+
+function floorOnce(n: number, nexthops: boolean): number {
   const run = (cmd: string[], input?: string) => {
     const r = Bun.spawnSync(cmd, { stdin: input === undefined ? "ignore" : Buffer.from(input), stdout: "ignore", stderr: "pipe" });
     if (r.exitCode !== 0) throw new Error(`${cmd.join(" ")}: ${r.stderr.toString().slice(0, 300)}`);
@@ -277,7 +288,13 @@ function floor(n: number): number {
       ipLines += `neigh replace ${peerSubnet(i)} lladdr ${peerMac(i)} dev vxfloor nud permanent\n`;
       fdbLines += `fdb replace ${peerMac(i)} dev vxfloor dst ${peerIP(i)} self permanent\n`;
     }
-    for (let i = 0; i < n; i++) ipLines += `route replace ${peerSubnet(i)}/24 via ${peerSubnet(i)} dev vxfloor onlink proto 159\n`;
+    const nhBase = 159 * 2 ** 24; // the agent's NEXTHOP_ID_BASE
+    for (let i = 0; i < n; i++) {
+      const s = peerSubnet(i);
+      if (!nexthops) ipLines += `route replace ${s}/24 via ${s} dev vxfloor onlink proto 159\n`;
+      else
+        ipLines += `nexthop replace id ${nhBase + i} via ${s} dev vxfloor onlink proto 159\nroute replace ${s}/24 nhid ${nhBase + i} proto 159\n`;
+    }
     const t0 = performance.now();
     run(["bridge", "-force", "-batch", "-"], fdbLines);
     run(["ip", "-force", "-batch", "-"], ipLines);
