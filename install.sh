@@ -236,7 +236,9 @@ flannel_bin_uninstall() {
     for dev in \$(ip -o link show 2>/dev/null | awk -F': ' '{ sub(/@.*/, "", \$2); print \$2 }' | grep -E '^flannel([.-]|\$)' || true); do
       ip link delete "\$dev" || true
     done
-    # Routes flannel-bin installed carry protocol 159.
+    # Routes flannel-bin installed carry protocol 159, and so do the nexthop objects they go through (deleting
+    # those takes their routes along; iproute2 6.1 cannot flush routes through nexthops).
+    ip nexthop flush proto 159 >/dev/null 2>&1 || true
     ip -4 route flush table all proto 159 2>/dev/null || true
     ip -6 route flush table all proto 159 2>/dev/null || true
     for ipt in iptables ip6tables iptables-legacy ip6tables-legacy; do
