@@ -22,7 +22,10 @@ export interface LabReport {
   ok: boolean;
 }
 
-export async function labReport(s: LabState, opts: { converge?: boolean; pingCount?: number } = {}): Promise<LabReport> {
+export async function labReport(
+  s: LabState,
+  opts: { converge?: boolean; pingCount?: number; pings?: boolean } = {},
+): Promise<LabReport> {
   const hosts: HostReport[] = [];
   for (const h of s.hosts) {
     const env = readSubnetEnv(h);
@@ -37,7 +40,7 @@ export async function labReport(s: LabState, opts: { converge?: boolean; pingCou
       ready: alive && (await agentReady(h)),
     });
   }
-  const pairs = await pingAllPairs(s, { converge: opts.converge, count: opts.pingCount ?? 3 });
+  const pairs = opts.pings === false ? [] : await pingAllPairs(s, { converge: opts.converge, count: opts.pingCount ?? 3 });
   return { name: s.name, backend: s.backend, store: s.store, hosts, pairs, ok: pairs.every((p) => p.ok) };
 }
 

@@ -1,4 +1,5 @@
 // Scale benchmark (issue 13.6): `bun test/bench/scale.ts [--peers N] [--idle S] [--stores sqlite,etcd,nats]` as root.
+// With --storm [--hosts N]: the join storm instead (N agents started at once on one underlay; storm.ts).
 //
 // Per store, side by side in one run: the store is seeded with N valid vxlan peer leases through its own client
 // (default N = 10,000), then one agent (dist/flannel-bin run, vxlan) starts on it and we measure
@@ -22,7 +23,9 @@ import { SqliteStore } from "../../stores/sqlite.ts";
 import { startEtcdServer } from "../harness/etcd-server.ts";
 import { startNatsServer } from "../harness/nats-server.ts";
 import { ensureBinary } from "../helpers/agents.ts";
+import { MAX_HOSTS } from "../../src/lab/state.ts";
 import { runInBenchNamespace } from "./bench-netns.ts";
+import { runStorm } from "./storm.ts";
 
 type Kind = "sqlite" | "etcd" | "nats";
 const ALL: Kind[] = ["sqlite", "etcd", "nats"];
@@ -41,19 +44,28 @@ interface Options {
   peers: number;
   idleS: number;
   kinds: Kind[];
+  /** --storm: the join storm (storm.ts) instead of the single-agent run. */
+  storm: boolean;
+  hosts: number;
 }
 
 function parseArgs(a: string[]): Options {
-  const o: Options = { peers: 10_000, idleS: 60, kinds: ALL };
+  const o: Options = { peers: 10_000, idleS: 60, kinds: ALL, storm: false, hosts: 50 };
   for (let i = 0; i < a.length; i++) {
     const v = a[i + 1];
     if (a[i] === "--peers" && v) (o.peers = Number(v)), i++;
     else if (a[i] === "--idle" && v) (o.idleS = Number(v)), i++;
     else if (a[i] === "--stores" && v) (o.kinds = v.split(",") as Kind[]), i++;
-    else throw new Error(`unknown argument ${JSON.stringify(a[i])} (use --peers N, --idle S, --stores sqlite,etcd,nats)`);
+    else if (a[i] === "--storm") o.storm = true;
+    else if (a[i] === "--hosts" && v) (o.hosts = Number(v)), i++;
+    else
+      throw new Error(
+        `unknown argument ${JSON.stringify(a[i])} (use --peers N, --idle S, --stores sqlite,etcd,nats, --storm [--hosts N])`,
+      );
   }
   if (!Number.isInteger(o.peers) || o.peers < 1 || o.peers > 60_000) throw new Error("--peers must be 1..60000");
   if (!Number.isFinite(o.idleS) || o.idleS < 1 || o.idleS > 600) throw new Error("--idle must be 1..600 seconds");
+  if (!Number.isInteger(o.hosts) || o.hosts < 2 || o.hosts > MAX_HOSTS) throw new Error(`--hosts must be 2..${MAX_HOSTS}`);
   for (const k of o.kinds) if (!ALL.includes(k)) throw new Error(`unknown store ${JSON.stringify(k)}`);
   return o;
 }
@@ -363,11 +375,16 @@ async function inner(binary: string, args: string[]): Promise<number> {
   return rows.some((r) => r.error) ? 1 : 0;
 }
 
+/** The storm runs here, not in the bench namespace: its lab makes namespaces of its own (hosts, underlay). */
+function outer(argv: string[]): Promise<number> {
+  const o = parseArgs(argv);
+  if (!o.storm) return runInBenchNamespace(import.meta.path, ensureBinary(), argv, 1_800_000);
+  if (process.getuid?.() !== 0) throw new Error("run as root (creates network namespaces)");
+  return runStorm(o.kinds, o.hosts, ensureBinary(), table);
+}
+
 const argv = process.argv.slice(2);
-const main =
-  argv[0] === "--inner"
-    ? inner(argv[1]!, argv.slice(2))
-    : (parseArgs(argv), runInBenchNamespace(import.meta.path, ensureBinary(), argv, 1_800_000));
+const main = argv[0] === "--inner" ? inner(argv[1]!, argv.slice(2)) : outer(argv);
 main.then(
   (code) => process.exit(code),
   (e: unknown) => {

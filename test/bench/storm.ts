@@ -1,0 +1,190 @@
+// The join storm of the scale benchmark (issue 13.6): `bun test/bench/scale.ts --storm [--hosts N]` as root.
+//
+// Per store, side by side in one run: a lab (src/lab: N host namespaces on one underlay bridge, default 50, the
+// compiled binary in each, vxlan) is built with no agent running; then every agent is spawned at once and we measure
+//   all routes       from the first spawn until every host's kernel has a route to each of the other N-1 subnets
+//                    (one `ip -n <host> monitor route` per host, started before the agents; no polling);
+//   agent CPU        user + system of the N agents, children (their iproute2 processes) included, read from
+//                    /proc/<pid>/stat at that moment;
+//   processes        iproute2 processes the agents started (their /metrics), and how many of them were batches;
+//   server CPU       the etcd / nats-server process over the same time (SQLite has none).
+// Goals (issue 13): all routes <= 5 s, agent CPU <= 5 s. Printed, never asserted.
+import { readFileSync } from "node:fs";
+import { consola } from "consola";
+import { labDown, labUp } from "../../src/lab/lab.ts";
+import { HEALTHZ_PORT, startAgent } from "../../src/lab/agents.ts";
+import { execIn, processAlive } from "../../src/lab/netns.ts";
+import { loadLabState, saveState, type LabState } from "../../src/lab/state.ts";
+import { putNetworkConfig, setupStore } from "../../src/lab/store-setup.ts";
+import { testName } from "../helpers/binary.ts";
+
+export type StormKind = "sqlite" | "etcd" | "nats";
+
+/** The issue's measurements of the earlier build (50 agents, 2-core machine). */
+const BEFORE: Record<StormKind, string> = { sqlite: "5.8-11.0 s", etcd: "10.6-18.0 s, 1,787 batches", nats: "8.8-10.3 s" };
+const CONVERGE_TIMEOUT_MS = 120_000;
+
+export interface StormRow {
+  kind: StormKind;
+  hosts: number;
+  /** Spawn of the first agent -> every host has every other host's route. */
+  allRoutesS: number;
+  /** Slowest host's last route, fastest host's last route (s after the first spawn). */
+  firstHostS: number;
+  agentCpuS: number;
+  serverCpuS: number;
+  processes: number;
+  batches: number;
+  error: string | null;
+}
+
+/** utime + stime + cutime + cstime in seconds (clock ticks of 1/100 s); NaN if the process is gone. */
+function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / 100;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** `ip -n <ns> -o monitor route`: the set of vxlan peer routes (flannel.1) the host has, kept up to date. */
+class RouteCounter {
+  readonly routes = new Set<string>();
+  lastChange = 0;
+  private readonly proc: ReturnType<typeof Bun.spawn>;
+  constructor(
+    readonly netns: string,
+    private readonly onChange: () => void,
+  ) {
+    this.proc = Bun.spawn(["ip", "-n", netns, "-o", "monitor", "route"], { stdin: "ignore", stdout: "pipe", stderr: "ignore" });
+    void this.read();
+  }
+  private async read(): Promise<void> {
+    const dec = new TextDecoder();
+    let buf = "";
+    for await (const chunk of this.proc.stdout as ReadableStream<Uint8Array>) {
+      buf += dec.decode(chunk, { stream: true });
+      const lines = buf.split("\n");
+      buf = lines.pop() ?? "";
+      for (const l of lines) {
+        const m = /^(Deleted )?(\d+\.\d+\.\d+\.\d+\/\d+) .*\bdev flannel\.1\b/.exec(l);
+        if (!m) continue;
+        if (m[1]) this.routes.delete(m[2]!);
+        else this.routes.add(m[2]!);
+        this.lastChange = performance.now();
+      }
+      this.onChange();
+    }
+  }
+  stop(): void {
+    this.proc.kill("SIGTERM");
+  }
+}
+
+async function agentMetric(netns: string, names: string[]): Promise<number[]> {
+  const r = await execIn(netns, ["curl", "-sf", "--max-time", "2", `http://127.0.0.1:${HEALTHZ_PORT}/metrics`], {
+    allowFail: true,
+    timeoutMs: 5000,
+  });
+  return names.map((n) => {
+    const line = r.stdout.split("\n").find((l) => l.startsWith(`${n} `));
+    return line ? Number(line.split(" ")[1]) : Number.NaN;
+  });
+}
+
+async function stormStore(kind: StormKind, hosts: number, binary: string): Promise<StormRow> {
+  const row: StormRow = {
+    kind,
+    hosts,
+    allRoutesS: Number.NaN,
+    firstHostS: Number.NaN,
+    agentCpuS: Number.NaN,
+    serverCpuS: Number.NaN,
+    processes: Number.NaN,
+    batches: Number.NaN,
+    error: null,
+  };
+  const name = testName(`storm${kind[0]}`);
+  const counters: RouteCounter[] = [];
+  try {
+    await labDown({ name }); // a lab of ours left by an interrupted run
+    await labUp({ name, hosts, store: kind, binary, topologyOnly: true, noPings: true });
+    const s: LabState = loadLabState({ name });
+    await setupStore(s);
+    await putNetworkConfig(s);
+    const want = hosts - 1;
+    let wake: () => void = () => {};
+    const check = () => wake();
+    for (const h of s.hosts) counters.push(new RouteCounter(h.netns, check));
+    await Bun.sleep(300); // the monitors are listening
+    const server = s.servers[0]?.pid;
+    const server0 = server === undefined ? 0 : cpuSeconds(server);
+    console.error(`[storm ${kind}] starting ${hosts} agents at once`);
+    const t0 = performance.now();
+    for (const h of s.hosts) startAgent(s, h);
+    saveState(s);
+    const deadline = t0 + CONVERGE_TIMEOUT_MS;
+    let firstHost = Number.NaN;
+    for (;;) {
+      const done = counters.filter((c) => c.routes.size >= want);
+      if (done.length > 0 && Number.isNaN(firstHost)) firstHost = Math.min(...done.map((c) => c.lastChange)) - t0;
+      if (done.length === counters.length) break;
+      const dead = s.hosts.find((h) => h.agentPid !== null && !processAlive(h.agentPid));
+      if (dead) throw new Error(`agent in ${dead.netns} exited (log ${dead.logFile})`);
+      if (performance.now() > deadline) {
+        const short = counters.filter((c) => c.routes.size < want).map((c) => `${c.netns} ${c.routes.size}`);
+        throw new Error(`not every host had ${want} routes after ${CONVERGE_TIMEOUT_MS / 1000} s: ${short.slice(0, 5).join(", ")}`);
+      }
+      await new Promise<void>((r) => {
+        wake = r;
+        setTimeout(r, 200);
+      });
+    }
+    row.allRoutesS = (Math.max(...counters.map((c) => c.lastChange)) - t0) / 1000;
+    row.firstHostS = firstHost / 1000;
+    let cpu = 0;
+    for (const h of s.hosts) cpu += cpuSeconds(h.agentPid!);
+    row.agentCpuS = cpu;
+    if (server !== undefined) row.serverCpuS = cpuSeconds(server) - server0;
+    const names = ["flannel_bin_kernel_processes_spawned_total", "flannel_bin_kernel_batches_total"];
+    const per = await Promise.all(s.hosts.map((h) => agentMetric(h.netns, names)));
+    row.processes = per.reduce((a, m) => a + m[0]!, 0);
+    row.batches = per.reduce((a, m) => a + m[1]!, 0);
+    console.error(`[storm ${kind}] all routes in ${row.allRoutesS.toFixed(2)} s, agent CPU ${row.agentCpuS.toFixed(2)} s`);
+  } catch (e) {
+    row.error = (e as Error).message;
+  } finally {
+    for (const c of counters) c.stop();
+    const down = await labDown({ name }).catch((e: Error) => ({ removed: [], errors: [e.message] }));
+    if (down.errors.length) console.error(`[storm ${kind}] lab down: ${down.errors.join("; ")}`);
+  }
+  return row;
+}
+
+const f2 = (x: number, unit: string) => (Number.isFinite(x) ? `${x.toFixed(2)} ${unit}` : "-");
+
+export async function runStorm(kinds: StormKind[], hosts: number, binary: string, table: (h: string[], r: string[][]) => string) {
+  consola.level = 1;
+  const rows: StormRow[] = [];
+  for (const k of kinds) rows.push(await stormStore(k, hosts, binary));
+  console.log(
+    table(
+      ["store", "agents", "all routes everywhere", "first host done", "agent CPU (total)", "iproute2 processes (batches)", "server CPU", "before (issue 13)"],
+      rows.map((r) => [
+        r.kind,
+        String(r.hosts),
+        f2(r.allRoutesS, "s"),
+        f2(r.firstHostS, "s"),
+        f2(r.agentCpuS, "s"),
+        Number.isFinite(r.processes) ? `${r.processes} (${r.batches})` : "-",
+        f2(r.serverCpuS, "s"),
+        BEFORE[r.kind],
+      ]),
+    ),
+  );
+  console.log(`\ngoals (issue 13): every host has all ${hosts - 1} routes <= 5 s; total agent CPU <= 5 s`);
+  for (const r of rows) if (r.error) console.log(`${r.kind}: ERROR ${r.error}`);
+  return rows.some((r) => r.error) ? 1 : 0;
+}
