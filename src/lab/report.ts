@@ -22,10 +22,7 @@ export interface LabReport {
   ok: boolean;
 }
 
-export async function labReport(
-  s: LabState,
-  opts: { converge?: boolean; pingCount?: number; pings?: boolean } = {},
-): Promise<LabReport> {
+export async function labReport(s: LabState, opts: { converge?: boolean; pingCount?: number; pings?: boolean } = {}): Promise<LabReport> {
   const hosts: HostReport[] = [];
   for (const h of s.hosts) {
     const env = readSubnetEnv(h);

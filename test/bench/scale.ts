@@ -1,5 +1,5 @@
 // Scale benchmark (issue 13.6): `bun test/bench/scale.ts [--peers N] [--idle S] [--stores sqlite,etcd,nats]` as root.
-// With --storm [--hosts N]: the join storm instead (N agents started at once on one underlay; storm.ts).
+// With --storm [--hosts N] [--keep-lab]: the join storm instead (N agents started at once on one underlay; storm.ts).
 //
 // Per store, side by side in one run: the store is seeded with N valid vxlan peer leases through its own client
 // (default N = 10,000), then one agent (dist/flannel-bin run, vxlan) starts on it and we measure
@@ -47,10 +47,12 @@ interface Options {
   /** --storm: the join storm (storm.ts) instead of the single-agent run. */
   storm: boolean;
   hosts: number;
+  /** --keep-lab: the storm leaves its labs up (to read the agents' logs). */
+  keepLab: boolean;
 }
 
 function parseArgs(a: string[]): Options {
-  const o: Options = { peers: 10_000, idleS: 60, kinds: ALL, storm: false, hosts: 50 };
+  const o: Options = { peers: 10_000, idleS: 60, kinds: ALL, storm: false, hosts: 50, keepLab: false };
   for (let i = 0; i < a.length; i++) {
     const v = a[i + 1];
     if (a[i] === "--peers" && v) (o.peers = Number(v)), i++;
@@ -58,9 +60,10 @@ function parseArgs(a: string[]): Options {
     else if (a[i] === "--stores" && v) (o.kinds = v.split(",") as Kind[]), i++;
     else if (a[i] === "--storm") o.storm = true;
     else if (a[i] === "--hosts" && v) (o.hosts = Number(v)), i++;
+    else if (a[i] === "--keep-lab") o.keepLab = true;
     else
       throw new Error(
-        `unknown argument ${JSON.stringify(a[i])} (use --peers N, --idle S, --stores sqlite,etcd,nats, --storm [--hosts N])`,
+        `unknown argument ${JSON.stringify(a[i])} (use --peers N, --idle S, --stores sqlite,etcd,nats, --storm [--hosts N] [--keep-lab])`,
       );
   }
   if (!Number.isInteger(o.peers) || o.peers < 1 || o.peers > 60_000) throw new Error("--peers must be 1..60000");
@@ -380,7 +383,7 @@ function outer(argv: string[]): Promise<number> {
   const o = parseArgs(argv);
   if (!o.storm) return runInBenchNamespace(import.meta.path, ensureBinary(), argv, 1_800_000);
   if (process.getuid?.() !== 0) throw new Error("run as root (creates network namespaces)");
-  return runStorm(o.kinds, o.hosts, ensureBinary(), table);
+  return runStorm(o.kinds, o.hosts, ensureBinary(), o.keepLab, table);
 }
 
 const argv = process.argv.slice(2);

@@ -32,22 +32,28 @@ export interface StormRow {
   /** Slowest host's last route, fastest host's last route (s after the first spawn). */
   firstHostS: number;
   agentCpuS: number;
+  /** The part of agentCpuS spent in the agents' child processes (iproute2, iptables). */
+  agentChildrenS: number;
   serverCpuS: number;
   processes: number;
   batches: number;
   error: string | null;
 }
 
-/** utime + stime + cutime + cstime in seconds (clock ticks of 1/100 s); NaN if the process is gone. */
-function cpuSeconds(pid: number): number {
+/** CPU seconds (clock ticks of 1/100 s): own (utime + stime) and waited-for children's (cutime + cstime). */
+function cpuOf(pid: number): { self: number; children: number } {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / 100;
+    return { self: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100 };
   } catch {
-    return Number.NaN;
+    return { self: Number.NaN, children: Number.NaN };
   }
 }
+const cpuSeconds = (pid: number) => {
+  const c = cpuOf(pid);
+  return c.self + c.children;
+};
 
 /** `ip -n <ns> -o monitor route`: the set of vxlan peer routes (flannel.1) the host has, kept up to date. */
 class RouteCounter {
@@ -94,13 +100,14 @@ async function agentMetric(netns: string, names: string[]): Promise<number[]> {
   });
 }
 
-async function stormStore(kind: StormKind, hosts: number, binary: string): Promise<StormRow> {
+async function stormStore(kind: StormKind, hosts: number, binary: string, keep: boolean): Promise<StormRow> {
   const row: StormRow = {
     kind,
     hosts,
     allRoutesS: Number.NaN,
     firstHostS: Number.NaN,
     agentCpuS: Number.NaN,
+    agentChildrenS: Number.NaN,
     serverCpuS: Number.NaN,
     processes: Number.NaN,
     batches: Number.NaN,
@@ -144,9 +151,15 @@ async function stormStore(kind: StormKind, hosts: number, binary: string): Promi
     }
     row.allRoutesS = (Math.max(...counters.map((c) => c.lastChange)) - t0) / 1000;
     row.firstHostS = firstHost / 1000;
-    let cpu = 0;
-    for (const h of s.hosts) cpu += cpuSeconds(h.agentPid!);
-    row.agentCpuS = cpu;
+    let self = 0;
+    let children = 0;
+    for (const h of s.hosts) {
+      const c = cpuOf(h.agentPid!);
+      self += c.self;
+      children += c.children;
+    }
+    row.agentCpuS = self + children;
+    row.agentChildrenS = children;
     if (server !== undefined) row.serverCpuS = cpuSeconds(server) - server0;
     const names = ["flannel_bin_kernel_processes_spawned_total", "flannel_bin_kernel_batches_total"];
     const per = await Promise.all(s.hosts.map((h) => agentMetric(h.netns, names)));
@@ -157,27 +170,46 @@ async function stormStore(kind: StormKind, hosts: number, binary: string): Promi
     row.error = (e as Error).message;
   } finally {
     for (const c of counters) c.stop();
-    const down = await labDown({ name }).catch((e: Error) => ({ removed: [], errors: [e.message] }));
-    if (down.errors.length) console.error(`[storm ${kind}] lab down: ${down.errors.join("; ")}`);
+    if (keep) console.error(`[storm ${kind}] lab kept: \`flannel-bin lab down --name ${name}\` removes it`);
+    else {
+      const down = await labDown({ name }).catch((e: Error) => ({ removed: [], errors: [e.message] }));
+      if (down.errors.length) console.error(`[storm ${kind}] lab down: ${down.errors.join("; ")}`);
+    }
   }
   return row;
 }
 
 const f2 = (x: number, unit: string) => (Number.isFinite(x) ? `${x.toFixed(2)} ${unit}` : "-");
 
-export async function runStorm(kinds: StormKind[], hosts: number, binary: string, table: (h: string[], r: string[][]) => string) {
+/** `keep`: leave each lab up after its run (agent logs in /run/flannel-bin-lab/<name>/). */
+export async function runStorm(
+  kinds: StormKind[],
+  hosts: number,
+  binary: string,
+  keep: boolean,
+  table: (h: string[], r: string[][]) => string,
+): Promise<number> {
   consola.level = 1;
   const rows: StormRow[] = [];
-  for (const k of kinds) rows.push(await stormStore(k, hosts, binary));
+  for (const k of kinds) rows.push(await stormStore(k, hosts, binary, keep));
   console.log(
     table(
-      ["store", "agents", "all routes everywhere", "first host done", "agent CPU (total)", "iproute2 processes (batches)", "server CPU", "before (issue 13)"],
+      [
+        "store",
+        "agents",
+        "all routes everywhere",
+        "first host done",
+        "agent CPU: total (children)",
+        "iproute2 processes (batches)",
+        "server CPU",
+        "before (issue 13)",
+      ],
       rows.map((r) => [
         r.kind,
         String(r.hosts),
         f2(r.allRoutesS, "s"),
         f2(r.firstHostS, "s"),
-        f2(r.agentCpuS, "s"),
+        `${f2(r.agentCpuS, "s")} (${f2(r.agentChildrenS, "s")})`,
         Number.isFinite(r.processes) ? `${r.processes} (${r.batches})` : "-",
         f2(r.serverCpuS, "s"),
         BEFORE[r.kind],
