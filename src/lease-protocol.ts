@@ -9,7 +9,7 @@ import { type IPNet, formatCIDR, isAligned, lastIP, netEqual, netSize, overlaps 
 import { type Lease, type LeaseAttrs, LeaseRecordError, encodeLeaseAttrs, leaseFromKV, parseSubnetKey, subnetKey } from "./lease.ts";
 import { keyShapeProblem } from "./lease-validity.ts";
 import { sleep } from "./sleep.ts";
-import { type KV, type Store, SUBNETS_PREFIX } from "./store.ts";
+import { type KV, type ReadOptions, type Store, SUBNETS_PREFIX, UNREAD_EXPIRY } from "./store.ts";
 
 const log = logger("lease");
 
@@ -49,8 +49,9 @@ export function parseLeaseRecord(kv: KV): Lease | null {
 /** Records decoded between two yields to the event loop (about 25 ms on a loaded 2-core machine). */
 export const PARSE_SLICE = 1000;
 
-export async function listLeases(store: Store): Promise<LeaseSnapshot> {
-  const { items, revision } = await store.list(SUBNETS_PREFIX);
+/** `opts` { expiry: false }: expiresAt of other hosts' leases is not needed (ReadOptions; saves etcd a request each). */
+export async function listLeases(store: Store, opts?: ReadOptions): Promise<LeaseSnapshot> {
+  const { items, revision } = await store.list(SUBNETS_PREFIX, opts);
   const leases: Lease[] = [];
   const corrupt: IPNet[] = [];
   for (let i = 0; i < items.length; i++) {
@@ -168,7 +169,9 @@ export async function acquireLeaseFrom(
   const value = encodeLeaseAttrs(attrs);
   const random = opts.random ?? Math.random;
   for (let attempt = 1; attempt <= RACE_RETRIES; attempt++) {
-    snap = await listLeases(store);
+    // Which subnets are taken, and whether ours is a reservation: no expiry times needed (a lease we reuse gets a new
+    // one; the peer watch that starts from this list never reads them either).
+    snap = await listLeases(store, { expiry: false });
 
     // 1. A lease (or reservation) that already carries our public IP. A reservation whose key is not one subnet
     // of this network (a whole-Network key, a wrong prefix) is never taken up.
@@ -313,7 +316,9 @@ export class LeaseKeeper {
   /** Our own record as a watch saw it (null: gone). Our own newer revision is adopted; anything else is checked now. */
   notice(own: Lease | null): void {
     if (own && own.attrs.publicIP === this.lease.attrs.publicIP) {
-      if (own.revision > this.lease.revision) this.lease = { ...this.lease, revision: own.revision, expiresAt: own.expiresAt };
+      // An expiry the watch did not read (UNREAD_EXPIRY) keeps ours: renewing early is harmless, never renewing is not.
+      const expiresAt = own.expiresAt === UNREAD_EXPIRY ? this.lease.expiresAt : own.expiresAt;
+      if (own.revision > this.lease.revision) this.lease = { ...this.lease, revision: own.revision, expiresAt };
       return;
     }
     this.wake.abort();

@@ -134,7 +134,7 @@ export async function* watchPeers(
 async function listUntilAnswered(store: Store, signal: AbortSignal): Promise<Awaited<ReturnType<typeof listLeases>>> {
   for (let delay = 500, logged = false; ; delay = Math.min(delay * 2, 5000)) {
     try {
-      return await listLeases(store);
+      return await listLeases(store, { expiry: false }); // peers' expiry times are never used
     } catch (e) {
       if (signal.aborted) throw e;
       if (!logged) log.warn(`listing leases failed (${(e as Error).message}); peers are kept, retrying`);
@@ -201,7 +201,7 @@ export class WatchSupervisor {
       const from = this.position;
       void (async () => {
         try {
-          for await (const ev of this.store.watch(this.prefix, from, sig)) {
+          for await (const ev of this.store.watch(this.prefix, from, sig, { expiry: false })) {
             if (sig.aborted) return;
             push({ gen: g, ev });
           }

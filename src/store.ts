@@ -58,6 +58,20 @@ export type WatchEvent =
   /** Every change under the prefix up to `revision` has been delivered (nothing else to say about it). */
   | { type: "progress"; revision: Revision };
 
+/** What a reader of list() or watch() needs of each record. */
+export interface ReadOptions {
+  /**
+   * false: the caller needs to know only whether a record expires, not when (the free-subnet pick, the peer watch:
+   * an expired record is removed by the server or the store anyway). A store that keeps expiry apart from the
+   * record (etcd: one TimeToLive request per lease) then need not read it: such a record may come with
+   * expiresAt = UNREAD_EXPIRY. A record without expiry still has null. Default true.
+   */
+  expiry?: boolean;
+}
+
+/** expiresAt of a record that expires at a time the store did not read (a read with { expiry: false }). */
+export const UNREAD_EXPIRY = Number.POSITIVE_INFINITY;
+
 export interface ListResult {
   items: KV[];
   /** The store revision the list is consistent with; watch(prefix, revision) continues after it. */
@@ -71,7 +85,7 @@ export interface Store {
   readonly location: string;
 
   get(key: string): Promise<KV | null>;
-  list(prefix: string): Promise<ListResult>;
+  list(prefix: string, opts?: ReadOptions): Promise<ListResult>;
   /** Creates the key only if it is absent (or expired). Returns the new revision, or null if it exists. */
   create(key: string, value: Uint8Array, opts?: WriteOptions): Promise<Revision | null>;
   /**
@@ -86,7 +100,7 @@ export interface Store {
    * Every change under `prefix` after `afterRevision`, in store order, until `signal` aborts.
    * Reconnects by itself and resumes where it left off; yields { type: "relist" } when it cannot.
    */
-  watch(prefix: string, afterRevision: Revision, signal: AbortSignal): AsyncIterable<WatchEvent>;
+  watch(prefix: string, afterRevision: Revision, signal: AbortSignal, opts?: ReadOptions): AsyncIterable<WatchEvent>;
   /**
    * Linearizable: the newest revision under `prefix` (the store's whole revision where its watch reports progress
    * up to that). Cheap enough to call every few seconds. Throws StoreUnavailableError when the store is unreachable.

@@ -2,7 +2,7 @@
 // expiry of each record, which etcd keeps in the lease the key is attached to.
 
 import { consola } from "consola";
-import { type KV, MAX_VALUE_BYTES } from "../../src/store.ts";
+import { type KV, MAX_VALUE_BYTES, UNREAD_EXPIRY } from "../../src/store.ts";
 import type { EtcdClient } from "./client-failover.ts";
 import { EtcdError, int64, type Json, leaseId, unb64 } from "./gateway.ts";
 import { escapeLogText } from "../../src/log-text.ts";
@@ -102,6 +102,24 @@ export class LeaseExpiries {
 
   forget(id: string): void {
     this.cache.delete(id);
+  }
+
+  /** Without a request: null for no lease, the cached expiry if known, else UNREAD_EXPIRY (a { expiry: false } read). */
+  known(id: string): number | null {
+    if (id === "0") return null;
+    const hit = this.cache.get(id);
+    return hit !== undefined && hit > Date.now() ? hit : UNREAD_EXPIRY;
+  }
+
+  /** The records with what is known of their expiry, and no TimeToLive request (see ReadOptions.expiry). */
+  attachKnown(raw: RawKV[]): KV[] {
+    return raw.map((r) => ({
+      key: r.key,
+      value: r.value,
+      revision: r.revision,
+      expiresAt: this.known(r.lease),
+      createRevision: r.createRevision,
+    }));
   }
 
   private async lookup(id: string): Promise<LeaseExpiry> {

@@ -15,6 +15,7 @@ import { consola } from "consola";
 import {
   type KV,
   type ListResult,
+  type ReadOptions,
   type Revision,
   type Store,
   SUBNETS_PREFIX,
@@ -156,12 +157,16 @@ export class EtcdStore implements Store {
     return this.keys.parseKVs(j.kvs, `get ${key}`).find((r) => r.key === key) ?? null;
   }
 
-  async list(prefix: string): Promise<ListResult> {
+  async list(prefix: string, opts?: ReadOptions): Promise<ListResult> {
     checkPrefix(KIND, prefix);
     const k = enc.encode(this.keys.etcdKey(prefix));
     const j = await this.client.call("/v3/kv/range", { key: b64(k), range_end: b64(prefixEnd(k)) });
     const revision = headerRevision(j);
-    const items = await this.leases.attach(this.keys.parseKVs(j.kvs, `list ${prefix}`), {
+    const raw = this.keys.parseKVs(j.kvs, `list ${prefix}`);
+    // Without expiry: no TimeToLive per lease (200 joiners each reading every other's made a join storm slow). A
+    // key whose lease has just run out is still listed until etcd deletes it: taken, never free, a moment longer.
+    if (opts?.expiry === false) return { items: this.leases.attachKnown(raw), revision };
+    const items = await this.leases.attach(raw, {
       full: prefix === SUBNETS_PREFIX,
       reread: async (key) => this.readRaw(key),
     });
@@ -231,10 +236,11 @@ export class EtcdStore implements Store {
     return true;
   }
 
-  watch(prefix: string, afterRevision: Revision, signal: AbortSignal): AsyncIterable<WatchEvent> {
+  watch(prefix: string, afterRevision: Revision, signal: AbortSignal, opts?: ReadOptions): AsyncIterable<WatchEvent> {
     checkPrefix(KIND, prefix);
     checkRevision(KIND, afterRevision, "afterRevision");
-    return etcdWatch({ client: this.client, keys: this.keys, leases: this.leases }, prefix, afterRevision, signal);
+    const deps = { client: this.client, keys: this.keys, leases: this.leases, expiry: opts?.expiry !== false };
+    return etcdWatch(deps, prefix, afterRevision, signal);
   }
 
   currentRevision(prefix: string): Promise<Revision> {

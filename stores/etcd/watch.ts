@@ -19,6 +19,8 @@ export interface EtcdWatchDeps {
   client: EtcdClient;
   keys: EtcdKeys;
   leases: LeaseExpiries;
+  /** false: put events carry what is known of the expiry, without a TimeToLive request each (ReadOptions). */
+  expiry?: boolean;
 }
 
 /**
@@ -119,7 +121,8 @@ export async function* etcdWatch(
           if (isDelete) {
             yield { type: "delete", key: raw.key, revision: raw.revision };
           } else {
-            const exp = await leases.of(raw.lease);
+            // With expiry, one TimeToLive per new lease, in stream order: events then come no faster than those.
+            const exp = d.expiry === false ? leases.known(raw.lease) : await leases.of(raw.lease);
             // An already-expired lease: etcd is deleting the key; its delete event follows.
             if (exp !== "expired")
               yield {

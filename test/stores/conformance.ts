@@ -11,7 +11,7 @@
 
 import { describe, expect, test } from "bun:test";
 import { waitFor as pollFor } from "../../src/lab/netns.ts";
-import type { KV, Revision, Store, WatchEvent } from "../../src/store.ts";
+import { type KV, type ReadOptions, type Revision, type Store, UNREAD_EXPIRY, type WatchEvent } from "../../src/store.ts";
 
 export interface StoreHarness {
   /**
@@ -65,10 +65,10 @@ export class WatchCollector {
   private readonly ctl = new AbortController();
   private readonly done: Promise<void>;
 
-  constructor(store: Store, prefix: string, afterRevision: Revision) {
+  constructor(store: Store, prefix: string, afterRevision: Revision, opts?: ReadOptions) {
     this.done = (async () => {
       try {
-        for await (const ev of store.watch(prefix, afterRevision, this.ctl.signal)) {
+        for await (const ev of store.watch(prefix, afterRevision, this.ctl.signal, opts)) {
           if (ev.type === "progress") this.progress.push(ev.revision);
           else this.events.push(ev);
         }
@@ -336,6 +336,37 @@ export function runStoreConformance(name: string, h: StoreHarness): void {
           const exp = (await s.get(`${p}r`))!.expiresAt!;
           expect(exp).toBeGreaterThanOrEqual(before + 55_000);
           expect(exp).toBeLessThanOrEqual(Date.now() + 65_000);
+        } finally {
+          await w.stop();
+        }
+      });
+    });
+
+    test("reads with { expiry: false }: the same records, null for no expiry, a time or UNREAD_EXPIRY for one", async () => {
+      await withStores(async (open) => {
+        const s = await open();
+        const other = await open(); // nothing cached about the writer's leases
+        const p = uniquePrefix("noexp");
+        const start = await other.list(p);
+        const w = new WatchCollector(other, p, start.revision, { expiry: false });
+        try {
+          const before = Date.now();
+          await s.create(`${p}lease`, bytes("leased"), { ttlMs: 60_000 });
+          await s.create(`${p}resv`, bytes("reserved"));
+          const expiresOk = (e: number | null) => e === UNREAD_EXPIRY || (e !== null && e >= before + 55_000 && e <= Date.now() + 65_000);
+          const listed = byKey((await other.list(p, { expiry: false })).items);
+          expect([...listed.keys()].sort()).toEqual([`${p}lease`, `${p}resv`]);
+          expect(listed.get(`${p}resv`)!.expiresAt).toBeNull();
+          expect(expiresOk(listed.get(`${p}lease`)!.expiresAt)).toBe(true);
+          expect(new TextDecoder().decode(listed.get(`${p}lease`)!.value)).toBe("leased");
+          await w.until("both put events", (evs) => evs.filter((e) => e.type === "put").length === 2);
+          const puts = byKey(w.puts());
+          expect(puts.get(`${p}resv`)!.expiresAt).toBeNull();
+          expect(expiresOk(puts.get(`${p}lease`)!.expiresAt)).toBe(true);
+          // The default read still has the exact time.
+          const exact = byKey((await other.list(p)).items).get(`${p}lease`)!.expiresAt!;
+          expect(exact).toBeGreaterThanOrEqual(before + 55_000);
+          expect(exact).toBeLessThanOrEqual(Date.now() + 65_000);
         } finally {
           await w.stop();
         }
