@@ -14,8 +14,8 @@
 // in revision order. Reaping runs inside the write lock and re-checks expiry, so concurrent reapers are harmless.
 
 import { Database } from "bun:sqlite";
-import { mkdirSync, statSync } from "node:fs";
-import { dirname } from "node:path";
+import { type FSWatcher, mkdirSync, statSync, watch } from "node:fs";
+import { basename, dirname } from "node:path";
 import { consola } from "consola";
 import {
   type KV,
@@ -36,8 +36,13 @@ const log = consola.withTag("store:sqlite");
 const KIND = "sqlite";
 
 export interface SqliteStoreOptions {
-  /** How often a watcher polls the change log (ms). Default 50. Local writes wake watchers at once. */
+  /**
+   * Without file events (no inotify): how often a watcher polls (ms). With them: how soon after a file event it
+   * looks once more (a commit's WAL write can be seen before its index is). Default 50. Local writes wake at once.
+   */
   pollMs?: number;
+  /** With file events: the longest a watcher waits without one (a safety net, ms). Default 5000. */
+  idlePollMs?: number;
   /** How many change-log entries to keep; older ones are trimmed (watchers behind them get "relist"). Default 10,000. */
   historyEntries?: number;
   /** SQLite busy timeout (ms): how long a write waits for another process's lock. Default 5000. */
@@ -108,6 +113,11 @@ export class SqliteStore implements Store {
   private readonly wakers = new Set<() => void>();
   /** Writes through this connection: they do not move PRAGMA data_version, so watchers count them here. */
   private localWrites = 0;
+  /** Watches the database's directory while a watcher runs: other processes' commits wake it (no poll query). */
+  private fileEvents: FSWatcher | null = null;
+  private fileEventsFailed = false;
+  /** Bumped on every file event concerning the database (its file, -wal, -journal; replaced or deleted). */
+  private fileEventCount = 0;
 
   private constructor(db: Database, path: string, opts: Required<SqliteStoreOptions>) {
     this.db = db;
@@ -123,6 +133,7 @@ export class SqliteStore implements Store {
   static open(path: string, opts: SqliteStoreOptions = {}): SqliteStore {
     const o: Required<SqliteStoreOptions> = {
       pollMs: positiveInt(opts.pollMs ?? 50, "pollMs"),
+      idlePollMs: positiveInt(opts.idlePollMs ?? 5000, "idlePollMs"),
       historyEntries: positiveInt(opts.historyEntries ?? 10_000, "historyEntries"),
       busyTimeoutMs: positiveInt(opts.busyTimeoutMs ?? 5000, "busyTimeoutMs"),
     };
@@ -211,9 +222,11 @@ export class SqliteStore implements Store {
   }
 
   /**
-   * Polls without a query while nothing changed: PRAGMA data_version tells whether another connection committed
-   * since the last look (this connection's own writes wake the watchers directly), and expired rows are reaped when
-   * the soonest recorded expiry has passed. The change log is read only when one of the two says so.
+   * Sleeps until something can have changed: a file event on the database (inotify on its directory: another
+   * process committed, or the file was replaced), a write through this connection, or the soonest recorded expiry;
+   * with no file events at all, every pollMs. Then PRAGMA data_version tells whether another connection committed,
+   * and the change log is read only when it or a local write says so. An idle watcher makes one cheap look per
+   * idlePollMs (the safety net for a missed event), not one query every 50 ms.
    */
   async *watch(prefix: string, afterRevision: Revision, signal: AbortSignal): AsyncIterable<WatchEvent> {
     checkPrefix(KIND, prefix);
@@ -226,6 +239,10 @@ export class SqliteStore implements Store {
     let seenLocal = -1;
     let nextExpiry = 0;
     let generation = this.generation;
+    this.watchFiles();
+    /** File events seen at the last look, and when to look once more after one. */
+    let seenEvents = this.fileEventCount;
+    let lookAgainAt = 0;
     while (!stop.aborted) {
       let batch: { events: WatchEvent[]; pos: Revision; more: boolean } | null = null;
       try {
@@ -274,8 +291,44 @@ export class SqliteStore implements Store {
         }
         if (batch.more) continue;
       }
-      await this.sleep(this.pollMs, stop);
+      if (!this.fileEvents) {
+        await this.sleep(this.pollMs, stop);
+        continue;
+      }
+      const now = Date.now();
+      if (this.fileEventCount !== seenEvents) {
+        seenEvents = this.fileEventCount;
+        lookAgainAt = now + this.pollMs;
+      }
+      let until = Math.min(now + this.opts.idlePollMs, nextExpiry);
+      if (lookAgainAt > now) until = Math.min(until, lookAgainAt);
+      else lookAgainAt = 0;
+      await this.sleep(Math.max(1, until - now), stop);
     }
+  }
+
+  /** Starts the directory watch once (null when the file system gives no events: then watchers poll). */
+  private watchFiles(): FSWatcher | null {
+    if (this.fileEvents || this.fileEventsFailed || this.location === ":memory:") return this.fileEvents;
+    const base = basename(this.location);
+    try {
+      this.fileEvents = watch(dirname(this.location), { persistent: false }, (_type, name) => {
+        // Only the database and its -wal/-journal (not -shm: it is written through mmap and never reports).
+        if (name !== null && !String(name).startsWith(base)) return;
+        this.fileEventCount++;
+        for (const wake of [...this.wakers]) wake();
+      });
+      this.fileEvents.on("error", () => {
+        this.fileEvents?.close();
+        this.fileEvents = null;
+        this.fileEventsFailed = true;
+        for (const wake of [...this.wakers]) wake(); // fall back to polling at once
+      });
+    } catch (e) {
+      this.fileEventsFailed = true;
+      log.info(`${this.location}: no file events (${errorText(e)}); watchers poll every ${this.pollMs} ms`);
+    }
+    return this.fileEvents;
   }
 
   async currentRevision(prefix: string): Promise<Revision> {
@@ -287,6 +340,8 @@ export class SqliteStore implements Store {
     if (this.closed) return;
     this.closed = true;
     this.closing.abort();
+    this.fileEvents?.close();
+    this.fileEvents = null;
     for (const wake of [...this.wakers]) wake();
     this.db.close(false);
   }

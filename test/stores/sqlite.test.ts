@@ -228,10 +228,29 @@ describe("sqlite specifics", () => {
     }
   });
 
+  test("another connection's commit wakes a watcher through file events, not a poll", async () => {
+    const path = freshDbPath();
+    const a = SqliteStore.open(path);
+    const b = SqliteStore.open(path, { pollMs: 60_000, idlePollMs: 600_000 }); // polling would take a minute
+    const w = new WatchCollector(b, "subnets/", 0);
+    try {
+      await Bun.sleep(200); // the watcher is asleep, waiting for an event
+      for (let i = 1; i <= 3; i++) {
+        await a.create(`subnets/10.0.${i}.0-24`, enc.encode("x"), { ttlMs: 60_000 });
+        await w.until(`put ${i} seen`, () => w.puts().length === i, 2000);
+      }
+    } finally {
+      await w.stop();
+      await a.close();
+      await b.close();
+    }
+  });
+
   test("expiry is reaped into the change log by a watcher in another instance", async () => {
     const path = freshDbPath();
     const a = SqliteStore.open(path);
-    const b = SqliteStore.open(path, { pollMs: 20 });
+    // No idle look for 10 min: the reap is timed by the soonest recorded expiry, not by polling.
+    const b = SqliteStore.open(path, { pollMs: 20, idlePollMs: 600_000 });
     const w = new WatchCollector(b, "subnets/", 0);
     try {
       await a.create("subnets/10.0.0.0-24", enc.encode("x"), { ttlMs: 300 });
