@@ -298,7 +298,8 @@ const AGENT_FLAGS = {
   },
   "iptables-resync": {
     type: "int",
-    description: "seconds between checks (and repairs) of the traffic rules and the blackhole route",
+    description:
+      "seconds between checks of the traffic rules where changes cannot be watched (iptables-legacy); elsewhere a change is checked at once, at most one check per period on a busy host",
     default: 5,
     min: 1,
     max: 86400,
@@ -310,7 +311,8 @@ const AGENT_FLAGS = {
   },
   "reconcile-interval": {
     type: "duration",
-    description: "how often the kernel state is fully compared with the desired state (the kernel monitor repairs in between)",
+    description:
+      "how often the kernel state and the traffic rules are fully compared with the desired state (the monitors repair in between)",
     default: "5m",
   },
 } as const satisfies FlagSpecs;

@@ -19,7 +19,7 @@ export interface MetricsSource {
     eventRepairs?: number;
     processesSpawned?: number;
   } | null;
-  rules?: () => { repaired: number; failures: number } | null;
+  rules?: () => { repaired: number; failures: number; processesSpawned?: number } | null;
 }
 
 type Sample = [name: string, type: "gauge" | "counter", help: string, value: number | null | undefined];
@@ -62,6 +62,12 @@ export function renderMetrics(m: MetricsSource): string {
       rules?.repaired,
     ],
     ["flannel_bin_rules_sync_failures_total", "counter", "traffic rule checks or fixes that failed (retried)", rules?.failures],
+    [
+      "flannel_bin_rules_processes_spawned_total",
+      "counter",
+      "processes the traffic-rules step started (iptables/nft reads and fixes, its monitors)",
+      rules?.processesSpawned,
+    ],
     [
       "flannel_bin_reconcile_last_duration_seconds",
       "gauge",

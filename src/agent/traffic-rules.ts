@@ -20,10 +20,10 @@ export interface TrafficRules {
   install(): Promise<void>;
   /** null when every rule is in place, else why not (checked periodically; holds readiness back). */
   ready(): string | null;
-  /** Stops periodic resyncs. Rules stay in place on exit, as flanneld leaves them. */
+  /** Stops keeping the rules (and their watchers). Rules stay in place on exit, as flanneld leaves them. */
   stop(): void;
-  /** Repairs and failed syncs so far, for /metrics. */
-  stats?(): { repaired: number; failures: number };
+  /** Repairs, failed syncs and processes started so far, for /metrics. */
+  stats?(): { repaired: number; failures: number; processesSpawned?: number };
 }
 
 /** No rule engine: nothing to install, always in place. */

@@ -15,6 +15,7 @@ import {
   planIptables,
   restorePayload,
 } from "./iptables-text.ts";
+import type { WatchTarget } from "./monitor-lines.ts";
 import { NFT_FAMILY, NFT_TABLE, nftChains, nftProblems, nftScript, parseNftList } from "./nft-text.ts";
 import type { EngineKind, RuleSet } from "./types.ts";
 
@@ -43,6 +44,8 @@ export interface Engine {
   inspect(rs: RuleSet, includeAbsent: boolean): Promise<Inspection>;
   /** Removes everything of ours this engine holds (when the other engine is in use). Returns what was removed. */
   removeAll(): Promise<string[]>;
+  /** Where `nft monitor rules` reports changes to our rules; null when it cannot (iptables-legacy has no events). */
+  watchTargets(rs: RuleSet): WatchTarget[] | null;
 }
 
 async function must(exec: Exec, argv: string[], stdin?: string): Promise<string> {
@@ -62,8 +65,10 @@ export class IptablesEngine implements Engine {
     readonly flavour: IptFlavour,
     readonly randomFullySupported: boolean,
     waitSupported: boolean,
+    /** The rules live in nf_tables (iptables-nft, or a plain `iptables` that is iptables-nft). */
+    private readonly nfTables = flavour === "nft",
   ) {
-    this.kind = flavour === "legacy" ? "iptables-legacy" : "iptables-nft";
+    this.kind = nfTables ? "iptables-nft" : "iptables-legacy";
     const bin = flavour === "plain" ? "iptables" : `iptables-${flavour}`;
     this.save = `${bin}-save`;
     this.restore = [`${bin}-restore`, "--noflush", ...(waitSupported ? ["--wait"] : [])];
@@ -90,6 +95,17 @@ export class IptablesEngine implements Engine {
   async inspect(rs: RuleSet, includeAbsent: boolean): Promise<Inspection> {
     const plans = await this.plans(rs, includeAbsent);
     return { problems: plans.flatMap((p) => p.plan.problems), fix: () => this.applyPlans(plans) };
+  }
+
+  watchTargets(rs: RuleSet): WatchTarget[] | null {
+    if (!this.nfTables) return null;
+    // iptables-nft keeps table nat/filter in family ip, chains under their iptables names.
+    return iptablesSpecs(rs)
+      .filter((s) => s.present)
+      .flatMap(({ spec }) => [
+        { family: "ip", table: spec.table, chain: spec.chain },
+        { family: "ip", table: spec.table, chain: spec.hook, addsOnlyJumpingTo: spec.chain },
+      ]);
   }
 
   async removeAll(): Promise<string[]> {
@@ -130,6 +146,10 @@ export class NftEngine implements Engine {
     return { problems, fix };
   }
 
+  watchTargets(_rs: RuleSet): WatchTarget[] {
+    return [{ family: NFT_FAMILY, table: NFT_TABLE }];
+  }
+
   async removeAll(): Promise<string[]> {
     const r = await this.exec(["nft", "list", "tables"]);
     if (r.code !== 0) throw new RulesError(`nft list tables failed (exit ${r.code}): ${r.stderr.trim()}`);
@@ -150,7 +170,7 @@ export async function makeIptablesEngine(exec: Exec, flavour: IptFlavour): Promi
   const bin = flavour === "plain" ? "iptables" : `iptables-${flavour}`;
   const v = await iptVersion(exec, bin);
   const modern = v !== null && atLeast(v.version, [1, 6, 2]);
-  return new IptablesEngine(exec, flavour, modern, modern);
+  return new IptablesEngine(exec, flavour, modern, modern, flavour === "nft" || (flavour === "plain" && v?.mode === "nft"));
 }
 
 /**

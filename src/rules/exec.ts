@@ -11,10 +11,13 @@ export type Exec = (argv: string[], stdin?: string) => Promise<ExecResult>;
 
 const TIMEOUT_MS = 20_000;
 
+/** The command as run: under `ip netns exec <netns>` (which execs it: the PID stays the command's) in tests. */
+export const wrapArgv = (netns: string | undefined, argv: string[]): string[] => (netns ? ["ip", "netns", "exec", netns, ...argv] : argv);
+
 /** An Exec that runs commands directly, or under `ip netns exec <netns>` when a namespace is given. */
 export function makeExec(netns?: string): Exec {
   return async (argv, stdin) => {
-    const cmd = netns ? ["ip", "netns", "exec", netns, ...argv] : argv;
+    const cmd = wrapArgv(netns, argv);
     let p: ReturnType<typeof Bun.spawn>;
     try {
       // env: process.env, not the start-up environment Bun would pass (NOTIFY_SOCKET is removed from it at start).

@@ -5,7 +5,7 @@ import type { FlagValue } from "../flags.ts";
 import { type IPNet, formatCIDR, tryParseCIDR } from "../ipmath.ts";
 import { logger } from "../log.ts";
 import { SUBNET_ENV_MAX_BYTES, parseEnvFile, readSmallRegularFile } from "../subnet-env.ts";
-import { TrafficRules, type TrafficRulesStep } from "./traffic-rules.ts";
+import { TrafficRules, type TrafficRulesStats, type TrafficRulesStep } from "./traffic-rules.ts";
 
 /** FLANNEL_NETWORK and FLANNEL_SUBNET (masked to its network) of an existing subnet.env; null when unreadable. */
 export function previousNetworks(path: string): { network: string | null; subnet: string | null } | null {
@@ -31,6 +31,7 @@ export function trafficRulesStep(
     fullyRandomDisable: f["ip-masq-fully-random-disable"] === true,
     blackhole: f["ip-blackhole-route"] === true,
     resyncMs: Number(f["iptables-resync"] ?? 5) * 1000,
+    safetyNetMs: typeof f["reconcile-interval"] === "number" ? f["reconcile-interval"] : undefined,
     nftables: net.nftables,
     previous: previousNetworks(net.subnetFile),
     log: logger("rules"),
@@ -45,7 +46,7 @@ export function describeMissing(missing: string[]): string {
 
 /**
  * The step in the agent's shape: install() throws naming what is missing (the agent retries and holds readiness),
- * the first success starts the resync loop (ends with the signal), ready() says what is missing meanwhile.
+ * the first success starts keeping the rules (until the signal or stop()), ready() says what is missing meanwhile.
  */
 export function agentTrafficRules(ctx: {
   flags: Record<string, FlagValue>;
@@ -54,7 +55,7 @@ export function agentTrafficRules(ctx: {
   nftables: boolean;
   subnetFile: string;
   signal: AbortSignal;
-}): { install(): Promise<void>; ready(): string | null; stop(): void; stats(): { repaired: number; failures: number } } {
+}): { install(): Promise<void>; ready(): string | null; stop(): void; stats(): TrafficRulesStats } {
   const step = trafficRulesStep(ctx.flags, ctx);
   let running = false;
   return {
@@ -65,7 +66,7 @@ export function agentTrafficRules(ctx: {
       void step.run(ctx.signal);
     },
     ready: () => (step.missing().length > 0 ? `traffic rules: ${describeMissing(step.missing())}` : null),
-    stop: () => {}, // the loop ends with the signal; the rules stay in place
+    stop: () => step.stop(), // the watchers go; the rules stay in place
     stats: () => step.stats,
   };
 }

@@ -1,13 +1,19 @@
 // flanneld's traffic rules, kept: forward accept (--iptables-forward-rules) and masquerade (--ip-masq) installed
-// before subnet.env is written and before ready, then checked every --iptables-resync seconds in one read and
-// repaired when something (a firewalld reload, `iptables -F`) removed them (flannel #1668). Plus flanneld's optional
-// blackhole route for our own subnet. Nothing is removed on exit: a restart must not cut traffic.
-
+// before subnet.env is written and before ready, then kept: where the rules live in nf_tables (nftables mode,
+// iptables-nft) one long-lived `nft monitor rules` reports every change near them and a check follows within a
+// fraction of a second (check-policy.ts: debounced, rate-limited on a busy host, a safety net every
+// --reconcile-interval); iptables-legacy has no change events, so there it is one read every --iptables-resync seconds,
+// as flanneld does. Whatever removed them (a firewalld reload, `iptables -F`: flannel #1668) is repaired in one write.
+// Plus flanneld's optional blackhole route for our own subnet, watched with `ip monitor route`. Nothing is removed on
+// exit: a restart must not cut traffic.
 import type { ConsolaInstance } from "consola";
 import { type Engine, IptablesEngine, NftEngine, RulesError, detectIptables, makeIptablesEngine } from "./engines.ts";
-import { type Exec, have, makeExec } from "./exec.ts";
+import { type CheckOutcome, CheckPolicy } from "./check-policy.ts";
+import { type Exec, have, makeExec, wrapArgv } from "./exec.ts";
+import { type MonitorLine, type WatchTarget, nftEventMatters, parseNftRuleEvent, routeLineMatters } from "./monitor-lines.ts";
 import type { RuleSet } from "./types.ts";
-import { sleep } from "../sleep.ts";
+import { type ChangeWatcher, NETLINK_NETFILTER, NETLINK_ROUTE, Watcher, type WatcherOptions } from "./watcher.ts";
+import { escapeLogText } from "../log-text.ts";
 
 export interface TrafficRulesOptions {
   network: string;
@@ -20,14 +26,18 @@ export interface TrafficRulesOptions {
   nftables: boolean;
   /** --ip-blackhole-route */
   blackhole: boolean;
-  /** --iptables-resync in ms. */
+  /** --iptables-resync in ms: the poll period where changes cannot be watched, the rate limit where they can. */
   resyncMs: number;
+  /** Safety-net check period while changes are watched (--reconcile-interval; default 5 min). */
+  safetyNetMs?: number;
   /** FLANNEL_NETWORK / FLANNEL_SUBNET (masked) of the previous run's subnet.env, if any. */
   previous: { network: string | null; subnet: string | null } | null;
   log: ConsolaInstance;
   /** Run every command in this network namespace (tests). */
   netns?: string;
   exec?: Exec;
+  /** Starts a change watcher; by default a real process, none with a scripted `exec` (no kernel to watch). */
+  watcher?: (o: WatcherOptions) => ChangeWatcher;
 }
 
 export interface TrafficRulesStats {
@@ -35,14 +45,18 @@ export interface TrafficRulesStats {
   repaired: number;
   /** Checks or fixes that failed (retried next period). */
   failures: number;
+  /** Processes this step started (reads, fixes, watchers): 0 while an agent is idle on a watched host. */
+  processesSpawned: number;
 }
 
 /** What the agent needs from a traffic-rules step: install before ready, keep in the background, report. */
 export interface TrafficRulesStep {
   /** First install; true when every rule is in place (false: logged, retried by run()). */
   install(): Promise<boolean>;
-  /** The resync loop until the signal aborts. */
+  /** Keeps the rules until the signal aborts (or stop()). */
   run(signal: AbortSignal): Promise<void>;
+  /** Ends run() and kills the watchers. */
+  stop(): void;
   /** What is still missing, for /readyz (empty when everything is in place). */
   missing(): string[];
   readonly stats: TrafficRulesStats;
@@ -52,9 +66,17 @@ export interface TrafficRulesStep {
 // keeps `ip route replace` from ever replacing that route.
 const BLACKHOLE_METRIC = "4294967295";
 
+const DEFAULT_SAFETY_NET_MS = 5 * 60_000;
+const FIX_ATTEMPTS = 3;
+
 export class TrafficRules implements TrafficRulesStep {
-  readonly stats: TrafficRulesStats = { repaired: 0, failures: 0 };
+  readonly stats: TrafficRulesStats = { repaired: 0, failures: 0, processesSpawned: 0 };
   private readonly exec: Exec;
+  private readonly policy: CheckPolicy;
+  private watchers: ChangeWatcher[] = [];
+  private watchStarted = false;
+  private readonly stopper = new AbortController();
+  private wake: (() => void) | null = null;
   private engine: Engine | null = null;
   private problems: string[] = ["traffic rules not checked yet"];
   private installed = false;
@@ -62,7 +84,12 @@ export class TrafficRules implements TrafficRulesStep {
   private ruleSet: RuleSet | null = null;
 
   constructor(private readonly o: TrafficRulesOptions) {
-    this.exec = o.exec ?? makeExec(o.netns);
+    const exec = o.exec ?? makeExec(o.netns);
+    this.exec = (argv, stdin) => {
+      this.stats.processesSpawned++;
+      return exec(argv, stdin);
+    };
+    this.policy = new CheckPolicy({ resyncMs: o.resyncMs, safetyNetMs: o.safetyNetMs ?? DEFAULT_SAFETY_NET_MS }, Date.now());
   }
 
   missing(): string[] {
@@ -136,21 +163,38 @@ export class TrafficRules implements TrafficRulesStep {
 
   /** One check and, if needed, one fix. Returns whether everything is in place afterwards. */
   private async sync(first: boolean): Promise<boolean> {
+    return (await this.check(first)) !== "failed";
+  }
+
+  private async check(first: boolean): Promise<CheckOutcome> {
     const engine = this.engine;
     const rs = this.ruleSet;
-    if (!engine || !rs) return false;
+    if (!engine || !rs) return "failed";
     let problems: string[] = [];
     try {
       const insp = await engine.inspect(rs, first);
       const bh = this.o.blackhole ? await this.blackholeMissing() : false;
       problems = [...insp.problems, ...(bh ? [`blackhole route for ${rs.subnet} missing`] : [])];
       if (problems.length > 0) {
-        await insp.fix();
-        if (bh) await this.addBlackhole();
-        const after = await engine.inspect(rs, false);
-        const bhAfter = this.o.blackhole ? await this.blackholeMissing() : false;
-        const left = [...after.problems, ...(bhAfter ? [`blackhole route for ${rs.subnet} missing`] : [])];
-        if (left.length > 0) throw new RulesError(`still wrong after the fix: ${left.join("; ")}`);
+        // Fixed, then read again; what is still wrong may be a change made meanwhile (firewalld reloading right
+        // then), so it is fixed again, a few times at most, before the fix itself is called failed.
+        let fix = insp.fix;
+        let bhFix = bh;
+        for (let attempt = 1; ; attempt++) {
+          this.policy.writing(); // the events of our own write cost no token
+          try {
+            await fix();
+            if (bhFix) await this.addBlackhole();
+          } finally {
+            this.policy.written(Date.now());
+          }
+          const after = await engine.inspect(rs, false);
+          bhFix = this.o.blackhole ? await this.blackholeMissing() : false;
+          const left = [...after.problems, ...(bhFix ? [`blackhole route for ${rs.subnet} missing`] : [])];
+          if (left.length === 0) break;
+          if (attempt === FIX_ATTEMPTS) throw new RulesError(`still wrong after the fix: ${left.join("; ")}`);
+          fix = after.fix;
+        }
         if (this.installed) {
           this.stats.repaired += problems.length;
           this.o.log.warn(`traffic rules repaired (${engine.kind}): ${problems.join("; ")}`);
@@ -160,10 +204,10 @@ export class TrafficRules implements TrafficRulesStep {
       this.problems = [];
       if (this.lastError) this.o.log.info("traffic rules: in place again");
       this.lastError = "";
-      return true;
+      return problems.length > 0 ? "repaired" : "clean";
     } catch (e) {
       this.failed(e, problems);
-      return false;
+      return "failed";
     }
   }
 
@@ -181,13 +225,130 @@ export class TrafficRules implements TrafficRulesStep {
   }
 
   async run(signal: AbortSignal): Promise<void> {
-    while (!signal.aborted) {
-      await sleep(this.o.resyncMs, signal);
-      if (signal.aborted) break;
-      if (!this.engine) {
-        if (!this.installed) await this.install();
-      } else await this.sync(!this.installed);
+    const stop = AbortSignal.any([signal, this.stopper.signal]);
+    const onAbort = () => this.wake?.();
+    stop.addEventListener("abort", onAbort);
+    try {
+      while (!stop.aborted) {
+        if (this.engine && !this.watchStarted) this.startWatching(stop);
+        const now = Date.now();
+        if (this.installed && !this.wanted()) {
+          await this.sleep(Number.POSITIVE_INFINITY, stop); // nothing to keep
+          continue;
+        }
+        this.policy.polling = this.watchers.length === 0 || this.watchers.some((w) => !w.alive);
+        const at = this.policy.nextAt(now);
+        if (at > now) {
+          await this.sleep(at - now, stop); // woken early by an event, a watcher or the stop: looked at again
+          continue;
+        }
+        this.policy.begin(now);
+        let outcome: CheckOutcome;
+        if (!this.engine) outcome = (await this.install()) ? "clean" : "failed";
+        else outcome = await this.check(!this.installed);
+        this.policy.end(Date.now(), outcome);
+      }
+    } finally {
+      stop.removeEventListener("abort", onAbort);
+      for (const w of this.watchers) w.stop();
+      this.watchers = [];
     }
+  }
+
+  stop(): void {
+    this.stopper.abort();
+    for (const w of this.watchers) w.stop();
+  }
+
+  /** PIDs of the running watchers (tests, and anyone asking what this step runs). */
+  watcherPids(): number[] {
+    return this.watchers.map((w) => w.pid).filter((p): p is number => typeof p === "number");
+  }
+
+  private wanted(): boolean {
+    return this.o.masq || this.o.forward || this.o.blackhole;
+  }
+
+  /** Sleeps up to `ms` (24 h at most per turn), or until woken. */
+  private sleep(ms: number, signal: AbortSignal): Promise<void> {
+    if (signal.aborted) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(done, Math.min(ms, 86_400_000));
+      function done() {
+        clearTimeout(t);
+        resolve();
+      }
+      this.wake = () => {
+        this.wake = null;
+        done();
+      };
+    });
+  }
+
+  private changed(): void {
+    this.policy.event(Date.now());
+    this.wake?.();
+  }
+
+  /** Starts the watchers this engine allows, and says once how the rules are kept. */
+  private startWatching(signal: AbortSignal): void {
+    this.watchStarted = true;
+    const o = this.o;
+    const rs = this.ruleSet;
+    const engine = this.engine;
+    if (!rs || !engine || !this.wanted()) return;
+    const resync = `${o.resyncMs / 1000} s`;
+    const targets: WatchTarget[] | null = o.masq || o.forward ? engine.watchTargets(rs) : [];
+    if (targets === null || (targets.length > 0 && !have("nft"))) {
+      o.log.info(
+        targets === null
+          ? `traffic rules: ${engine.kind} reports no changes; checking every ${resync} (--iptables-resync)`
+          : `traffic rules: nft is not installed, so changes cannot be watched; checking every ${resync} (--iptables-resync; install nftables to watch)`,
+      );
+      return;
+    }
+    const onState = (watching: boolean) => {
+      if (watching) this.policy.watching(Date.now());
+      this.wake?.();
+    };
+    const make = o.watcher ?? (o.exec ? null : (w: WatcherOptions) => new Watcher(w));
+    if (!make) return;
+    const common = { onState, onSpawn: () => this.stats.processesSpawned++, log: o.log };
+    if (targets.length > 0)
+      this.watchers.push(
+        make({
+          ...common,
+          name: "nft monitor rules",
+          argv: wrapArgv(o.netns, ["nft", "monitor", "rules"]),
+          netlinkProtocol: NETLINK_NETFILTER,
+          onLine: (line) => this.nftLine(line, targets),
+        }),
+      );
+    if (o.blackhole)
+      this.watchers.push(
+        make({
+          ...common,
+          name: "ip monitor route",
+          argv: wrapArgv(o.netns, ["ip", "-4", "-o", "monitor", "route"]),
+          netlinkProtocol: NETLINK_ROUTE,
+          onLine: (line) => {
+            if (routeLineMatters(line, rs.subnet)) this.changed();
+          },
+        }),
+      );
+    if (signal.aborted) return;
+    for (const w of this.watchers) w.start();
+    const safety = (o.safetyNetMs ?? DEFAULT_SAFETY_NET_MS) / 1000;
+    o.log.info(
+      `traffic rules: watching for changes (${this.watchers.map((w) => `\`${w.name}\``).join(", ")}); a check follows each, at most one per ${resync} on a busy host, plus one every ${safety} s`,
+    );
+  }
+
+  private nftLine(line: MonitorLine, targets: WatchTarget[]): void {
+    const ev = parseNftRuleEvent(line);
+    if (!ev || !nftEventMatters(ev, targets)) return;
+    this.o.log.debug(`traffic rules: change seen: ${escapeLogText(line.text)}`);
+    this.changed();
   }
 
   private async blackholeRoutes(): Promise<string[]> {

@@ -1,73 +1,11 @@
 // Traffic rules against the real kernel: TrafficRules driving iptables-restore / iptables-save / nft inside a
 // throw-away network namespace per test (nothing in the root namespace), including repair after a flush and switching
 // engines. The e2e tests (test/e2e/traffic-rules.test.ts) show the traffic effect between lab hosts.
-import { afterEach, describe, expect, test } from "bun:test";
-import { randomBytes } from "node:crypto";
-import type { ConsolaInstance } from "consola";
-import { TrafficRules, type TrafficRulesOptions } from "../../src/rules/traffic-rules.ts";
+import { describe, expect, test } from "bun:test";
 import { detectIptables } from "../../src/rules/engines.ts";
 import { makeExec } from "../../src/rules/exec.ts";
-import { testName } from "../helpers/binary.ts";
-
-const N = "10.5.0.0/16";
-const P = "10.5.52.0/24";
-const made: string[] = [];
-
-function sh(cmd: string[], stdin?: string): string {
-  const r = Bun.spawnSync(cmd, { stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin), stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`${cmd.join(" ")}: ${r.stderr.toString().trim()}`);
-  return r.stdout.toString();
-}
-const inNs = (ns: string, cmd: string[], stdin?: string) => sh(["ip", "netns", "exec", ns, ...cmd], stdin);
-
-function newNs(): string {
-  const ns = testName(`rl-${randomBytes(3).toString("hex")}`);
-  sh(["ip", "netns", "add", ns]);
-  made.push(ns);
-  inNs(ns, ["ip", "link", "set", "lo", "up"]);
-  return ns;
-}
-
-afterEach(() => {
-  for (const ns of made.splice(0)) Bun.spawnSync(["ip", "netns", "del", ns]);
-});
-
-function capture(): { log: ConsolaInstance; lines: string[] } {
-  const lines: string[] = [];
-  const put =
-    (lvl: string) =>
-    (...a: unknown[]) =>
-      void lines.push(`${lvl} ${a.map(String).join(" ")}`);
-  const log = {
-    info: put("info"),
-    warn: put("warn"),
-    error: put("error"),
-    success: put("info"),
-    debug: () => {},
-  } as unknown as ConsolaInstance;
-  return { log, lines };
-}
-
-function rules(ns: string, extra: Partial<TrafficRulesOptions> = {}) {
-  const { log, lines } = capture();
-  const tr = new TrafficRules({
-    network: N,
-    subnet: P,
-    masq: true,
-    forward: true,
-    fullyRandomDisable: false,
-    nftables: false,
-    blackhole: false,
-    resyncMs: 200,
-    previous: null,
-    log,
-    netns: ns,
-    ...extra,
-  });
-  return { tr, lines };
-}
-
-const ourLines = (dump: string) => dump.split("\n").filter((l) => l.includes("FLANNEL") || l.includes("flanneld"));
+import type { TrafficRules } from "../../src/rules/traffic-rules.ts";
+import { N, inNs, newNs, ourLines, rules } from "./helpers.ts";
 
 /** Runs the resync loop until cond() holds (bounded) and stops it. */
 async function resyncUntil(tr: TrafficRules, cond: () => boolean, ms = 5000): Promise<boolean> {

@@ -1,0 +1,126 @@
+// When the traffic rules are checked, given change events, a watcher that may be down, and failures. Pure: the
+// clock is passed in, so the debounce and the rate limit are unit-tested without waiting.
+//
+// - A change event: one check after the changes stop for DEBOUNCE_MS (at most MAX_DELAY_MS after the first), so a
+//   firewalld reload or `iptables -F` (many events) costs one check and a removed rule is back well within a second.
+// - A busy host (Docker, kube-proxy or firewalld writing next to our rules): checks that find nothing wrong spend a
+//   token; there are BURST tokens and one comes back per --iptables-resync, so sustained churn costs at most one check
+//   per period. Checks that repair something spend none (a real removal is never made to wait), and nor does the one
+//   check that the events of our own fix cause (seen until GRACE_MS after it).
+// - Polling every --iptables-resync while changes cannot be watched (iptables-legacy, the watcher down) or after a
+//   failed check; otherwise a safety-net check every safetyNetMs (--reconcile-interval).
+
+export type CheckOutcome = "clean" | "repaired" | "failed";
+
+export interface CheckPolicyOptions {
+  resyncMs: number;
+  safetyNetMs: number;
+  debounceMs?: number;
+  maxDelayMs?: number;
+  burst?: number;
+  graceMs?: number;
+}
+
+export const DEBOUNCE_MS = 100;
+export const MAX_DELAY_MS = 500;
+export const BURST = 3;
+export const GRACE_MS = 2000;
+
+export class CheckPolicy {
+  /** Changes cannot be watched right now: check every resyncMs. Set by the owner. */
+  polling = false;
+  private readonly debounceMs: number;
+  private readonly maxDelayMs: number;
+  private readonly burst: number;
+  private readonly graceMs: number;
+  private tokens: number;
+  private refilledAt: number;
+  /** A check is wanted at this time for events not yet covered by a read (null: none pending). */
+  private dueAt: number | null = null;
+  private firstEventAt = 0;
+  /** Every pending event is one our own write caused (or the watcher's start): the check costs no token. */
+  private pendingFree = true;
+  private freeUntil = Number.NEGATIVE_INFINITY;
+  private lastCheckAt: number;
+  private retrying = false;
+  private charge = false;
+
+  constructor(
+    private readonly o: CheckPolicyOptions,
+    now: number,
+  ) {
+    this.debounceMs = o.debounceMs ?? DEBOUNCE_MS;
+    this.maxDelayMs = o.maxDelayMs ?? MAX_DELAY_MS;
+    this.burst = o.burst ?? BURST;
+    this.graceMs = o.graceMs ?? GRACE_MS;
+    this.tokens = this.burst;
+    this.refilledAt = now;
+    this.lastCheckAt = now;
+  }
+
+  /** A change that may concern our rules was seen. */
+  event(now: number): void {
+    const free = now <= this.freeUntil;
+    if (this.dueAt === null) {
+      this.firstEventAt = now;
+      this.pendingFree = free;
+    } else this.pendingFree &&= free;
+    this.dueAt = Math.min(now + this.debounceMs, this.firstEventAt + this.maxDelayMs);
+  }
+
+  /** The watcher has (re)subscribed: whatever changed before that was not seen, so check now (no token). */
+  watching(now: number): void {
+    if (this.dueAt === null) this.pendingFree = true;
+    this.dueAt = now;
+  }
+
+  /** When the next check is due (may be now or past). */
+  nextAt(now: number): number {
+    this.refill(now);
+    let at = this.lastCheckAt + this.o.safetyNetMs;
+    if (this.polling || this.retrying) at = Math.min(at, this.lastCheckAt + this.o.resyncMs);
+    if (this.dueAt !== null) {
+      const tokenAt = this.pendingFree || this.tokens >= 1 ? now : now + (1 - this.tokens) * this.o.resyncMs;
+      at = Math.min(at, Math.max(this.dueAt, tokenAt));
+    }
+    return at;
+  }
+
+  /** A check starts: its read covers every event seen so far. */
+  begin(now: number): void {
+    const periodic = now >= this.lastCheckAt + (this.polling || this.retrying ? this.o.resyncMs : this.o.safetyNetMs);
+    this.charge = this.dueAt !== null && !this.pendingFree && !periodic;
+    // Our own write's events earn one free check, not a free window a busy host could use.
+    if (this.dueAt !== null && this.pendingFree) this.freeUntil = Number.NEGATIVE_INFINITY;
+    this.covered();
+  }
+
+  /** Our own fix starts writing (its events cost nothing) … */
+  writing(): void {
+    this.freeUntil = Number.POSITIVE_INFINITY;
+  }
+
+  /** … and is done; the read that verifies it starts next and covers every event seen until now. */
+  written(now: number): void {
+    this.freeUntil = now + this.graceMs;
+    this.covered();
+  }
+
+  end(now: number, outcome: CheckOutcome): void {
+    this.refill(now);
+    if (this.charge && outcome !== "repaired") this.tokens = Math.max(0, this.tokens - 1);
+    this.charge = false;
+    this.retrying = outcome === "failed";
+    this.lastCheckAt = now;
+  }
+
+  private covered(): void {
+    this.dueAt = null;
+    this.pendingFree = true;
+  }
+
+  private refill(now: number): void {
+    this.tokens = Math.min(this.burst, this.tokens + (now - this.refilledAt) / this.o.resyncMs);
+    this.refilledAt = now;
+  }
+}

@@ -1,0 +1,231 @@
+// Event-driven keeping of the traffic rules against the real kernel, in a throw-away namespace per test: with
+// --iptables-resync (and the safety net) at 300 s, polling cannot be what repairs anything, so each removal coming
+// back within 2 s shows `nft monitor rules` (or `ip monitor route`) at work. Also: an idle step starts no process,
+// churn in other chains costs no check, a killed monitor is restarted, stop() kills it, and iptables-legacy polls.
+import { describe, expect, test } from "bun:test";
+import type { TrafficRules } from "../../src/rules/traffic-rules.ts";
+import { inNs, newNs, ourLines, rules, within } from "./helpers.ts";
+
+const T = 60_000;
+const LONG = { resyncMs: 300_000, safetyNetMs: 300_000 };
+const BACK_MS = 2000;
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/** Installs, starts keeping, and waits until the watchers have subscribed and the start check ran. */
+async function keeping(tr: TrafficRules, watchers = 1): Promise<{ stop: () => Promise<void> }> {
+  expect(await tr.install()).toBe(true);
+  const ac = new AbortController();
+  const loop = tr.run(ac.signal);
+  expect(await within(10_000, () => tr.watcherPids().length === watchers)).not.toBeNull();
+  // Quiet: the start check (and its processes) done.
+  let last = -1;
+  await within(10_000, () => {
+    const n = tr.stats.processesSpawned;
+    const quiet = n === last;
+    last = n;
+    return quiet;
+  });
+  return {
+    stop: async () => {
+      ac.abort();
+      await loop;
+    },
+  };
+}
+
+const iptCount = (ns: string) => ourLines(inNs(ns, ["iptables-nft-save"])).length;
+
+describe("iptables-nft: repaired on the change event", () => {
+  test(
+    "a masquerade rule, a forward rule, the jump, a flushed chain, iptables -F, nft flush ruleset: each back within 2 s",
+    async () => {
+      const ns = newNs();
+      const { tr, lines } = rules(ns, LONG);
+      const k = await keeping(tr);
+      expect(lines.some((l) => l.includes("watching for changes (`nft monitor rules`)"))).toBe(true);
+      expect(iptCount(ns)).toBe(12);
+      const cases: [string, string[]][] = [
+        ["masquerade rule", ["iptables-nft", "-t", "nat", "-D", "FLANNEL-POSTRTG", "5"]],
+        ["forward rule", ["iptables-nft", "-D", "FLANNEL-FWD", "1"]],
+        ["jump", ["iptables-nft", "-D", "FORWARD", "-m", "comment", "--comment", "flanneld forward", "-j", "FLANNEL-FWD"]],
+        ["flushed chain", ["iptables-nft", "-t", "nat", "-F", "FLANNEL-POSTRTG"]],
+        ["iptables -F", ["iptables-nft", "-F"]],
+        ["nft flush ruleset", ["nft", "flush", "ruleset"]],
+      ];
+      const took: Record<string, number | null> = {};
+      for (const [what, cmd] of cases) {
+        inNs(ns, cmd);
+        expect(iptCount(ns)).toBeLessThan(12);
+        took[what] = await within(BACK_MS, () => iptCount(ns) === 12);
+      }
+      console.log(`repair latency (ms): ${JSON.stringify(took)}`);
+      for (const [what] of cases) expect({ what, back: took[what] !== null }).toEqual({ what, back: true });
+      expect(tr.stats.repaired).toBeGreaterThanOrEqual(cases.length);
+      await k.stop();
+    },
+    T,
+  );
+
+  test(
+    "idle for 5 s: no process; churn in other chains and other rules added to FORWARD: no check either",
+    async () => {
+      const ns = newNs();
+      const { tr } = rules(ns, LONG);
+      const k = await keeping(tr);
+      const before = tr.stats.processesSpawned;
+      await Bun.sleep(5000);
+      expect(tr.stats.processesSpawned).toBe(before);
+      // kube-proxy style: its own chains rewritten again and again; Docker style: its own rules added to FORWARD.
+      inNs(ns, ["iptables-nft", "-t", "nat", "-N", "KUBE-SVC-TEST"]);
+      for (let i = 0; i < 20; i++) {
+        inNs(ns, ["iptables-nft", "-t", "nat", "-A", "KUBE-SVC-TEST", "-d", `10.96.0.${i}`, "-j", "RETURN"]);
+        inNs(ns, ["iptables-nft", "-t", "nat", "-F", "KUBE-SVC-TEST"]);
+        inNs(ns, ["iptables-nft", "-A", "FORWARD", "-i", `docker${i}`, "-j", "ACCEPT"]);
+      }
+      await Bun.sleep(500);
+      expect(tr.stats.processesSpawned).toBe(before);
+      await k.stop();
+    },
+    T,
+  );
+
+  test(
+    "deletes of other rules in FORWARD: a few checks, then none until a token comes back (rate limit)",
+    async () => {
+      const ns = newNs();
+      const { tr } = rules(ns, LONG);
+      for (let i = 0; i < 30; i++) inNs(ns, ["iptables-nft", "-I", "FORWARD", "-i", `docker${i}`, "-j", "ACCEPT"]);
+      const k = await keeping(tr);
+      const before = tr.stats.processesSpawned;
+      for (let i = 0; i < 30; i++) {
+        inNs(ns, ["iptables-nft", "-D", "FORWARD", "-i", `docker${i}`, "-j", "ACCEPT"]);
+        await Bun.sleep(150);
+      }
+      await Bun.sleep(500);
+      // At most BURST (3) fruitless checks of 2 reads each, whatever the number of events.
+      expect(tr.stats.processesSpawned - before).toBeLessThanOrEqual(6);
+      expect(tr.stats.processesSpawned - before).toBeGreaterThan(0);
+      await k.stop();
+    },
+    T,
+  );
+
+  test(
+    "a killed monitor is restarted (polling meanwhile) and repairs again; stop() kills it",
+    async () => {
+      const ns = newNs();
+      const { tr, lines } = rules(ns, { ...LONG, resyncMs: 1000 });
+      const k = await keeping(tr);
+      const [pid] = tr.watcherPids();
+      process.kill(pid!, "SIGKILL");
+      expect(await within(10_000, () => tr.watcherPids().length === 1 && tr.watcherPids()[0] !== pid)).not.toBeNull();
+      expect(lines.filter((l) => l.includes("nft monitor rules exited")).length).toBe(1);
+      await within(5000, () => lines.some((l) => l.includes("running again")));
+      inNs(ns, ["iptables-nft", "-F", "FLANNEL-FWD"]);
+      expect(await within(BACK_MS, () => iptCount(ns) === 12)).not.toBeNull();
+      const [now] = tr.watcherPids();
+      await k.stop();
+      expect(await within(5000, () => !alive(now!))).not.toBeNull();
+      expect(tr.watcherPids()).toEqual([]);
+    },
+    T,
+  );
+});
+
+describe("nftables mode: repaired on the change event", () => {
+  test(
+    "nft delete table ip flannel-ipv4, a flushed chain, a deleted rule: each back within 2 s",
+    async () => {
+      const ns = newNs();
+      const { tr } = rules(ns, { ...LONG, nftables: true });
+      const k = await keeping(tr);
+      const complete = () => {
+        const r = Bun.spawnSync(["ip", "netns", "exec", ns, "nft", "list", "table", "ip", "flannel-ipv4"], {
+          stdout: "pipe",
+          stderr: "pipe",
+        });
+        const t = r.stdout.toString();
+        return t.includes("ip daddr 10.5.0.0/16 accept") && t.includes("ip saddr != 10.5.0.0/16 ip daddr 10.5.0.0/16 masquerade");
+      };
+      expect(complete()).toBe(true);
+      const handle = /ip saddr 10\.5\.0\.0\/16 accept # handle (\d+)/.exec(
+        inNs(ns, ["nft", "-a", "list", "chain", "ip", "flannel-ipv4", "forward"]),
+      )?.[1];
+      expect(handle).toBeDefined();
+      const cases: [string, string[]][] = [
+        ["table deleted", ["nft", "delete", "table", "ip", "flannel-ipv4"]],
+        ["chain flushed", ["nft", "flush", "chain", "ip", "flannel-ipv4", "postrtg"]],
+      ];
+      const took: Record<string, number | null> = {};
+      for (const [what, cmd] of cases) {
+        inNs(ns, cmd);
+        expect(complete()).toBe(false);
+        took[what] = await within(BACK_MS, complete);
+      }
+      const h = /ip saddr 10\.5\.0\.0\/16 accept # handle (\d+)/.exec(
+        inNs(ns, ["nft", "-a", "list", "chain", "ip", "flannel-ipv4", "forward"]),
+      )?.[1];
+      inNs(ns, ["nft", "delete", "rule", "ip", "flannel-ipv4", "forward", "handle", h!]);
+      took["rule deleted"] = await within(BACK_MS, () =>
+        inNs(ns, ["nft", "list", "chain", "ip", "flannel-ipv4", "forward"]).includes("ip saddr 10.5.0.0/16 accept"),
+      );
+      console.log(`repair latency (ms): ${JSON.stringify(took)}`);
+      for (const what of Object.keys(took)) expect({ what, back: took[what] !== null }).toEqual({ what, back: true });
+      await k.stop();
+    },
+    T,
+  );
+});
+
+describe("--ip-blackhole-route", () => {
+  test(
+    "the blackhole route deleted by hand is back within 2 s (ip monitor route); idle: no process",
+    async () => {
+      const ns = newNs();
+      const { tr } = rules(ns, { ...LONG, blackhole: true, masq: false });
+      const k = await keeping(tr, 2);
+      const before = tr.stats.processesSpawned;
+      inNs(ns, ["ip", "route", "add", "10.5.9.0/24", "dev", "lo"]); // someone else's route: no check
+      await Bun.sleep(1000);
+      expect(tr.stats.processesSpawned).toBe(before);
+      const has = () => inNs(ns, ["ip", "route", "show", "type", "blackhole"]).includes("blackhole 10.5.52.0/24");
+      inNs(ns, ["ip", "route", "del", "blackhole", "10.5.52.0/24", "metric", "4294967295"]);
+      expect(has()).toBe(false);
+      expect(await within(BACK_MS, has)).not.toBeNull();
+      await k.stop();
+    },
+    T,
+  );
+});
+
+describe("iptables-legacy: no change events", () => {
+  test(
+    "polls every --iptables-resync (says so at start), starts no monitor, and repairs within the period",
+    async () => {
+      const ns = newNs();
+      inNs(ns, ["iptables-legacy", "-A", "INPUT", "-i", "other0", "-j", "ACCEPT"]);
+      const { tr, lines } = rules(ns, { ...LONG, resyncMs: 1000 });
+      expect(await tr.install()).toBe(true);
+      const ac = new AbortController();
+      const loop = tr.run(ac.signal);
+      expect(
+        await within(2000, () => lines.some((l) => l.includes("iptables-legacy reports no changes; checking every 1 s"))),
+      ).not.toBeNull();
+      inNs(ns, ["iptables-legacy", "-F", "FLANNEL-FWD"]);
+      const count = () => ourLines(inNs(ns, ["iptables-legacy-save"])).length;
+      expect(await within(5000, () => count() === 12)).not.toBeNull();
+      expect(tr.watcherPids()).toEqual([]);
+      ac.abort();
+      await loop;
+    },
+    T,
+  );
+});
