@@ -73,6 +73,7 @@ export class TrafficRules implements TrafficRulesStep {
   readonly stats: TrafficRulesStats = { repaired: 0, failures: 0, processesSpawned: 0 };
   private readonly exec: Exec;
   private readonly policy: CheckPolicy;
+  private readonly safetyNetMs: number;
   private watchers: ChangeWatcher[] = [];
   private watchStarted = false;
   private readonly stopper = new AbortController();
@@ -89,7 +90,9 @@ export class TrafficRules implements TrafficRulesStep {
       this.stats.processesSpawned++;
       return exec(argv, stdin);
     };
-    this.policy = new CheckPolicy({ resyncMs: o.resyncMs, safetyNetMs: o.safetyNetMs ?? DEFAULT_SAFETY_NET_MS }, Date.now());
+    // Never more often than the poll period (a --reconcile-interval of 0 or 100ms must not become a busy loop).
+    this.safetyNetMs = Math.max(o.safetyNetMs ?? DEFAULT_SAFETY_NET_MS, o.resyncMs);
+    this.policy = new CheckPolicy({ resyncMs: o.resyncMs, safetyNetMs: this.safetyNetMs }, Date.now());
   }
 
   missing(): string[] {
@@ -338,7 +341,7 @@ export class TrafficRules implements TrafficRulesStep {
       );
     if (signal.aborted) return;
     for (const w of this.watchers) w.start();
-    const safety = (o.safetyNetMs ?? DEFAULT_SAFETY_NET_MS) / 1000;
+    const safety = this.safetyNetMs / 1000;
     o.log.info(
       `traffic rules: watching for changes (${this.watchers.map((w) => `\`${w.name}\``).join(", ")}); a check follows each, at most one per ${resync} on a busy host, plus one every ${safety} s`,
     );
