@@ -83,11 +83,11 @@ export function countingFailures(s: Store, health: StoreHealth): Store {
     kind: s.kind,
     location: s.location,
     get: (key) => counted(s.get(key)),
-    list: (prefix) => counted(s.list(prefix)),
+    list: (prefix, o) => counted(s.list(prefix, o)),
     create: (key, value, o) => counted(s.create(key, value, o)),
     update: (key, value, revision, o) => counted(s.update(key, value, revision, o)),
     delete: (key, revision) => counted(s.delete(key, revision)),
-    watch: (prefix, after, signal) => s.watch(prefix, after, signal), // breaks are counted by the store and the supervisor
+    watch: (prefix, after, signal, o) => s.watch(prefix, after, signal, o), // breaks are counted by the store and the supervisor
     currentRevision: (prefix) => s.currentRevision(prefix), // counted by the supervisor that calls it
     close: () => s.close(),
   };

@@ -30,6 +30,11 @@ export interface ReconcilerOptions {
   fullIntervalMs?: number;
   /** How long set()/delete() wait for more changes before a drain starts. Default 5 ms. */
   coalesceMs?: number;
+  /**
+   * While changes keep coming (a drain started less than this long ago), the next drain waits until this long after
+   * the last one began, so a join storm's peers share processes instead of costing 3 each. Default 50 ms.
+   */
+  busyCoalesceMs?: number;
   /** Watch the kernel (ip monitor, bridge monitor fdb) from start() on and repair what it reports. Default true. */
   monitor?: boolean;
   /** How long monitor events are gathered before a repair drain (a deleted device is a burst of events). Default 20 ms. */
@@ -52,6 +57,9 @@ export class Reconciler {
   private readonly netns: string | undefined;
   private readonly fullIntervalMs: number;
   private readonly coalesceMs: number;
+  private readonly busyCoalesceMs: number;
+  /** performance.now() when the last set()/delete() drain fired. */
+  private lastDrainAt = Number.NEGATIVE_INFINITY;
   private readonly state: DesiredState;
   private readonly repeats = new RepeatFilter();
 
@@ -90,6 +98,7 @@ export class Reconciler {
     const every = opts.fullIntervalMs ?? DEFAULT_FULL_INTERVAL_MS;
     this.fullIntervalMs = Number.isFinite(every) && every > 0 ? every : DEFAULT_FULL_INTERVAL_MS;
     this.coalesceMs = opts.coalesceMs ?? 5;
+    this.busyCoalesceMs = opts.busyCoalesceMs ?? 50;
     this.monitorOn = opts.monitor ?? true;
     this.settleMs = opts.monitorSettleMs ?? 20;
     this.nexthopsOpt = opts.nexthops;
@@ -103,12 +112,17 @@ export class Reconciler {
   /** Desires `fragment` under `id`, replacing what that id desired before. Throws (changing nothing) on invalid values. */
   set(id: string, fragment: StateFragment): void {
     this.state.set(id, fragment);
-    this.scheduleDrain();
+    this.scheduleDrain(this.changeDelay());
   }
 
   /** Stops desiring what `id` desired; entries nobody else desires are removed from the kernel. */
   delete(id: string): void {
-    if (this.state.delete(id)) this.scheduleDrain();
+    if (this.state.delete(id)) this.scheduleDrain(this.changeDelay());
+  }
+
+  /** The coalescing window for a change: short after a quiet spell, up to busyCoalesceMs after the last drain. */
+  private changeDelay(): number {
+    return Math.max(this.coalesceMs, this.lastDrainAt + this.busyCoalesceMs - performance.now());
   }
 
   /** Resolves when everything set/deleted so far has been applied (or has failed after the queue's retries). */
@@ -213,6 +227,7 @@ export class Reconciler {
     if (this.drainTimer) return;
     this.drainTimer = setTimeout(() => {
       this.drainTimer = null;
+      this.lastDrainAt = performance.now();
       this.serial(() => this.drain()).catch((e) => {
         log.warn(`applying kernel state failed: ${(e as Error).message}; retrying`);
         this.retryLater();
