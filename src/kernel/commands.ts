@@ -42,17 +42,10 @@ export function routeReplace(route: Route, proto: number): Command {
   return make("ip", w);
 }
 
-/** A route through nexthop object `nhid` (gateway, device and onlink live in the nexthop). */
-export function routeReplaceNh(dst: string, nhid: number, proto: number): Command {
-  return make("ip", [
-    "route",
-    "replace",
-    validNet(dst, "route dst"),
-    "nhid",
-    String(validNexthopId(nhid)),
-    "proto",
-    String(validProto(proto)),
-  ]);
+/** `route` through nexthop object `nhid` (which holds the route's gateway, device and onlink flag). */
+export function routeReplaceNh(route: Route, nhid: number, proto: number): Command {
+  const r = validRoute(route);
+  return make("ip", ["route", "replace", r.dst, "nhid", String(validNexthopId(nhid)), "proto", String(validProto(proto))]);
 }
 
 /**

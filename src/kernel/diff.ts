@@ -246,7 +246,7 @@ export class DesiredState {
     if (!routeEq(want, have)) return false;
     if (!this.nhMode) return have.nhid === undefined;
     const e = this.nexthops.of(want as Route);
-    return e?.applied === true && have.nhid === e.id;
+    return e?.applied === true && have.nhid === e.nh.id;
   };
 
   /** Desires `fragment` under `id`, replacing what that id desired before. Throws (changing nothing) on invalid values. */
@@ -447,9 +447,9 @@ export class DesiredState {
       // The nexthop before the first route through it (applied is set now so it is sent once; undone on failure).
       if (!e.applied) {
         e.applied = true;
-        op(nexthopReplace(e, this.proto), NH, e.key, e.id);
+        op(nexthopReplace(e.nh, this.proto), NH, e.key, e.nh.id);
       }
-      op(routeReplaceNh(v.dst, e.id, this.proto), R, k, { ...v, nhid: e.id });
+      op(routeReplaceNh(v, e.nh.id, this.proto), R, k, { ...v, nhid: e.nh.id });
     }
     // Nexthops nobody wants, after the routes that used them were deleted or moved to another one.
     for (const key of NH.dirty) {
@@ -458,7 +458,7 @@ export class DesiredState {
       if (!e.applied) NH.release(e);
       else {
         e.applied = false; // now, so the monitor's echo of our own delete costs nothing
-        op(nexthopDel(e.id), NH, key, undefined);
+        op(nexthopDel(e.nh.id), NH, key, undefined);
       }
     }
     NH.dirty.clear();
@@ -489,7 +489,7 @@ export class DesiredState {
     if (id === undefined) {
       if (ok) nh.release(e);
       else if (e.want === 0) (e.applied = true), nh.dirty.add(key); // still there: the next plan tries again
-    } else if (!ok && e.id === id) e.applied = false;
+    } else if (!ok && e.nh.id === id) e.applied = false;
   }
 
   /** Routes we applied through nexthop `id` are gone with it: unapplied, and dirty if still desired. */
@@ -524,7 +524,7 @@ export class DesiredState {
         const e = this.nexthops.byId.get(ev.id);
         if (!e?.applied) return false;
         e.applied = false;
-        const any = this.lostRoutesVia(e.id);
+        const any = this.lostRoutesVia(e.nh.id);
         this.nexthops.release(e);
         return any;
       }

@@ -8,17 +8,17 @@
 // Ids: ours start at NEXTHOP_ID_BASE; ids in use by others (any other protocol) are never handed out. Our own
 // nexthops found in the kernel (a previous run's) are adopted with their ids, so a restart changes no route.
 import type { KNexthop } from "./kernel-read.ts";
-import { NEXTHOP_ID_BASE, NEXTHOP_ID_RANGE, type Route } from "./types.ts";
+import { NEXTHOP_ID_BASE, NEXTHOP_ID_RANGE, type Nexthop, type Route } from "./types.ts";
+import { nexthopOf, validNexthop } from "./validate.ts";
 
 export const nhKey = (via: string, dev: string, onlink: boolean): string => `${via} ${dev}${onlink ? " onlink" : ""}`;
 export const routeNhKey = (r: Route): string => nhKey(r.via, r.dev, r.onlink);
 
 export interface NhEntry {
   readonly key: string;
-  id: number;
-  readonly via: string;
+  /** The nexthop itself, canonical (its id changes only when another took it: then a new value). */
+  nh: Nexthop;
   readonly dev: string;
-  readonly onlink: boolean;
   /** The kernel has it (as far as we know). */
   applied: boolean;
   /** Desired routes through it. */
@@ -42,9 +42,8 @@ export class Nexthops {
     let e = this.entries.get(key);
     if (!e) {
       if (delta < 0) return;
-      e = { key, id: this.alloc(), via: r.via, dev: r.dev, onlink: r.onlink, applied: false, want: 0 };
-      this.entries.set(key, e);
-      this.byId.set(e.id, e);
+      e = { key, nh: nexthopOf(this.alloc(), r), dev: r.dev, applied: false, want: 0 };
+      this.place(e);
     }
     e.want += delta;
     if (e.want <= 0) {
@@ -62,7 +61,7 @@ export class Nexthops {
   release(e: NhEntry): void {
     if (e.want > 0 || e.applied) return;
     if (this.entries.get(e.key) === e) this.entries.delete(e.key);
-    if (this.byId.get(e.id) === e) this.byId.delete(e.id);
+    if (this.byId.get(e.nh.id) === e) this.byId.delete(e.nh.id);
   }
 
   /**
@@ -95,18 +94,10 @@ export class Nexthops {
     }
     for (const [key, ns] of ours) {
       const prev = old.get(key);
-      const chosen = ns.find((n) => n.id === prev?.id) ?? ns[0]!;
-      const e: NhEntry = {
-        key,
-        id: chosen.id,
-        via: chosen.via!,
-        dev: chosen.dev!,
-        onlink: chosen.onlink,
-        applied: true,
-        want: prev?.want ?? 0,
-      };
-      this.entries.set(key, e);
-      this.byId.set(e.id, e);
+      const chosen = ns.find((n) => n.id === prev?.nh.id) ?? ns[0]!;
+      const nh = validNexthop({ id: chosen.id, via: chosen.via, dev: chosen.dev, onlink: chosen.onlink });
+      const e: NhEntry = { key, nh, dev: nh.dev, applied: true, want: prev?.want ?? 0 };
+      this.place(e);
       for (const n of ns) {
         if (n === chosen) continue;
         this.taken.add(n.id);
@@ -119,11 +110,11 @@ export class Nexthops {
     for (const [key, e] of old) {
       if (this.entries.has(key) || e.want === 0) continue;
       const ne: NhEntry = { ...e, applied: false };
-      if (this.taken.has(e.id) || this.byId.has(e.id)) moved.push(ne);
+      if (this.taken.has(e.nh.id) || this.byId.has(e.nh.id)) moved.push(ne);
       else this.place(ne);
     }
     for (const e of moved) {
-      e.id = this.alloc();
+      e.nh = validNexthop({ ...e.nh, id: this.alloc() });
       this.place(e);
     }
     return this.stale.length + (dropStale ? this.dirty.size : 0);
@@ -131,7 +122,7 @@ export class Nexthops {
 
   private place(e: NhEntry): void {
     this.entries.set(e.key, e);
-    this.byId.set(e.id, e);
+    this.byId.set(e.nh.id, e);
   }
 
   /** Everything on `dev` is gone from the kernel (device deleted, or set down: the kernel flushes its nexthops). */

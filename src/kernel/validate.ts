@@ -160,9 +160,21 @@ export function validRoute(r: unknown): Route {
 }
 
 export function validNexthop(n: unknown): Nexthop {
+  if (typeof n === "object" && n !== null && canonical.has(n)) return n as Nexthop;
   isObject(n, "nexthop");
   const via = validIP(n.via, "nexthop via");
-  return { id: validNexthopId(n.id), via, dev: validDevName(n.dev, "nexthop dev"), onlink: validBool(n.onlink, "nexthop onlink") };
+  return remember({
+    id: validNexthopId(n.id),
+    via,
+    dev: validDevName(n.dev, "nexthop dev"),
+    onlink: validBool(n.onlink, "nexthop onlink"),
+  });
+}
+
+/** Nexthop `id` for the gateway, device and onlink flag of a route (validated once: no second check of the route). */
+export function nexthopOf(id: number, route: Route): Nexthop {
+  const r = validRoute(route);
+  return remember({ id: validNexthopId(id), via: r.via, dev: r.dev, onlink: r.onlink });
 }
 
 export function validNeigh(n: unknown): Neigh {

@@ -61,7 +61,7 @@ function nexthopRouteLines(routes: Route[]): string[] {
       ids.set(key, id);
       out.push(nexthopReplace({ id, via: r.via, dev: r.dev, onlink: r.onlink }, ROUTE_PROTO).line);
     }
-    out.push(routeReplaceNh(r.dst, id, ROUTE_PROTO).line);
+    out.push(routeReplaceNh(r, id, ROUTE_PROTO).line);
   }
   return out;
 }

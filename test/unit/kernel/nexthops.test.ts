@@ -42,13 +42,15 @@ describe("commands", () => {
     );
     expect(nexthopDel(B + 1).line).toBe(`nexthop del id ${B + 1}`);
     expect(nexthopDel(B).absentOk).toBe(true);
-    expect(routeReplaceNh("10.5.2.0/24", B, P).line).toBe(`route replace 10.5.2.0/24 nhid ${B} proto ${P}`);
+    expect(routeReplaceNh({ dst: "10.5.2.0/24", via: "10.5.2.0", dev: "flannel.1", onlink: true }, B, P).line).toBe(
+      `route replace 10.5.2.0/24 nhid ${B} proto ${P}`,
+    );
     expect(routeDel({ dst: "10.5.2.0/24", via: "10.5.2.0", dev: "flannel.1", nhid: B }, P).line).toBe(
       `route del 10.5.2.0/24 nhid ${B} proto ${P}`,
     );
     expect(() => nexthopReplace({ id: 0, via: "10.5.2.0", dev: "flannel.1", onlink: true }, P)).toThrow("nexthop id");
     expect(() => nexthopReplace({ id: B, via: "10.5.2.0 blackhole", dev: "flannel.1", onlink: true }, P)).toThrow("nexthop via");
-    expect(() => routeReplaceNh("10.5.2.0/24", 2 ** 32, P)).toThrow("nexthop id");
+    expect(() => routeReplaceNh({ dst: "10.5.2.0/24", via: "10.5.2.0", dev: "flannel.1", onlink: true }, 2 ** 32, P)).toThrow("nexthop id");
   });
 
   test("kernel output: nhid on routes, nexthops with protocol, groups and blackholes marked special", () => {
