@@ -375,3 +375,29 @@ describe("Reconciler: nexthop ids and migration", () => {
     nexthops = undefined;
   });
 });
+
+describe("Reconciler: coalescing a trickle of changes", () => {
+  test("peers arriving 10 ms apart share drains (busy window); a lone change after a quiet spell is one drain", async () => {
+    const q = new CommandQueue({ netns: ns.name });
+    const r = new Reconciler(q, { ownedDevices: [], netns: ns.name, coalesceMs: 5, busyCoalesceMs: 50, nexthops: false });
+    queues.push(q);
+    recs.push(r);
+    // 20 host-gw peers over ~200 ms: without the window each one would be its own drain and its own `ip` process.
+    for (let i = 1; i <= 20; i++) {
+      r.set(`peer:${i}`, hostgw(i));
+      await Bun.sleep(10);
+    }
+    await r.flush();
+    expect((await routes()).length).toBe(20);
+    const trickle = q.stats().batches;
+    expect(trickle).toBeLessThanOrEqual(10); // ~5 on an idle machine; a loaded one merges more, never fewer
+    // After a quiet spell a single change is one drain of its own (the short window, not the busy one).
+    await Bun.sleep(200);
+    const before = q.stats().batches;
+    r.set("peer:21", hostgw(21));
+    for (let i = 0; i < 100 && q.stats().batches === before; i++) await Bun.sleep(5);
+    await r.flush();
+    expect(q.stats().batches).toBe(before + 1);
+    expect(await routes()).toContain("10.5.21.0/24 via 192.168.77.31 dev ul0");
+  });
+});
