@@ -188,8 +188,9 @@ class RouteMonitor {
   private async read(): Promise<void> {
     const dec = new TextDecoder();
     let buf = "";
-    // Our routes: "<dst> via <gw> dev eth0 proto 159 ..."; "Deleted ..." lines are removals.
-    const re = /^(\d+\.\d+\.\d+\.\d+\/\d+) via (\S+) dev eth0 .*\bproto 159\b/;
+    // Our routes: "<dst> [nhid N] via <gw> dev eth0 proto 159 ..." (nhid: through a nexthop object, where the kernel
+    // has them); "Deleted ..." lines are removals.
+    const re = /^(\d+\.\d+\.\d+\.\d+\/\d+) (?:nhid \d+ )?via (\S+) dev eth0 .*\bproto 159\b/;
     for await (const chunk of this.proc.stdout) {
       const now = performance.now();
       buf += dec.decode(chunk, { stream: true });
