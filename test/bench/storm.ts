@@ -8,11 +8,13 @@
 //                    /proc/<pid>/stat at that moment;
 //   processes        iproute2 processes the agents started (their /metrics), and how many of them were batches;
 //   server CPU       the etcd / nats-server process over the same time (SQLite has none).
+//   floor            one agent started alone on a one-host lab of the same store (no peers): its CPU from exec to
+//                    ready, times N; and the CPU of one `flannel-bin --version` (runtime start + module load).
 // Goals (issue 13): all routes <= 5 s, agent CPU <= 5 s. Printed, never asserted.
 import { readFileSync } from "node:fs";
 import { consola } from "consola";
 import { labDown, labUp } from "../../src/lab/lab.ts";
-import { HEALTHZ_PORT, startAgent } from "../../src/lab/agents.ts";
+import { HEALTHZ_PORT, startAgent, waitAgentReady } from "../../src/lab/agents.ts";
 import { execIn, processAlive } from "../../src/lab/netns.ts";
 import { loadLabState, saveState, type LabState } from "../../src/lab/state.ts";
 import { putNetworkConfig, setupStore } from "../../src/lab/store-setup.ts";
@@ -37,6 +39,8 @@ export interface StormRow {
   serverCpuS: number;
   processes: number;
   batches: number;
+  /** CPU of one agent started alone on a fresh lab of one host (no peers), until ready: the per-agent floor. */
+  aloneCpuS: number;
   error: string | null;
 }
 
@@ -111,6 +115,7 @@ async function stormStore(kind: StormKind, hosts: number, binary: string, keep: 
     serverCpuS: Number.NaN,
     processes: Number.NaN,
     batches: Number.NaN,
+    aloneCpuS: Number.NaN,
     error: null,
   };
   const name = testName(`storm${kind[0]}`);
@@ -179,6 +184,35 @@ async function stormStore(kind: StormKind, hosts: number, binary: string, keep: 
   return row;
 }
 
+/** One agent alone on a one-host lab of this store: its CPU (children included) from exec to ready. */
+async function aloneCpu(kind: StormKind, binary: string): Promise<number> {
+  const name = testName(`alone${kind[0]}`);
+  try {
+    await labDown({ name });
+    await labUp({ name, hosts: 1, store: kind, binary, topologyOnly: true, noPings: true });
+    const s = loadLabState({ name });
+    await setupStore(s);
+    await putNetworkConfig(s);
+    const h = s.hosts[0]!;
+    startAgent(s, h);
+    await waitAgentReady(h);
+    return cpuSeconds(h.agentPid!);
+  } finally {
+    await labDown({ name }).catch(() => {});
+  }
+}
+
+/** CPU of one `binary --version` (the runtime's own start and the bundle's module load), median of 5. */
+function execCpu(binary: string): number {
+  const runs: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const p = Bun.spawnSync([binary, "--version"], { stdout: "ignore", stderr: "ignore" });
+    const u = p.resourceUsage;
+    runs.push(u ? Number(u.cpuTime.user + u.cpuTime.system) / 1e6 : Number.NaN);
+  }
+  return runs.sort((a, b) => a - b)[2]!;
+}
+
 const f2 = (x: number, unit: string) => (Number.isFinite(x) ? `${x.toFixed(2)} ${unit}` : "-");
 
 /** `keep`: leave each lab up after its run (agent logs in /run/flannel-bin-lab/<name>/). */
@@ -191,7 +225,15 @@ export async function runStorm(
 ): Promise<number> {
   consola.level = 1;
   const rows: StormRow[] = [];
-  for (const k of kinds) rows.push(await stormStore(k, hosts, binary, keep));
+  for (const k of kinds) {
+    const row = await stormStore(k, hosts, binary, keep);
+    row.aloneCpuS = await aloneCpu(k, binary).catch((e: Error) => {
+      console.error(`[storm ${k}] one agent alone: ${e.message}`);
+      return Number.NaN;
+    });
+    rows.push(row);
+  }
+  const exec = execCpu(binary);
   console.log(
     table(
       [
@@ -202,6 +244,7 @@ export async function runStorm(
         "agent CPU: total (children)",
         "iproute2 processes (batches)",
         "server CPU",
+        `floor: ${hosts} x one agent alone`,
         "before (issue 13)",
       ],
       rows.map((r) => [
@@ -212,11 +255,16 @@ export async function runStorm(
         `${f2(r.agentCpuS, "s")} (${f2(r.agentChildrenS, "s")})`,
         Number.isFinite(r.processes) ? `${r.processes} (${r.batches})` : "-",
         f2(r.serverCpuS, "s"),
+        `${f2(r.aloneCpuS * hosts, "s")} (${f2(r.aloneCpuS, "s")} each)`,
         BEFORE[r.kind],
       ]),
     ),
   );
-  console.log(`\ngoals (issue 13): every host has all ${hosts - 1} routes <= 5 s; total agent CPU <= 5 s`);
+  console.log(
+    `\nfloor: one agent alone = its CPU from exec to ready on a one-host lab (no peers), x ${hosts}; ` +
+      `\`flannel-bin --version\` alone costs ${f2(exec, "s")} of CPU (x ${hosts} = ${f2(exec * hosts, "s")})`,
+  );
+  console.log(`goals (issue 13): every host has all ${hosts - 1} routes <= 5 s; total agent CPU <= 5 s`);
   for (const r of rows) if (r.error) console.log(`${r.kind}: ERROR ${r.error}`);
   return rows.some((r) => r.error) ? 1 : 0;
 }
