@@ -5,8 +5,10 @@
 //   firewalld reload or `iptables -F` (many events) costs one check and a removed rule is back well within a second.
 // - A busy host (Docker, kube-proxy or firewalld writing next to our rules): checks that find nothing wrong spend a
 //   token; there are BURST tokens and one comes back per --iptables-resync, so sustained churn costs at most one check
-//   per period. Checks that repair something spend none (a real removal is never made to wait), and nor does the one
-//   check that the events of our own fix cause (seen until GRACE_MS after it).
+//   per period. Checks that repair something spend none (a real removal is never made to wait), and nor do the checks
+//   that events seen until GRACE_MS after our own fix cause (its own events, which may come in several batches and
+//   late on a loaded host, must not spend the tokens a later removal needs). Fixes happen only when something was
+//   really wrong, so a host that only churns never gets such a window.
 // - Polling every --iptables-resync while changes cannot be watched (iptables-legacy, the watcher down) or after a
 //   failed check; otherwise a safety-net check every safetyNetMs (--reconcile-interval).
 
@@ -90,8 +92,6 @@ export class CheckPolicy {
   begin(now: number): void {
     const periodic = now >= this.lastCheckAt + (this.polling || this.retrying ? this.o.resyncMs : this.o.safetyNetMs);
     this.charge = this.dueAt !== null && !this.pendingFree && !periodic;
-    // Our own write's events earn one free check, not a free window a busy host could use.
-    if (this.dueAt !== null && this.pendingFree) this.freeUntil = Number.NEGATIVE_INFINITY;
     this.covered();
   }
 

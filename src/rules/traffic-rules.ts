@@ -47,6 +47,8 @@ export interface TrafficRulesStats {
   failures: number;
   /** Processes this step started (reads, fixes, watchers): 0 while an agent is idle on a watched host. */
   processesSpawned: number;
+  /** Checks made while keeping the rules (after the first install). */
+  checks: number;
 }
 
 /** What the agent needs from a traffic-rules step: install before ready, keep in the background, report. */
@@ -67,10 +69,10 @@ export interface TrafficRulesStep {
 const BLACKHOLE_METRIC = "4294967295";
 
 const DEFAULT_SAFETY_NET_MS = 5 * 60_000;
-const FIX_ATTEMPTS = 3;
+const UNSETTLED_MAX = 5;
 
 export class TrafficRules implements TrafficRulesStep {
-  readonly stats: TrafficRulesStats = { repaired: 0, failures: 0, processesSpawned: 0 };
+  readonly stats: TrafficRulesStats = { repaired: 0, failures: 0, processesSpawned: 0, checks: 0 };
   private readonly exec: Exec;
   private readonly policy: CheckPolicy;
   private readonly safetyNetMs: number;
@@ -78,6 +80,8 @@ export class TrafficRules implements TrafficRulesStep {
   private watchStarted = false;
   private readonly stopper = new AbortController();
   private wake: (() => void) | null = null;
+  /** Checks in a row whose fix was still not in place when read back. */
+  private unsettled = 0;
   private engine: Engine | null = null;
   private problems: string[] = ["traffic rules not checked yet"];
   private installed = false;
@@ -166,7 +170,7 @@ export class TrafficRules implements TrafficRulesStep {
 
   /** One check and, if needed, one fix. Returns whether everything is in place afterwards. */
   private async sync(first: boolean): Promise<boolean> {
-    return (await this.check(first)) !== "failed";
+    return (await this.check(first)) !== "failed" && this.problems.length === 0;
   }
 
   private async check(first: boolean): Promise<CheckOutcome> {
@@ -174,37 +178,39 @@ export class TrafficRules implements TrafficRulesStep {
     const rs = this.ruleSet;
     if (!engine || !rs) return "failed";
     let problems: string[] = [];
+    let left: string[] = [];
     try {
       const insp = await engine.inspect(rs, first);
       const bh = this.o.blackhole ? await this.blackholeMissing() : false;
       problems = [...insp.problems, ...(bh ? [`blackhole route for ${rs.subnet} missing`] : [])];
       if (problems.length > 0) {
-        // Fixed, then read again; what is still wrong may be a change made meanwhile (firewalld reloading right
-        // then), so it is fixed again, a few times at most, before the fix itself is called failed.
-        let fix = insp.fix;
-        let bhFix = bh;
-        for (let attempt = 1; ; attempt++) {
-          this.policy.writing(); // the events of our own write cost no token
-          try {
-            await fix();
-            if (bhFix) await this.addBlackhole();
-          } finally {
-            this.policy.written(Date.now());
-          }
-          const after = await engine.inspect(rs, false);
-          bhFix = this.o.blackhole ? await this.blackholeMissing() : false;
-          const left = [...after.problems, ...(bhFix ? [`blackhole route for ${rs.subnet} missing`] : [])];
-          if (left.length === 0) break;
-          if (attempt === FIX_ATTEMPTS) throw new RulesError(`still wrong after the fix: ${left.join("; ")}`);
-          fix = after.fix;
+        this.policy.writing(); // the events of our own write cost no token
+        try {
+          await insp.fix();
+          if (bh) await this.addBlackhole();
+        } finally {
+          this.policy.written(Date.now());
         }
+        // Read again. What is still wrong may be a change made meanwhile (firewalld reloading right then, a script
+        // deleting rule after rule): checked again shortly, like any change. Only a fix that keeps not taking,
+        // UNSETTLED_MAX checks in a row, is a failure (retried every --iptables-resync).
+        const after = await engine.inspect(rs, false);
+        const bhAfter = this.o.blackhole ? await this.blackholeMissing() : false;
+        left = [...after.problems, ...(bhAfter ? [`blackhole route for ${rs.subnet} missing`] : [])];
+        if (left.length > 0 && ++this.unsettled >= UNSETTLED_MAX) {
+          this.unsettled = 0;
+          throw new RulesError(`still wrong after the fix: ${left.join("; ")}`);
+        }
+        if (left.length > 0) this.policy.event(Date.now());
         if (this.installed) {
           this.stats.repaired += problems.length;
           this.o.log.warn(`traffic rules repaired (${engine.kind}): ${problems.join("; ")}`);
         } else this.o.log.info(`traffic rules installed (${engine.kind})${describe(rs, this.o.blackhole)}`);
       } else if (!this.installed) this.o.log.info(`traffic rules already in place (${engine.kind})${describe(rs, this.o.blackhole)}`);
       this.installed = true;
-      this.problems = [];
+      this.problems = left;
+      if (left.length > 0) return "repaired";
+      this.unsettled = 0;
       if (this.lastError) this.o.log.info("traffic rules: in place again");
       this.lastError = "";
       return problems.length > 0 ? "repaired" : "clean";
@@ -250,6 +256,7 @@ export class TrafficRules implements TrafficRulesStep {
         if (!this.engine) outcome = (await this.install()) ? "clean" : "failed";
         else outcome = await this.check(!this.installed);
         this.policy.end(Date.now(), outcome);
+        this.stats.checks++;
       }
     } finally {
       stop.removeEventListener("abort", onAbort);
@@ -310,8 +317,16 @@ export class TrafficRules implements TrafficRulesStep {
       );
       return;
     }
+    let announced = false;
     const onState = (watching: boolean) => {
       if (watching) this.policy.watching(Date.now());
+      // Said once, when every watcher is subscribed: from then on no change goes unseen.
+      if (watching && !announced && this.watchers.every((w) => w.alive)) {
+        announced = true;
+        o.log.info(
+          `traffic rules: watching for changes (${this.watchers.map((w) => `\`${w.name}\``).join(", ")}); a check follows each, at most one per ${resync} on a busy host, plus one every ${this.safetyNetMs / 1000} s`,
+        );
+      }
       this.wake?.();
     };
     const make = o.watcher ?? (o.exec ? null : (w: WatcherOptions) => new Watcher(w));
@@ -341,10 +356,6 @@ export class TrafficRules implements TrafficRulesStep {
       );
     if (signal.aborted) return;
     for (const w of this.watchers) w.start();
-    const safety = this.safetyNetMs / 1000;
-    o.log.info(
-      `traffic rules: watching for changes (${this.watchers.map((w) => `\`${w.name}\``).join(", ")}); a check follows each, at most one per ${resync} on a busy host, plus one every ${safety} s`,
-    );
   }
 
   private nftLine(line: MonitorLine, targets: WatchTarget[]): void {

@@ -135,7 +135,7 @@ describe("iptables mode, vxlan, --ip-masq", () => {
   );
 
   test(
-    "a flushed chain comes back within the resync period and is counted in /metrics",
+    "a flushed chain comes back (on the change event) and is counted in /metrics",
     async () => {
       const [h1, h2] = [host(lab, 1), host(lab, 2)];
       await sh(h1.netns, ["iptables", "-F", "FLANNEL-FWD"]);
@@ -145,11 +145,15 @@ describe("iptables mode, vxlan, --ip-masq", () => {
         const all = await sh(h1.netns, ["iptables-save"]);
         return ours(all).length === 12;
       });
+      // Counted once the fix has been read back, a moment after the rules are visible again.
+      await waitUntil("the repairs counted", 5000, async () => (await metric(h1, "flannel_bin_rules_repaired_total")) >= 8);
       expect(await metric(h1, "flannel_bin_rules_repaired_total")).toBe(8);
       expect(await ping(h1, h2.containerIP!)).toBe(true);
       expect(await ping(h1, OUTSIDE_IP)).toBe(true);
       const log = require("node:fs").readFileSync(labState(lab).hosts[0]!.logFile, "utf8") as string;
-      expect(log.match(/traffic rules repaired/g)?.length).toBe(1);
+      // One check per burst of changes: the two flushes are one or two bursts, never one line per rule.
+      expect(log.match(/traffic rules repaired/g)?.length).toBeGreaterThanOrEqual(1);
+      expect(log.match(/traffic rules repaired/g)?.length).toBeLessThanOrEqual(2);
     },
     T,
   );
@@ -259,6 +263,8 @@ describe('nftables mode ("EnableNFTables": true), vxlan, --ip-masq', () => {
       await waitUntil("chain forward is refilled", 10_000, async () =>
         (await sh(h1.netns, ["nft", "list", "chain", "ip", "flannel-ipv4", "forward"])).includes("ip daddr 10.5.0.0/16 accept"),
       );
+      // Counted once the fix has been read back, a moment after the rules are visible again.
+      await waitUntil("the repairs counted", 5000, async () => (await metric(h1, "flannel_bin_rules_repaired_total")) >= 2);
       expect(await metric(h1, "flannel_bin_rules_repaired_total")).toBe(2);
       expect(await ping(h1, h2.containerIP!)).toBe(true);
     },

@@ -1,14 +1,17 @@
 // Event-driven keeping of the traffic rules against the real kernel, in a throw-away namespace per test: with
 // --iptables-resync (and the safety net) at 300 s, polling cannot be what repairs anything, so each removal coming
-// back within 2 s shows `nft monitor rules` (or `ip monitor route`) at work. Also: an idle step starts no process,
+// back within seconds shows `nft monitor rules` (or `ip monitor route`) at work. Also: an idle step starts no process,
 // churn in other chains costs no check, a killed monitor is restarted, stop() kills it, and iptables-legacy polls.
 import { describe, expect, test } from "bun:test";
+import { GRACE_MS } from "../../src/rules/check-policy.ts";
 import type { TrafficRules } from "../../src/rules/traffic-rules.ts";
 import { inNs, newNs, ourLines, rules, within } from "./helpers.ts";
 
 const T = 60_000;
 const LONG = { resyncMs: 300_000, safetyNetMs: 300_000 };
-const BACK_MS = 2000;
+// The target is well within a second (the latencies are printed); the bound is looser because other sessions load
+// the machine's 2 cores, and still 60 times shorter than the 300 s poll period and safety net.
+const BACK_MS = 5000;
 
 const alive = (pid: number) => {
   try {
@@ -19,19 +22,20 @@ const alive = (pid: number) => {
   }
 };
 
-/** Installs, starts keeping, and waits until the watchers have subscribed and the start check ran. */
-async function keeping(tr: TrafficRules, watchers = 1): Promise<{ stop: () => Promise<void> }> {
+/** Installs, starts keeping, and waits until the watchers have subscribed and the check after that is done. */
+async function keeping(tr: TrafficRules, lines: string[], watchers = 1): Promise<{ stop: () => Promise<void> }> {
   expect(await tr.install()).toBe(true);
   const ac = new AbortController();
   const loop = tr.run(ac.signal);
-  expect(await within(10_000, () => tr.watcherPids().length === watchers)).not.toBeNull();
-  // Quiet: the start check (and its processes) done.
+  expect(await within(15_000, () => lines.some((l) => l.includes("watching for changes")) && tr.stats.checks >= 1)).not.toBeNull();
+  expect(tr.watcherPids()).toHaveLength(watchers);
+  // Quiet for 500 ms: the events of that check's own writes (if any) handled too.
   let last = -1;
-  await within(10_000, () => {
+  let since = Date.now();
+  await within(15_000, () => {
     const n = tr.stats.processesSpawned;
-    const quiet = n === last;
-    last = n;
-    return quiet;
+    if (n !== last) [last, since] = [n, Date.now()];
+    return Date.now() - since >= 500;
   });
   return {
     stop: async () => {
@@ -45,11 +49,11 @@ const iptCount = (ns: string) => ourLines(inNs(ns, ["iptables-nft-save"])).lengt
 
 describe("iptables-nft: repaired on the change event", () => {
   test(
-    "a masquerade rule, a forward rule, the jump, a flushed chain, iptables -F, nft flush ruleset: each back within 2 s",
+    "a masquerade rule, a forward rule, the jump, a flushed chain, iptables -F, nft flush ruleset: each back at once",
     async () => {
       const ns = newNs();
       const { tr, lines } = rules(ns, LONG);
-      const k = await keeping(tr);
+      const k = await keeping(tr, lines);
       expect(lines.some((l) => l.includes("watching for changes (`nft monitor rules`)"))).toBe(true);
       expect(iptCount(ns)).toBe(12);
       const cases: [string, string[]][] = [
@@ -78,8 +82,8 @@ describe("iptables-nft: repaired on the change event", () => {
     "idle for 5 s: no process; churn in other chains and other rules added to FORWARD: no check either",
     async () => {
       const ns = newNs();
-      const { tr } = rules(ns, LONG);
-      const k = await keeping(tr);
+      const { tr, lines } = rules(ns, LONG);
+      const k = await keeping(tr, lines);
       const before = tr.stats.processesSpawned;
       await Bun.sleep(5000);
       expect(tr.stats.processesSpawned).toBe(before);
@@ -101,9 +105,10 @@ describe("iptables-nft: repaired on the change event", () => {
     "deletes of other rules in FORWARD: a few checks, then none until a token comes back (rate limit)",
     async () => {
       const ns = newNs();
-      const { tr } = rules(ns, LONG);
+      const { tr, lines } = rules(ns, LONG);
       for (let i = 0; i < 30; i++) inNs(ns, ["iptables-nft", "-I", "FORWARD", "-i", `docker${i}`, "-j", "ACCEPT"]);
-      const k = await keeping(tr);
+      const k = await keeping(tr, lines);
+      await Bun.sleep(GRACE_MS); // the install wrote the rules: events right after it are checked for free
       const before = tr.stats.processesSpawned;
       for (let i = 0; i < 30; i++) {
         inNs(ns, ["iptables-nft", "-D", "FORWARD", "-i", `docker${i}`, "-j", "ACCEPT"]);
@@ -123,7 +128,7 @@ describe("iptables-nft: repaired on the change event", () => {
     async () => {
       const ns = newNs();
       const { tr, lines } = rules(ns, { ...LONG, resyncMs: 1000 });
-      const k = await keeping(tr);
+      const k = await keeping(tr, lines);
       const [pid] = tr.watcherPids();
       process.kill(pid!, "SIGKILL");
       expect(await within(10_000, () => tr.watcherPids().length === 1 && tr.watcherPids()[0] !== pid)).not.toBeNull();
@@ -142,11 +147,11 @@ describe("iptables-nft: repaired on the change event", () => {
 
 describe("nftables mode: repaired on the change event", () => {
   test(
-    "nft delete table ip flannel-ipv4, a flushed chain, a deleted rule: each back within 2 s",
+    "nft delete table ip flannel-ipv4, a flushed chain, a deleted rule: each back at once",
     async () => {
       const ns = newNs();
-      const { tr } = rules(ns, { ...LONG, nftables: true });
-      const k = await keeping(tr);
+      const { tr, lines } = rules(ns, { ...LONG, nftables: true });
+      const k = await keeping(tr, lines);
       const complete = () => {
         const r = Bun.spawnSync(["ip", "netns", "exec", ns, "nft", "list", "table", "ip", "flannel-ipv4"], {
           stdout: "pipe",
@@ -187,11 +192,11 @@ describe("nftables mode: repaired on the change event", () => {
 
 describe("--ip-blackhole-route", () => {
   test(
-    "the blackhole route deleted by hand is back within 2 s (ip monitor route); idle: no process",
+    "the blackhole route deleted by hand is back at once (ip monitor route); idle: no process",
     async () => {
       const ns = newNs();
-      const { tr } = rules(ns, { ...LONG, blackhole: true, masq: false });
-      const k = await keeping(tr, 2);
+      const { tr, lines } = rules(ns, { ...LONG, blackhole: true, masq: false });
+      const k = await keeping(tr, lines, 2);
       const before = tr.stats.processesSpawned;
       inNs(ns, ["ip", "route", "add", "10.5.9.0/24", "dev", "lo"]); // someone else's route: no check
       await Bun.sleep(1000);
@@ -217,11 +222,11 @@ describe("iptables-legacy: no change events", () => {
       const ac = new AbortController();
       const loop = tr.run(ac.signal);
       expect(
-        await within(2000, () => lines.some((l) => l.includes("iptables-legacy reports no changes; checking every 1 s"))),
+        await within(10_000, () => lines.some((l) => l.includes("iptables-legacy reports no changes; checking every 1 s"))),
       ).not.toBeNull();
       inNs(ns, ["iptables-legacy", "-F", "FLANNEL-FWD"]);
       const count = () => ourLines(inNs(ns, ["iptables-legacy-save"])).length;
-      expect(await within(5000, () => count() === 12)).not.toBeNull();
+      expect(await within(10_000, () => count() === 12)).not.toBeNull();
       expect(tr.watcherPids()).toEqual([]);
       ac.abort();
       await loop;
