@@ -153,7 +153,8 @@ export interface RouteDelayResult {
   agentLog: string;
 }
 
-export const ROUTE_CONFIG = '{"Network":"10.64.0.0/14","Backend":{"Type":"host-gw"}}';
+// SubnetMax keeps the agent's own (random) pick out of the peers' 10.66.0.0/16 and the warm-up's 10.67.0.0/24.
+export const ROUTE_CONFIG = '{"Network":"10.64.0.0/14","SubnetMax":"10.65.255.0","Backend":{"Type":"host-gw"}}';
 
 /** Nearest-rank percentile over sorted values. */
 function pct(sorted: number[], p: number): number {
