@@ -32,8 +32,14 @@ export type PeerEvent =
 export interface PeerWatchOptions {
   /** Default: the process's storeHealth. */
   health?: StoreHealth;
-  /** How often the watch is checked against the store (default 2000 ms). */
+  /** How often the watch is checked against the store while anything is unsettled (default 2000 ms). */
   checkIntervalMs?: number;
+  /**
+   * How often while all is quiet: the store reachable, the watch caught up, no removal waiting (default 5000 ms, or
+   * checkIntervalMs when only that is given). A stuck watch is then noticed within this and replaced staleAfterMs
+   * later (≤ ~11 s by default); an idle agent makes 12 checks a minute instead of 30.
+   */
+  quietCheckIntervalMs?: number;
   /** A watch behind the store for this long is restarted (default 6000 ms). */
   staleAfterMs?: number;
   /** A list already made (the lease acquisition's): the first sync uses it instead of listing again. */
@@ -150,16 +156,20 @@ const keyOf = (l: Lease): string => subnetKey(l.subnet, l.ipv6Subnet);
 type Item = { gen: number; ev: WatchEvent } | { gen: number; restart: WatchRestartReason } | { relist: true };
 
 /**
- * Runs store.watch and keeps it honest: checks it against store.currentRevision() every checkIntervalMs and
+ * Runs store.watch and keeps it honest: checks it against store.currentRevision() every checkIntervalMs (every
+ * quietCheckIntervalMs while all is quiet) and
  * restarts it from its position when it stayed behind for staleAfterMs, when it failed, or if it ever ended.
  * Yields the store's events plus { type: "relist" } after an outage (right away, and again after the removal hold).
  */
 export class WatchSupervisor {
   private position: Revision = 0;
   private readonly checkMs: number;
+  private readonly quietMs: number;
   private readonly staleMs: number;
   /** The revision the last behind-check wanted, and since when (epoch ms). */
   private target = 0;
+  /** Store errors counted when the check interval was last chosen (new ones mean: not quiet). */
+  private errorsSeen = 0;
 
   constructor(
     private readonly store: Store,
@@ -169,6 +179,7 @@ export class WatchSupervisor {
     private readonly wantsRelist: () => boolean,
   ) {
     this.checkMs = opts.checkIntervalMs ?? 2000;
+    this.quietMs = opts.quietCheckIntervalMs ?? opts.checkIntervalMs ?? 5000;
     this.staleMs = opts.staleAfterMs ?? 6000;
   }
 
@@ -218,7 +229,7 @@ export class WatchSupervisor {
     const holdTimers = new Set<ReturnType<typeof setTimeout>>();
     const checks = (async () => {
       while (!signal.aborted) {
-        await sleep(this.checkMs, signal);
+        await sleep(this.quiet() ? this.quietMs : this.checkMs, signal);
         if (signal.aborted) return;
         const restart = await this.check(push, holdTimers);
         if (restart) push({ gen, restart: "stale" });
@@ -258,6 +269,14 @@ export class WatchSupervisor {
       for (const t of holdTimers) clearTimeout(t);
       await checks.catch(() => {});
     }
+  }
+
+  /** Nothing to settle: the store answered, the watch was caught up at the last check, and no removal is parked. */
+  private quiet(): boolean {
+    const h = this.health;
+    const calm = h.up && h.behindSince === null && h.errors === this.errorsSeen && !this.wantsRelist();
+    this.errorsSeen = h.errors;
+    return calm;
   }
 
   /** One check against the store. True when the watch is stale and must be restarted. */
