@@ -212,6 +212,8 @@ export class DesiredState {
   /** The nexthop objects our routes go through, once useNexthops() turned them on (else plain gateway routes). */
   readonly nexthops = new Nexthops();
   private nhMode = false;
+  /** Ids of our nexthops the monitor saw deleted since the last plan. */
+  private readonly lostNexthops = new Set<number>();
   /** FDB remotes found in the kernel that nobody desires (a MAC can have several): removed by the next planPeers. */
   private staleFdbs: Fdb[] = [];
   /** Devices whose addresses the device step checks even if nothing about them is dirty. */
@@ -408,6 +410,7 @@ export class DesiredState {
     const nAdd: string[] = [];
     const fDel: string[] = [];
     const fAdd: string[] = [];
+    this.unapplyLostRoutes();
     split(this.routes, this.routeOk, rAdd, rDel);
     split(this.neighs, neighEq, nAdd, nDel);
     split(this.fdbs, fdbEq, fAdd, fDel);
@@ -492,17 +495,19 @@ export class DesiredState {
     } else if (!ok && e.nh.id === id) e.applied = false;
   }
 
-  /** Routes we applied through nexthop `id` are gone with it: unapplied, and dirty if still desired. */
-  private lostRoutesVia(id: number): boolean {
-    let any = false;
+  /**
+   * Routes we applied through a lost nexthop are gone with it: unapplied, and dirty if still desired. One pass over
+   * the routes per drain, however many nexthops went (`ip nexthop flush` is one event per nexthop).
+   */
+  private unapplyLostRoutes(): void {
+    const lost = this.lostNexthops;
+    if (lost.size === 0) return;
     for (const [k, v] of this.routes.applied) {
-      if (v.nhid !== id) continue;
+      if (v.nhid === undefined || !lost.has(v.nhid)) continue;
       this.routes.applied.delete(k);
-      if (!this.routes.desired.has(k)) continue;
-      this.routes.dirty.add(k);
-      any = true;
+      if (this.routes.desired.has(k)) this.routes.dirty.add(k);
     }
-    return any;
+    lost.clear();
   }
 
   /**
@@ -524,9 +529,9 @@ export class DesiredState {
         const e = this.nexthops.byId.get(ev.id);
         if (!e?.applied) return false;
         e.applied = false;
-        const any = this.lostRoutesVia(e.nh.id);
+        this.lostNexthops.add(e.nh.id);
         this.nexthops.release(e);
-        return any;
+        return true; // the drain finds the routes that went with it
       }
       case "addr":
         if (!this.devices.desired.has(ev.dev) && !this.hasAddressOn(ev.dev)) return false;
@@ -579,6 +584,7 @@ export class DesiredState {
 
     // Nexthops first (a route is right only through our nexthop); ours that no route wants are removed after the routes.
     if (this.nhMode && k.nexthops) this.counts.removed += this.nexthops.adopt(k.nexthops, this.proto, true);
+    this.lostNexthops.clear(); // the routes read now are what the kernel has
     // Routes: all with our proto are ours.
     const actualRoutes = new Map<string, KRoute>();
     for (const r of k.routes) actualRoutes.set(routeKey(r.dst), r);

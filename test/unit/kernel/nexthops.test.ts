@@ -238,6 +238,17 @@ describe("DesiredState with nexthop objects", () => {
     expect(lines(s)).toEqual([]);
   });
 
+  test("all our nexthops flushed by hand (one event each): one plan puts every nexthop and route back", () => {
+    const s = nhState();
+    for (let i = 1; i <= 50; i++) s.set(`peer:${i}`, hg(i));
+    lines(s);
+    for (let i = 0; i < 50; i++) expect(s.noticeEvent({ kind: "nexthop", deleted: true, id: B + i })).toBe(true);
+    const l = lines(s);
+    expect(l.filter((x) => x.startsWith("nexthop replace"))).toHaveLength(50);
+    expect(l.filter((x) => x.startsWith("route replace"))).toHaveLength(50);
+    expect(lines(s)).toEqual([]);
+  });
+
   test("a route deleted by hand comes back through the nexthop that is still there", () => {
     const s = nhState();
     s.set("peer:a", vx(2));
