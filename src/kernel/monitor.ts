@@ -1,11 +1,12 @@
 // The long-lived kernel watchers: one `ip -o monitor label link address route neigh [nexthop]` and one `bridge monitor fdb`,
 // whose lines become KernelEvents for the reconciler. Each is started and stopped by its own PID; one that dies is
 // restarted with backoff, and since events may have been missed meanwhile, onRestart lets the owner re-read the kernel.
-import { consola } from "consola";
 import { type KernelEvent, parseFdbMonitorLine, parseIpMonitorLine } from "./monitor-events.ts";
 import { nsArgs, processesSpawned } from "./queue.ts";
+import { logger } from "../log.ts";
 
-const log = consola.withTag("monitor");
+// Through log.ts: a tagged instance made at import time would keep consola's default reporter, not the agent's.
+const log = logger("monitor");
 
 export interface MonitorOptions {
   netns?: string;

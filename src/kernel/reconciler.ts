@@ -6,18 +6,18 @@
 // runs the kernel monitor (monitor.ts), whose events mark only what was lost (diff.ts noticeEvent) and drain; no
 // process is started while nothing happens. Full path, the rare safety net: fullReconcile() reads what the kernel
 // really has, makes that the applied view and drains again.
-import { consola } from "consola";
 import { type DeviceWork, DesiredState, type ReconcileCounts } from "./diff.ts";
 import { readFdbs, readLinkNames, readLinksDetailed, readNeighs, readNexthops, readRoutes } from "./kernel-read.ts";
 import { KernelMonitor } from "./monitor.ts";
 import type { KernelEvent } from "./monitor-events.ts";
 import { type CommandQueue, processesSpawned } from "./queue.ts";
 import { NEXTHOP_ID_BASE, ROUTE_PROTO, type StateFragment } from "./types.ts";
-import { RepeatFilter } from "../log.ts";
+import { logger, RepeatFilter } from "../log.ts";
 
 export type { ReconcileCounts } from "./diff.ts";
 
-const log = consola.withTag("reconciler");
+// Through log.ts: a tagged instance made at import time would keep consola's default reporter, not the agent's.
+const log = logger("reconciler");
 
 export interface ReconcilerOptions {
   /** Devices the agent owns: everything on them that looks like ours may be removed. */
@@ -75,6 +75,8 @@ export class Reconciler {
   private readonly nexthopsOpt: boolean | undefined;
   /** Decided by the first drain or read: null until then. */
   private nhMode: boolean | null = null;
+  /** After stop(): a drain still running when it was called must not schedule retries (they would never end). */
+  private stopped = false;
   /** Totals over every full reconcile since start, for /metrics; eventRepairs counts monitor events acted on. */
   readonly totals = {
     fullRuns: 0,
@@ -152,6 +154,7 @@ export class Reconciler {
   /** Starts the kernel monitor and the periodic full reconcile. */
   start(): void {
     if (this.fullTimer) return;
+    this.stopped = false;
     this.fullTimer = setInterval(() => this.safetyNet(), this.fullIntervalMs);
     if (!this.monitorOn) return;
     // The monitor watches nexthops only where the kernel has them: decided first if no drain has run yet.
@@ -181,6 +184,7 @@ export class Reconciler {
   }
 
   stop(): void {
+    this.stopped = true;
     this.monitor?.stop();
     this.monitor = null;
     if (this.fullTimer) clearInterval(this.fullTimer);
@@ -224,7 +228,7 @@ export class Reconciler {
   }
 
   private scheduleDrain(delayMs = this.coalesceMs): void {
-    if (this.drainTimer) return;
+    if (this.drainTimer || this.stopped) return;
     this.drainTimer = setTimeout(() => {
       this.drainTimer = null;
       this.lastDrainAt = performance.now();
@@ -237,7 +241,7 @@ export class Reconciler {
 
   /** A drain that could not finish is tried again with backoff (what it left undone is still dirty). */
   private retryLater(): void {
-    if (this.retryTimer) return;
+    if (this.retryTimer || this.stopped) return;
     this.retryTimer = setTimeout(() => {
       this.retryTimer = null;
       this.scheduleDrain();
