@@ -11,15 +11,15 @@
 //   re-list that follows the outage (one right away for new peers, one after the hold for the ones that left).
 
 import type { NetworkConfig } from "./config.ts";
-import { consola } from "consola";
 import { type Lease, subnetKey } from "./lease.ts";
 import { usablePeerEvents } from "./lease-validity.ts";
 import { type LeaseSnapshot, leaseEquals, listLeases, parseLeaseRecord } from "./lease-protocol.ts";
 import { sleep } from "./sleep.ts";
 import { type Revision, type Store, SUBNETS_PREFIX, type WatchEvent } from "./store.ts";
 import { type StoreHealth, storeHealth, type WatchRestartReason } from "./store-health.ts";
+import { logger } from "./log.ts";
 
-const log = consola.withTag("peers");
+const log = logger("peers");
 
 export type PeerEvent =
   | { type: "added"; key: string; lease: Lease }

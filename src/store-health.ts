@@ -6,9 +6,9 @@
 // it is reachable, the watch is caught up, and the store has been reachable for a while after an outage (holders
 // whose renewals fell into the outage are re-creating their leases then: their records are not gone).
 
-import { consola } from "consola";
+import { logger } from "./log.ts";
 
-const log = consola.withTag("store");
+const log = logger("store");
 
 export type WatchRestartReason = "stale" | "error" | "ended";
 

@@ -9,13 +9,12 @@
 //   errors call exit(255): the rest of the batch is silently not run. We detect that from the exit status and re-run
 //   the unknown tail in "probe" mode, where a marker line (an unknown object, rejected in user space without touching
 //   the kernel) follows every command, so the marker reports tell exactly how far the process got.
-import { consola } from "consola";
 import type { Command, Tool } from "./commands.ts";
-import { RepeatFilter } from "../log.ts";
+import { logger, RepeatFilter } from "../log.ts";
 
 export type { Command } from "./commands.ts";
 
-const log = consola.withTag("kernel");
+const log = logger("kernel");
 
 export interface CommandResult {
   cmd: Command;
