@@ -6,6 +6,7 @@
 import { readFileSync, readdirSync, readlinkSync } from "node:fs";
 import type { ConsolaInstance } from "consola";
 import { escapeLogText } from "../log-text.ts";
+import { have } from "./exec.ts";
 import { type MonitorLine, LineSplitter } from "./monitor-lines.ts";
 
 export interface WatcherOptions {
@@ -89,7 +90,7 @@ export class Watcher implements ChangeWatcher {
     this.o.onSpawn();
     try {
       // env: process.env, not the start-up environment Bun would pass (NOTIFY_SOCKET is removed from it at start).
-      proc = Bun.spawn(this.o.argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: process.env });
+      proc = Bun.spawn(diesWithUs(this.o.argv), { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: process.env });
     } catch (e) {
       this.died(`could not be started: ${(e as Error).message}`);
       return;
@@ -147,6 +148,15 @@ export class Watcher implements ChangeWatcher {
       for (const line of split.push(chunk)) this.o.onLine(line);
     }
   }
+}
+
+/**
+ * The command, made to get SIGTERM when the agent dies without stopping it (SIGKILL, a crash): a monitor writes only
+ * when something changes, so on a quiet host it would otherwise outlive the agent for good. util-linux's setpriv
+ * sets the parent-death signal and execs the command (same PID); without setpriv the command runs as it is.
+ */
+export function diesWithUs(argv: string[]): string[] {
+  return have("setpriv") ? ["setpriv", "--pdeathsig", "TERM", ...argv] : argv;
 }
 
 /**

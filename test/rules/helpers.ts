@@ -1,6 +1,6 @@
-// Shared by the traffic-rules tests against the real kernel: a throw-away network namespace per test (removed after
-// it, also when it fails), commands in it, a captured log, and TrafficRules aimed at the namespace.
-import { afterEach } from "bun:test";
+// Shared by the traffic-rules tests against the real kernel: a throw-away network namespace per test, commands in it,
+// a captured log, and TrafficRules aimed at the namespace. Each test file registers `afterEach(cleanup)` itself (a
+// hook registered here would only apply to the first file that imports this module).
 import { randomBytes } from "node:crypto";
 import type { ConsolaInstance } from "consola";
 import { TrafficRules, type TrafficRulesOptions } from "../../src/rules/traffic-rules.ts";
@@ -9,6 +9,7 @@ import { testName } from "../helpers/binary.ts";
 export const N = "10.5.0.0/16";
 export const P = "10.5.52.0/24";
 const made: string[] = [];
+const started: TrafficRules[] = [];
 
 export function sh(cmd: string[], stdin?: string): string {
   const r = Bun.spawnSync(cmd, { stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin), stdout: "pipe", stderr: "pipe" });
@@ -25,9 +26,11 @@ export function newNs(): string {
   return ns;
 }
 
-afterEach(() => {
+/** Stops every TrafficRules made by rules() (its watchers die with it), then removes the namespaces; also after a failure. */
+export function cleanup(): void {
+  for (const tr of started.splice(0)) tr.stop();
   for (const ns of made.splice(0)) Bun.spawnSync(["ip", "netns", "del", ns]);
-});
+}
 
 export function capture(): { log: ConsolaInstance; lines: string[] } {
   const lines: string[] = [];
@@ -61,6 +64,7 @@ export function rules(ns: string, extra: Partial<TrafficRulesOptions> = {}) {
     netns: ns,
     ...extra,
   });
+  started.push(tr);
   return { tr, lines };
 }
 

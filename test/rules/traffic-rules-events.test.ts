@@ -2,10 +2,12 @@
 // --iptables-resync (and the safety net) at 300 s, polling cannot be what repairs anything, so each removal coming
 // back within seconds shows `nft monitor rules` (or `ip monitor route`) at work. Also: an idle step starts no process,
 // churn in other chains costs no check, a killed monitor is restarted, stop() kills it, and iptables-legacy polls.
-import { describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { GRACE_MS } from "../../src/rules/check-policy.ts";
 import type { TrafficRules } from "../../src/rules/traffic-rules.ts";
-import { inNs, newNs, ourLines, rules, within } from "./helpers.ts";
+import { cleanup, inNs, newNs, ourLines, rules, within } from "./helpers.ts";
+
+afterEach(cleanup);
 
 const T = 60_000;
 const LONG = { resyncMs: 300_000, safetyNetMs: 300_000 };
@@ -230,6 +232,40 @@ describe("iptables-legacy: no change events", () => {
       expect(tr.watcherPids()).toEqual([]);
       ac.abort();
       await loop;
+    },
+    T,
+  );
+});
+
+describe("the monitor's life", () => {
+  test(
+    "an agent killed with SIGKILL takes its monitor with it (parent-death signal), even on a quiet host",
+    async () => {
+      const ns = newNs();
+      const src = `${import.meta.dir}/../../src/rules/traffic-rules.ts`;
+      const code = `
+        import { TrafficRules } from ${JSON.stringify(src)};
+        const log = { info() {}, warn() {}, error() {}, debug() {} };
+        const tr = new TrafficRules({ network: "10.5.0.0/16", subnet: "10.5.52.0/24", masq: true, forward: true,
+          fullyRandomDisable: false, nftables: false, blackhole: false, resyncMs: 300000, previous: null, log, netns: ${JSON.stringify(ns)} });
+        if (!(await tr.install())) process.exit(3);
+        void tr.run(new AbortController().signal);
+        for (let i = 0; i < 400 && tr.watcherPids().length === 0; i++) await Bun.sleep(25);
+        console.log(tr.watcherPids()[0]);
+        await Bun.sleep(60000);`;
+      const child = Bun.spawn([process.execPath, "-e", code], { stdout: "pipe", stderr: "pipe" });
+      try {
+        const reader = (child.stdout as ReadableStream<Uint8Array>).getReader();
+        const first = await Promise.race([reader.read(), Bun.sleep(15_000).then(() => null)]);
+        const pid = Number(new TextDecoder().decode(first?.value ?? new Uint8Array()).trim());
+        expect(pid).toBeGreaterThan(0);
+        expect(alive(pid)).toBe(true);
+        child.kill("SIGKILL");
+        await child.exited;
+        expect(await within(5000, () => !alive(pid))).not.toBeNull();
+      } finally {
+        if (child.exitCode === null) child.kill("SIGKILL");
+      }
     },
     T,
   );

@@ -1,11 +1,13 @@
 // Traffic rules against the real kernel: TrafficRules driving iptables-restore / iptables-save / nft inside a
 // throw-away network namespace per test (nothing in the root namespace), including repair after a flush and switching
 // engines. The e2e tests (test/e2e/traffic-rules.test.ts) show the traffic effect between lab hosts.
-import { describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { detectIptables } from "../../src/rules/engines.ts";
 import { makeExec } from "../../src/rules/exec.ts";
 import type { TrafficRules } from "../../src/rules/traffic-rules.ts";
-import { N, inNs, newNs, ourLines, rules } from "./helpers.ts";
+import { N, cleanup, inNs, newNs, ourLines, rules } from "./helpers.ts";
+
+afterEach(cleanup);
 
 /** Runs the resync loop until cond() holds (bounded) and stops it. */
 async function resyncUntil(tr: TrafficRules, cond: () => boolean, ms = 5000): Promise<boolean> {
