@@ -13,10 +13,10 @@
 // process) reap expired rows with a delete written to the change log, so every watcher sees a "delete" event for it
 // in revision order. Reaping runs inside the write lock and re-checks expiry, so concurrent reapers are harmless.
 
+import { logger } from "../src/log.ts";
 import { Database } from "bun:sqlite";
 import { type FSWatcher, mkdirSync, statSync, watch } from "node:fs";
 import { basename, dirname } from "node:path";
-import { consola } from "consola";
 import {
   type KV,
   type ListResult,
@@ -32,7 +32,7 @@ import { escapeLogText, logText } from "../src/log-text.ts";
 
 const tooBig = (size: number): string => `record is ${size} bytes, over the ${MAX_ENVELOPE_BYTES}-byte limit`;
 
-const log = consola.withTag("store:sqlite");
+const log = logger("store:sqlite");
 const KIND = "sqlite";
 
 export interface SqliteStoreOptions {

@@ -1,13 +1,13 @@
 // The agent in each lab host: `flannel-bin run` (or the real flanneld, in a mixed lab) started detached in the host
 // namespace (recorded by PID), its liveness, its readiness (/readyz and a usable subnet.env) and the subnet.env it wrote.
+import { logger } from "../log.ts";
 import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { consola } from "consola";
 import { parseEnvFile } from "../subnet-env.ts";
 import { GiveUp, execIn, processAlive, processArgv, spawnDetachedIn, waitFor } from "./netns.ts";
 import { type LabHost, LabError, type LabState, recordPath, saveState } from "./state.ts";
 
-const log = consola.withTag("lab");
+const log = logger("lab");
 
 export const HEALTHZ_PORT = 8471;
 

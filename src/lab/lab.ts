@@ -9,9 +9,9 @@
 //   flab-hI: eth0 192.0.2.(10+I)/24, default via 192.0.2.1; agent; cni0 = FLANNEL_SUBNET (.1), mtu FLANNEL_MTU
 //   flab-cI: eth0 = .2 of the host's subnet, default via .1
 // The root namespace gets no address, route or link.
+import { logger } from "../log.ts";
 import { existsSync, mkdirSync, rmSync } from "node:fs";
 import { resolve } from "node:path";
-import { consola } from "consola";
 import { agentAlive, defaultBinary, startAgent, waitAgentReady } from "./agents.ts";
 import { addContainer } from "./containers.ts";
 import { netnsDel, netnsExists, stopProcess } from "./netns.ts";
@@ -56,7 +56,7 @@ export {
 } from "./state.ts";
 export { UNDERLAY_GATEWAY } from "./topology.ts";
 
-const log = consola.withTag("lab");
+const log = logger("lab");
 
 export interface LabOptions {
   /** Namespace prefix (default "flab"). */

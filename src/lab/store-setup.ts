@@ -1,13 +1,13 @@
 // The lab's store: one SQLite file shared by every host, a server of the user's (--store-args), or an etcd /
 // nats-server started in the underlay namespace; then the network config is put into it.
+import { logger } from "../log.ts";
 import { join } from "node:path";
-import { consola } from "consola";
 import { execIn, waitFor } from "./netns.ts";
 import { type LabServer, startLabServer } from "./servers.ts";
 import { type LabState, recordPath, saveState } from "./state.ts";
 import { UNDERLAY_GATEWAY } from "./topology.ts";
 
-const log = consola.withTag("lab");
+const log = logger("lab");
 
 export interface LabStoreOptions {
   /** Store flags for a server the user runs. */

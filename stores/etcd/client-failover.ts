@@ -2,13 +2,13 @@
 // Each request starts at the last endpoint that answered (sticky) and moves on to the next on a connection error, a
 // timeout or an "unavailable" answer; when every endpoint failed it throws StoreUnavailableError naming each.
 
-import { consola } from "consola";
+import { logger } from "../../src/log.ts";
 import { StoreUnavailableError } from "../../src/store.ts";
 import { storeHealth } from "../../src/store-health.ts";
 import { diagnoseTlsFailure } from "./tls-diagnosis.ts";
 import { EtcdError, errorMessage, gatewayError, isAuthTokenError, type Json, readJson } from "./gateway.ts";
 
-const log = consola.withTag("etcd");
+const log = logger("etcd");
 
 export interface EtcdTls {
   ca?: string;

@@ -1,13 +1,13 @@
 // etcd records: gateway kvs parsed into logical keys (untrusted: anything unreadable is named and skipped), and the
 // expiry of each record, which etcd keeps in the lease the key is attached to.
 
-import { consola } from "consola";
+import { logger } from "../../src/log.ts";
 import { type KV, MAX_VALUE_BYTES, UNREAD_EXPIRY } from "../../src/store.ts";
 import type { EtcdClient } from "./client-failover.ts";
 import { EtcdError, int64, type Json, leaseId, unb64 } from "./gateway.ts";
 import { escapeLogText } from "../../src/log-text.ts";
 
-const log = consola.withTag("etcd");
+const log = logger("etcd");
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
 export interface RawKV {

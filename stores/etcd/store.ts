@@ -10,8 +10,8 @@
 // The parts: client-failover.ts (endpoints, auth, the failover loop), gateway.ts (wire encoding), records.ts (kv
 // parsing, lease expiry), watch.ts. This file is the Store: options, reads and conditional writes.
 
+import { logger } from "../../src/log.ts";
 import { readFile } from "node:fs/promises";
-import { consola } from "consola";
 import {
   type KV,
   type ListResult,
@@ -30,7 +30,7 @@ import { etcdPrefixRevision, etcdWatch } from "./watch.ts";
 
 export { EtcdError } from "./gateway.ts";
 
-const log = consola.withTag("etcd");
+const log = logger("etcd");
 const KIND = "etcd";
 const enc = new TextEncoder();
 

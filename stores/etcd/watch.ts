@@ -1,7 +1,7 @@
 // The etcd watch: /v3/watch streams through the failover client, resumed at the last revision + 1 after any break,
 // and a relist when etcd says the revision was compacted.
 
-import { consola } from "consola";
+import { logger } from "../../src/log.ts";
 import { sleep } from "../../src/sleep.ts";
 import type { Revision, WatchEvent } from "../../src/store.ts";
 import type { EtcdClient } from "./client-failover.ts";
@@ -9,7 +9,7 @@ import { b64, errorMessage, headerRevision, int64, isAuthTokenError, type Json, 
 import type { EtcdKeys, LeaseExpiries, RawKV } from "./records.ts";
 import { escapeLogText } from "../../src/log-text.ts";
 
-const log = consola.withTag("etcd");
+const log = logger("etcd");
 const enc = new TextEncoder();
 
 const WATCH_BACKOFF_MIN_MS = 100;

@@ -1,6 +1,7 @@
 // The NATS connection and the KV bucket: options checked, auth and TLS set up, the bucket opened (created if
 // missing). Everything the records, the watch and the store need from NATS is in NatsBucket.
 
+import { logger } from "../../src/log.ts";
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import {
@@ -14,11 +15,10 @@ import {
 } from "@nats-io/jetstream";
 import { Kvm, type KV as NatsKV } from "@nats-io/kv";
 import { type ConnectionOptions, connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
-import { consola } from "consola";
 import { StoreUnavailableError } from "../../src/store.ts";
 import { storeHealth } from "../../src/store-health.ts";
 
-const log = consola.withTag("nats");
+const log = logger("nats");
 
 export interface NatsStoreOptions {
   /** nats://host:port URLs (tls:// for TLS). */

@@ -4,16 +4,16 @@
 // Values are the shared record envelope (stores/record-envelope.ts) { v, e, o }: expiry lives in the value on
 // 2.9/2.10. Revisions are stream sequence numbers; update/delete are CAS on them (Nats-Expected-Last-Subject-Sequence).
 
+import { logger } from "../../src/log.ts";
 import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError, type JsMsg } from "@nats-io/jetstream";
 import { headers } from "@nats-io/transport-node";
-import { consola } from "consola";
 import { StoreUnavailableError } from "../../src/store.ts";
 import { decodeEnvelope, type Envelope } from "../record-envelope.ts";
 import type { NatsBucket } from "./connection.ts";
 import { decodeNatsKey, encodeNatsKey } from "./keys.ts";
 import { escapeLogText, logText } from "../../src/log-text.ts";
 
-const log = consola.withTag("nats");
+const log = logger("nats");
 
 const SNAPSHOT_TIMEOUT_MS = 10_000;
 

@@ -14,6 +14,7 @@
 //
 // Watch: watch.ts.
 
+import { logger } from "../../src/log.ts";
 import { hostname } from "node:os";
 import type { KV, ListResult, Revision, Store, WatchEvent, WriteOptions } from "../../src/store.ts";
 import { checkKey, checkPrefix, checkRevision, checkTtl, checkValue } from "../arguments.ts";
@@ -23,13 +24,12 @@ import { encodeNatsKey, natsPrefixFilter } from "./keys.ts";
 import { casDelete, casWrite, guard, Reaper, snapshot, ttlPut } from "./records.ts";
 import { NatsWatch } from "./watch.ts";
 import { JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
-import { consola } from "consola";
 import { escapeLogText, logText } from "../../src/log-text.ts";
 
 export type { NatsStoreOptions } from "./connection.ts";
 export { decodeNatsKey, encodeNatsKey, natsPrefixFilter } from "./keys.ts";
 
-const log = consola.withTag("nats");
+const log = logger("nats");
 const KIND = "nats";
 
 export class NatsStore implements Store {

@@ -5,8 +5,8 @@
 // ends) the watch re-creates the consumer from the last revision seen + 1. If that revision is no longer in the
 // stream (purged, or the bucket was re-created), it yields { type: "relist" } and continues from the stream's end.
 
+import { logger } from "../../src/log.ts";
 import type { JsMsg } from "@nats-io/jetstream";
-import { consola } from "consola";
 import { sleep } from "../../src/sleep.ts";
 import type { Revision, WatchEvent } from "../../src/store.ts";
 import { storeHealth } from "../../src/store-health.ts";
@@ -15,7 +15,7 @@ import type { NatsBucket } from "./connection.ts";
 import { natsPrefixFilter } from "./keys.ts";
 import { type Reaper, snapshot, toRawEntry } from "./records.ts";
 
-const log = consola.withTag("nats");
+const log = logger("nats");
 
 const WATCH_RETRY_MIN_MS = 100;
 const WATCH_RETRY_MAX_MS = 5_000;
