@@ -240,10 +240,10 @@ export class SqliteStore implements Store {
     let nextExpiry = 0;
     let generation = this.generation;
     this.watchFiles();
-    /** File events seen at the last look, and when to look once more after one. */
-    let seenEvents = this.fileEventCount;
+    /** When to look once more after a file event (a commit's WAL write can be seen before its index is). */
     let lookAgainAt = 0;
     while (!stop.aborted) {
+      const eventsBefore = this.fileEventCount;
       let batch: { events: WatchEvent[]; pos: Revision; more: boolean } | null = null;
       try {
         this.checkOpen();
@@ -259,14 +259,16 @@ export class SqliteStore implements Store {
         const version = this.dataVersion();
         const now = Date.now();
         if (version !== seenVersion || this.localWrites !== seenLocal || now >= nextExpiry) {
-          seenVersion = version;
-          seenLocal = this.localWrites;
           if (now >= nextExpiry) this.reapExpired();
-          batch = this.readChanges(prefix, pos);
-          nextExpiry = this.soonestExpiry();
-          // The reaper's own writes and the read above are this connection's: take data_version after them.
+          // Taken before the read, never after it: a commit by another process that lands while we read moves
+          // data_version past what we saw, so the next look reads again. (Taken after the read, such a commit was
+          // marked as seen without being read: the watch then stalled until the next commit or the stale-watch
+          // restart, ~10 s late for the last peer of a join storm.) This connection's own writes, the reaper's
+          // included, never move data_version: localWrites counts them.
           seenVersion = this.dataVersion();
           seenLocal = this.localWrites;
+          batch = this.readChanges(prefix, pos);
+          nextExpiry = this.soonestExpiry();
         }
         if (failing) log.info(`${this.location}: watch on "${prefix}" recovered`);
         failing = false;
@@ -295,15 +297,18 @@ export class SqliteStore implements Store {
         await this.sleep(this.pollMs, stop);
         continue;
       }
-      const now = Date.now();
-      if (this.fileEventCount !== seenEvents) {
-        seenEvents = this.fileEventCount;
-        lookAgainAt = now + this.pollMs;
+      // A file event while we looked (nobody was asleep to be woken): look again now, and once more shortly.
+      if (this.fileEventCount !== eventsBefore) {
+        lookAgainAt = Date.now() + this.pollMs;
+        continue;
       }
+      const now = Date.now();
       let until = Math.min(now + this.opts.idlePollMs, nextExpiry);
       if (lookAgainAt > now) until = Math.min(until, lookAgainAt);
       else lookAgainAt = 0;
+      const sleptFrom = this.fileEventCount;
       await this.sleep(Math.max(1, until - now), stop);
+      if (this.fileEventCount !== sleptFrom) lookAgainAt = Date.now() + this.pollMs;
     }
   }
 

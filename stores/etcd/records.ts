@@ -80,7 +80,7 @@ export class EtcdKeys {
         const r = this.parseKV(kv);
         if (r) out.push(r);
       } catch (e) {
-        log.warn(`skipping an unreadable etcd record in ${what}: ${escapeLogText((e as Error).message)}`);
+        log.warn(`skipping an unreadable etcd record in ${escapeLogText(what)}: ${escapeLogText((e as Error).message)}`);
       }
     }
     return out;

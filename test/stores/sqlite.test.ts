@@ -246,6 +246,32 @@ describe("sqlite specifics", () => {
     }
   });
 
+  test("another process writing as fast as it can: the watcher sees every write, the last ones included", async () => {
+    // A commit landing while the watcher reads must neither count as seen nor go unnoticed: the last writes would
+    // then wait for a commit that never comes (here: 10 min of idle look).
+    const path = freshDbPath();
+    const b = SqliteStore.open(path, { idlePollMs: 600_000 });
+    const w = new WatchCollector(b, "subnets/", 0);
+    const N = 1500;
+    const script = join(tmp, "writer.ts");
+    await Bun.write(
+      script,
+      `import { SqliteStore } from ${JSON.stringify(join(import.meta.dir, "../../stores/sqlite.ts"))};\n` +
+        "const s = SqliteStore.open(process.argv[2]);\n" +
+        "for (let i = 0; i < Number(process.argv[3]); i++) await s.create('subnets/w' + i, new TextEncoder().encode('x'));\n" +
+        "await s.close();\n",
+    );
+    try {
+      await Bun.sleep(200);
+      const writer = Bun.spawn([process.execPath, script, path, String(N)], { stdout: "ignore", stderr: "inherit" });
+      expect(await writer.exited).toBe(0);
+      await w.until(`all ${N} puts`, () => w.puts().length === N, 5000);
+    } finally {
+      await w.stop();
+      await b.close();
+    }
+  });
+
   test("expiry is reaped into the change log by a watcher in another instance", async () => {
     const path = freshDbPath();
     const a = SqliteStore.open(path);
