@@ -6,7 +6,7 @@
 //   exec -> ready      from spawning the agent to /readyz answering 200 (every peer programmed);
 //   RssAnon            of the agent at ready and after the idle period;
 //   new peer           lease written -> its route in `ip monitor route` (median and max of 5, one at a time);
-//   idle               CPU (user + system, children included) and iproute2 processes started (the agent's own
+//   idle               CPU (user + system, children included) and processes started (iproute2 and iptables/nft: the agent's own
 //                      /metrics count) over S seconds (default 60) after ready.
 // The floor is one `ip -batch` + `bridge -batch` of the same N neighbour, fdb and route lines; the "before" column
 // holds the figures the issue measured on the earlier build. Goals are printed, not asserted.
@@ -253,11 +253,14 @@ async function benchStore(kind: Kind, o: Options, dir: string, binary: string): 
 
     await Bun.sleep(2_000); // let the last writes settle
     const cpu0 = cpuSeconds(agent.pid);
-    const spawned0 = await metric("flannel_bin_kernel_processes_spawned_total");
+    // Every process the agent starts: iproute2 (kernel) and iptables/nft (traffic rules).
+    const spawned = async () =>
+      (await metric("flannel_bin_kernel_processes_spawned_total")) + (await metric("flannel_bin_rules_processes_spawned_total"));
+    const spawned0 = await spawned();
     console.error(`[${kind}] idle for ${o.idleS} s`);
     await Bun.sleep(o.idleS * 1000);
     row.idleCpuS = cpuSeconds(agent.pid) - cpu0;
-    row.idleSpawned = (await metric("flannel_bin_kernel_processes_spawned_total")) - spawned0;
+    row.idleSpawned = (await spawned()) - spawned0;
     row.rssLater = procStatus(agent.pid, "RssAnon");
   } catch (e) {
     row.error = `${(e as Error).message}${existsSync(logFile) ? `\n${readFileSync(logFile, "utf8").slice(-2000)}` : ""}`;
