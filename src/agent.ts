@@ -70,7 +70,14 @@ export async function runAgent(f: Flags): Promise<number> {
     // Renewal runs from here on, also while the data plane waits for the kernel.
     const keeping = keepLease(keeper, life);
 
-    dataPlane = new DataPlane({ backend, lease, reconcileIntervalMs: f["reconcile-interval"], readiness, signal: life.signal });
+    dataPlane = new DataPlane({
+      backend,
+      lease,
+      reconcileIntervalMs: f["reconcile-interval"],
+      routeNexthops: f["route-nexthops"],
+      readiness,
+      signal: life.signal,
+    });
     health.metrics = metricsOf(readiness, keeper, peers, dataPlane, () => rules?.stats?.() ?? null);
     if (!(await dataPlane.setUp())) return await finish(keeping, life);
     enableIPForward();

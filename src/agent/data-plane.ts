@@ -57,6 +57,8 @@ export interface DataPlaneOptions {
   backend: Backend;
   lease: Lease;
   reconcileIntervalMs: number;
+  /** --route-nexthops: auto (where the kernel has them), on, off. */
+  routeNexthops?: "auto" | "on" | "off";
   readiness: Readiness;
   signal: AbortSignal;
 }
@@ -72,6 +74,7 @@ export class DataPlane {
       ownedDevices: o.backend.ownedDevices,
       routeProto: ROUTE_PROTO,
       fullIntervalMs: o.reconcileIntervalMs,
+      ...(o.routeNexthops === "on" ? { nexthops: true } : o.routeNexthops === "off" ? { nexthops: false } : {}),
     });
     this.local = o.backend.localState(o.lease);
   }

@@ -1,8 +1,9 @@
 // End-to-end test helpers: the compiled binary, kernel state of a lab host (routes, neighbours, fdb) and bounded waits.
+import { afterAll, beforeAll, expect } from "bun:test";
 import { renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ensureBinary as ensureBuilt } from "../helpers/binary.ts";
-import { type LabHost, type LabState, labStateDir, readLabState, readSubnetEnv } from "../../src/lab/lab.ts";
+import { type LabHost, type LabState, labDown, labStateDir, labUp, readLabState, readSubnetEnv } from "../../src/lab/lab.ts";
 import { execIn, ip, run, waitFor } from "../../src/lab/netns.ts";
 
 export { BINARY, REPO, testName } from "../helpers/binary.ts";
@@ -10,6 +11,23 @@ export { BINARY, REPO, testName } from "../helpers/binary.ts";
 /** The binary under test, rebuilt when stale (see test/helpers/binary.ts). */
 export async function ensureBinary(): Promise<string> {
   return ensureBuilt();
+}
+
+/**
+ * For one describe block: a 2-host lab on the SQLite store, up (every pair pinging) before its tests and down after
+ * them, also when they fail. Hooks registered after this one run after it, so they can read the lab's hosts.
+ */
+export function twoHostLab(lab: { name: string }, backend: "vxlan" | "host-gw", agentArgs: string[]): void {
+  beforeAll(async () => {
+    const binary = await ensureBinary();
+    await labDown(lab);
+    const report = await labUp({ ...lab, hosts: 2, backend, store: "sqlite", binary, agentArgs });
+    expect(report.pairs.filter((p) => !p.ok)).toEqual([]);
+  }, 180_000);
+  afterAll(async () => {
+    const r = await labDown(lab);
+    if (r.errors.length) console.error(r.errors);
+  }, 60_000);
 }
 
 export function labState(lab: { name: string; stateDir?: string }): LabState {

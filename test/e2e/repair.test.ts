@@ -1,10 +1,10 @@
 // Event-driven repair end to end (issue 13.3/13.7): the compiled agent in lab hosts with a one-hour
 // --reconcile-interval, so only its kernel monitor can put back what is removed by hand. Each repair is awaited for
 // at most 2 s, and the agent's /metrics must still count just the one full reconcile it ran at start.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { labDown, labUp, pingFrom } from "../../src/lab/lab.ts";
+import { beforeAll, describe, expect, test } from "bun:test";
+import { pingFrom } from "../../src/lab/lab.ts";
 import { execIn, ip, run } from "../../src/lab/netns.ts";
-import { ensureBinary, host, knowsPeer, type PeerInfo, peerInfo, testName, waitUntil } from "./helpers.ts";
+import { host, knowsPeer, type PeerInfo, peerInfo, testName, twoHostLab, waitUntil } from "./helpers.ts";
 
 const TEST_TIMEOUT_MS = 60_000;
 const REPAIR_MS = 2_000;
@@ -32,20 +32,13 @@ describe("vxlan: the kernel monitor repairs what is removed by hand", () => {
   const LAB = { name: testName("e2rv") };
   let h1: ReturnType<typeof host>;
   let peer: PeerInfo;
+  twoHostLab(LAB, "vxlan", AGENT_ARGS);
   beforeAll(async () => {
-    const binary = await ensureBinary();
-    await labDown(LAB);
-    const report = await labUp({ ...LAB, hosts: 2, backend: "vxlan", store: "sqlite", binary, agentArgs: AGENT_ARGS });
-    expect(report.pairs.filter((p) => !p.ok)).toEqual([]);
     h1 = host(LAB, 1);
     peer = await peerInfo(host(LAB, 2));
     expect(await metric(h1.netns, "flannel_bin_reconcile_runs_total")).toBe(1);
     expect(await metric(h1.netns, "flannel_bin_peers")).toBe(1); // the one other host, as /metrics and STATUS= count it
   }, 180_000);
-  afterAll(async () => {
-    const r = await labDown(LAB);
-    if (r.errors.length) console.error(r.errors);
-  }, 60_000);
 
   const backWithin2s = async (what: string) => {
     await waitUntil(`${h1.netns}: ${what} is back`, REPAIR_MS, () => knowsAll(h1.netns, peer), 50);
@@ -145,18 +138,11 @@ describe("host-gw: the kernel monitor repairs what is removed by hand", () => {
     (JSON.parse((await ip(["-j", "route", "show", peer.subnet], h1.netns)).stdout || "[]") as { gateway?: string }[]).some(
       (r) => r.gateway === peer.publicIP,
     );
+  twoHostLab(LAB, "host-gw", AGENT_ARGS);
   beforeAll(async () => {
-    const binary = await ensureBinary();
-    await labDown(LAB);
-    const report = await labUp({ ...LAB, hosts: 2, backend: "host-gw", store: "sqlite", binary, agentArgs: AGENT_ARGS });
-    expect(report.pairs.filter((p) => !p.ok)).toEqual([]);
     h1 = host(LAB, 1);
     peer = await peerInfo(host(LAB, 2));
   }, 180_000);
-  afterAll(async () => {
-    const r = await labDown(LAB);
-    if (r.errors.length) console.error(r.errors);
-  }, 60_000);
 
   test(
     "a route deleted by hand, its nexthop deleted by hand, then the underlay set down (the kernel drops its routes silently) and up",
