@@ -1,9 +1,12 @@
 // The long-lived kernel watchers: one `ip -o monitor label link address route neigh [nexthop]` and one `bridge monitor fdb`,
 // whose lines become KernelEvents for the reconciler. Each is started and stopped by its own PID; one that dies is
-// restarted with backoff, and since events may have been missed meanwhile, onRestart lets the owner re-read the kernel.
+// restarted with backoff (src/supervised-process.ts), and since events may have been missed meanwhile, onRestart lets
+// the owner re-read the kernel.
 import { type KernelEvent, parseFdbMonitorLine, parseIpMonitorLine } from "./monitor-events.ts";
 import { nsArgs, processesSpawned } from "./queue.ts";
 import { logger } from "../log.ts";
+import { escapeLogText } from "../log-text.ts";
+import { SupervisedProcess } from "../supervised-process.ts";
 
 // Through log.ts: a tagged instance made at import time would keep consola's default reporter, not the agent's.
 const log = logger("monitor");
@@ -53,91 +56,43 @@ export class KernelMonitor {
   }
 }
 
+/** One iproute2 monitor: its lines parsed into events, one onEvents call per chunk of output. */
 class Watcher {
-  private proc: ReturnType<typeof Bun.spawn> | null = null;
-  private stopped = true;
-  private backoffMs: number;
-  private timer: ReturnType<typeof setTimeout> | null = null;
-  private startedAt = 0;
-  private restarts = 0;
+  private readonly p: SupervisedProcess;
 
-  constructor(
-    private readonly argv: string[],
-    private readonly parse: (line: string) => KernelEvent | null,
-    private readonly opts: MonitorOptions,
-  ) {
-    this.backoffMs = opts.minBackoffMs ?? 250;
+  constructor(argv: string[], parse: (line: string) => KernelEvent | null, opts: MonitorOptions) {
+    this.p = new SupervisedProcess({
+      argv,
+      maxLine: MAX_LINE,
+      minBackoffMs: opts.minBackoffMs ?? 250,
+      maxBackoffMs: opts.maxBackoffMs ?? 10_000,
+      stableMs: STABLE_MS,
+      onSpawn: (_proc, restart) => {
+        processesSpawned.count++;
+        if (restart) opts.onRestart();
+      },
+      onLines: (lines) => {
+        const events: KernelEvent[] = [];
+        for (const l of lines) {
+          if (l.truncated) continue; // not iproute2 output we understand; dropped whole
+          const ev = parse(l.text);
+          if (ev) events.push(ev);
+        }
+        if (events.length) opts.onEvents(events);
+      },
+      onDied: (why, retryMs) => log.warn(`${argv[0]} monitor ${escapeLogText(why)}; restarting in ${retryMs} ms`),
+    });
   }
 
   get pid(): number | null {
-    return this.proc?.pid ?? null;
+    return this.p.pid;
   }
 
   start(): void {
-    if (!this.stopped) return;
-    this.stopped = false;
-    this.spawn();
+    this.p.start();
   }
 
   stop(): void {
-    this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
-    const p = this.proc;
-    this.proc = null;
-    if (p && p.exitCode === null) process.kill(p.pid, "SIGTERM");
-  }
-
-  private spawn(): void {
-    let proc: ReturnType<typeof Bun.spawn>;
-    try {
-      processesSpawned.count++;
-      proc = Bun.spawn(this.argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: process.env });
-    } catch (e) {
-      this.died(`could not start: ${(e as Error).message}`);
-      return;
-    }
-    this.proc = proc;
-    this.startedAt = Date.now();
-    if (this.restarts++ > 0) this.opts.onRestart();
-    const stderr = new Response(proc.stderr as ReadableStream).text().catch(() => "");
-    this.read(proc.stdout as ReadableStream<Uint8Array>)
-      .catch(() => undefined)
-      .then(async () => {
-        const code = await proc.exited;
-        if (this.proc !== proc) return; // stopped (or replaced) on purpose
-        this.proc = null;
-        const err = (await stderr).trim().slice(0, 200);
-        this.died(`exited with status ${code}${err ? `: ${err}` : ""}`);
-      });
-  }
-
-  private died(why: string): void {
-    if (this.stopped) return;
-    if (Date.now() - this.startedAt >= STABLE_MS) this.backoffMs = this.opts.minBackoffMs ?? 250;
-    log.warn(`${this.argv[0]} monitor ${why}; restarting in ${this.backoffMs} ms`);
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      if (!this.stopped) this.spawn();
-    }, this.backoffMs);
-    this.backoffMs = Math.min(this.backoffMs * 2, this.opts.maxBackoffMs ?? 10_000);
-  }
-
-  private async read(stream: ReadableStream<Uint8Array>): Promise<void> {
-    const dec = new TextDecoder();
-    let partial = "";
-    for await (const chunk of stream) {
-      const text = partial + dec.decode(chunk, { stream: true });
-      const lines = text.split("\n");
-      partial = lines.pop() ?? "";
-      if (partial.length > MAX_LINE) partial = ""; // not a line we could parse; drop it
-      const events: KernelEvent[] = [];
-      for (const l of lines) {
-        if (l.length > MAX_LINE) continue;
-        const ev = this.parse(l);
-        if (ev) events.push(ev);
-      }
-      if (events.length && !this.stopped) this.opts.onEvents(events);
-    }
+    this.p.stop();
   }
 }

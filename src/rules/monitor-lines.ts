@@ -1,41 +1,9 @@
 // What the long-lived watchers print, one line at a time: `nft monitor rules` and `ip -4 -o monitor route`. It is
 // another process's output about a ruleset anyone on the host may write: split with a bounded buffer, only each line's
 // head is looked at, and nothing here logs it (a caller that does goes through escapeLogText). Pure functions.
+import type { MonitorLine } from "../supervised-process.ts";
 
-/** Characters of a line kept; the rest of a longer line (a huge foreign rule) is dropped, its head says enough. */
-export const LINE_HEAD_MAX = 1024;
-
-export interface MonitorLine {
-  text: string;
-  /** The line was longer than LINE_HEAD_MAX and `text` is its head. */
-  truncated: boolean;
-}
-
-/** Splits a byte stream into lines, keeping at most LINE_HEAD_MAX characters of each (memory stays bounded). */
-export class LineSplitter {
-  private head = "";
-  private truncated = false;
-  private readonly dec = new TextDecoder();
-
-  push(chunk: Uint8Array): MonitorLine[] {
-    const text = this.dec.decode(chunk, { stream: true });
-    const out: MonitorLine[] = [];
-    let start = 0;
-    while (start <= text.length) {
-      const nl = text.indexOf("\n", start);
-      const end = nl === -1 ? text.length : nl;
-      const room = LINE_HEAD_MAX - this.head.length;
-      if (end - start > room) this.truncated = true;
-      if (room > 0) this.head += text.slice(start, start + Math.min(room, end - start));
-      if (nl === -1) break;
-      out.push({ text: this.head, truncated: this.truncated });
-      this.head = "";
-      this.truncated = false;
-      start = nl + 1;
-    }
-    return out;
-  }
-}
+export type { MonitorLine } from "../supervised-process.ts";
 
 /** A rule event of `nft monitor rules`: `add rule ip filter FORWARD …`, `delete rule ip nat POSTROUTING handle 7`. */
 export interface NftRuleEvent {

@@ -1,9 +1,8 @@
 // The watchers' line handling (no root): bounded line splitting, which `nft monitor rules` lines concern our rules
 // (the lines are what nft 1.0.6 printed on this machine for iptables-nft and nft changes), and route lines.
 import { describe, expect, test } from "bun:test";
+import { LINE_HEAD_MAX, LineSplitter } from "../../../src/supervised-process.ts";
 import {
-  LINE_HEAD_MAX,
-  LineSplitter,
   type MonitorLine,
   type WatchTarget,
   nftEventMatters,
