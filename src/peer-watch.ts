@@ -168,8 +168,6 @@ export class WatchSupervisor {
   private readonly staleMs: number;
   /** The revision the last behind-check wanted, and since when (epoch ms). */
   private target = 0;
-  /** Store errors counted when the check interval was last chosen (new ones mean: not quiet). */
-  private errorsSeen = 0;
 
   constructor(
     private readonly store: Store,
@@ -228,8 +226,12 @@ export class WatchSupervisor {
 
     const holdTimers = new Set<ReturnType<typeof setTimeout>>();
     const checks = (async () => {
+      let errorsSeen = this.health.errors;
       while (!signal.aborted) {
-        await sleep(this.quiet() ? this.quietMs : this.checkMs, signal);
+        // New store errors since the last choice mean: not quiet.
+        const errors = this.health.errors;
+        await sleep(this.quiet() && errors === errorsSeen ? this.quietMs : this.checkMs, signal);
+        errorsSeen = errors;
         if (signal.aborted) return;
         const restart = await this.check(push, holdTimers);
         if (restart) push({ gen, restart: "stale" });
@@ -273,10 +275,7 @@ export class WatchSupervisor {
 
   /** Nothing to settle: the store answered, the watch was caught up at the last check, and no removal is parked. */
   private quiet(): boolean {
-    const h = this.health;
-    const calm = h.up && h.behindSince === null && h.errors === this.errorsSeen && !this.wantsRelist();
-    this.errorsSeen = h.errors;
-    return calm;
+    return this.health.up && this.health.behindSince === null && !this.wantsRelist();
   }
 
   /** One check against the store. True when the watch is stale and must be restarted. */

@@ -260,12 +260,12 @@ export class SqliteStore implements Store {
         const now = Date.now();
         if (version !== seenVersion || this.localWrites !== seenLocal || now >= nextExpiry) {
           if (now >= nextExpiry) this.reapExpired();
-          // Taken before the read, never after it: a commit by another process that lands while we read moves
-          // data_version past what we saw, so the next look reads again. (Taken after the read, such a commit was
-          // marked as seen without being read: the watch then stalled until the next commit or the stale-watch
-          // restart, ~10 s late for the last peer of a join storm.) This connection's own writes, the reaper's
-          // included, never move data_version: localWrites counts them.
-          seenVersion = this.dataVersion();
+          // The version read before the change log, never after it: a commit by another process that lands while
+          // we read moves data_version past what we saw, so the next look reads again. (Taken after the read, such
+          // a commit was marked as seen without being read: the watch stalled until the next commit or the
+          // stale-watch restart, ~10 s late for the last peer of a join storm.) This connection's own writes, the
+          // reaper's included, never move data_version: localWrites counts them.
+          seenVersion = version;
           seenLocal = this.localWrites;
           batch = this.readChanges(prefix, pos);
           nextExpiry = this.soonestExpiry();
@@ -306,9 +306,8 @@ export class SqliteStore implements Store {
       let until = Math.min(now + this.opts.idlePollMs, nextExpiry);
       if (lookAgainAt > now) until = Math.min(until, lookAgainAt);
       else lookAgainAt = 0;
-      const sleptFrom = this.fileEventCount;
       await this.sleep(Math.max(1, until - now), stop);
-      if (this.fileEventCount !== sleptFrom) lookAgainAt = Date.now() + this.pollMs;
+      if (this.fileEventCount !== eventsBefore) lookAgainAt = Date.now() + this.pollMs;
     }
   }
 
