@@ -19,7 +19,7 @@ const BLOCKER = "data plane";
 /** A queue that remembers the kernel's last refusal of a device or address command (for the not-ready reason). */
 class ObservedQueue extends CommandQueue {
   lastDeviceError: string | null = null;
-  override async runAll(cmds: Command[]): Promise<CommandResult[]> {
+  override async runAll(cmds: Iterable<Command>): Promise<CommandResult[]> {
     const results = await super.runAll(cmds);
     // The first failure of a batch is the cause ("Operation not permitted"); later ones follow from it.
     const first = results.find((r) => !r.ok && (r.cmd.words[0] === "link" || r.cmd.words[0] === "addr"));

@@ -2,6 +2,10 @@
 // (or `bridge -force -batch -`) process per run of same-tool commands: starting a process costs ~100x the kernel work
 // of one route (field-notes §3.3), a batch costs ~10 µs per line.
 //
+// runAll() takes an iterable and pulls it lazily: the process is started with the first command and lines are
+// written to its stdin in chunks as they are produced, so the caller's planning (a generator) overlaps the kernel's
+// work instead of preceding it.
+//
 // iproute2 6.1 batch behaviour this relies on (checked by hand and by test/kernel/queue.test.ts):
 // - with -force it keeps going past a failing line and prints the error text, then `Command failed -:N` (N = 1-based
 //   line number) on stderr; exit status 1 if anything failed;
@@ -41,7 +45,7 @@ export interface QueueOptions {
   netns?: string;
   /** Coalescing window for run(): commands queued within it share a process. Default 5 ms. */
   windowMs?: number;
-  /** Most lines per process. Default 5000. */
+  /** Most lines per process. Default 100,000 (lines are streamed: a long batch costs no big buffer). */
   maxBatch?: number;
   /** Most tries per command (first try included). Default 5. */
   maxRetries?: number;
@@ -52,8 +56,20 @@ export interface QueueOptions {
 /** Results of one run()/runAll() call: a single promise however many commands (10,000 promises cost real time). */
 interface Group {
   results: CommandResult[];
+  /** Commands taken from the source and not settled yet. */
   left: number;
+  /** The source has no more commands (until then `left` reaching 0 settles nothing). */
+  sealed: boolean;
   resolve: (r: CommandResult[]) => void;
+  reject: (e: unknown) => void;
+}
+
+/** A runAll() source not yet (fully) taken into batches: commands are pulled from it as lines are written. */
+interface Source {
+  iter: Iterator<Command>;
+  /** Pulled before queueing (to see whether it is empty); taken first. */
+  head: Command | undefined;
+  group: Group;
 }
 
 interface Pending {
@@ -66,13 +82,17 @@ interface Pending {
 function settle(p: Pending, r: CommandResult): void {
   const g = p.group;
   g.results[p.index] = r;
-  if (--g.left === 0) g.resolve(g.results);
+  if (--g.left === 0 && g.sealed) g.resolve(g.results);
 }
+
+const isSource = (x: Pending | Source): x is Source => "iter" in x;
 
 type LineResult = { ok: true } | { ok: false; error: string };
 const LINE_OK: LineResult = { ok: true };
 
 const NETNS = /^[A-Za-z0-9._-]{1,64}$/;
+// Lines per write to a batch process's stdin: big enough to keep syscalls few, small enough that ip starts early.
+const CHUNK_LINES = 256;
 // Rejected by ip/bridge in user space ("Object ... is unknown"); it is not a prefix of any object name.
 const MARKER = "fbt-marker";
 const FAILED = /^Command failed .*:(\d+)$/;
@@ -96,7 +116,7 @@ export class CommandQueue {
   private readonly maxBatch: number;
   private readonly maxRetries: number;
   private readonly retryBaseMs: number;
-  private pending: Pending[] = [];
+  private pending: (Pending | Source)[] = [];
   private timer: ReturnType<typeof setTimeout> | null = null;
   private running: Promise<void> | null = null;
   private readonly retryTimers = new Set<ReturnType<typeof setTimeout>>();
@@ -108,21 +128,35 @@ export class CommandQueue {
   constructor(opts: QueueOptions = {}) {
     this.ns = nsArgs(opts.netns);
     this.windowMs = opts.windowMs ?? 5;
-    this.maxBatch = Math.max(1, opts.maxBatch ?? 5000);
+    this.maxBatch = Math.max(1, opts.maxBatch ?? 100_000);
     this.maxRetries = Math.max(1, opts.maxRetries ?? 5);
     this.retryBaseMs = opts.retryBaseMs ?? 100;
   }
 
   /** Queues one command; resolves with its own result (never rejects for a kernel error). */
-  async run(cmd: Command): Promise<CommandResult> {
-    const p = this.enqueue([cmd]);
+  run(cmd: Command): Promise<CommandResult> {
+    if (this.closed) return Promise.resolve(closedResult(cmd, 0));
+    const p = new Promise<CommandResult[]>((resolve, reject) => {
+      const group: Group = { results: [], left: 1, sealed: true, resolve, reject };
+      this.pending.push({ cmd, tries: 0, group, index: 0 });
+    });
     this.schedule(this.pending.length >= this.maxBatch ? 0 : this.windowMs);
-    return (await p)[0]!;
+    return p.then((r) => r[0]!);
   }
 
-  /** Queues commands in order and sends them at once (no window wait): the caller has already batched them. */
-  runAll(cmds: Command[]): Promise<CommandResult[]> {
-    const p = this.enqueue(cmds);
+  /**
+   * Queues commands in order and sends them at once (no window wait): the caller has already batched them. `cmds`
+   * is pulled lazily, while earlier lines already run (a generator may plan as it goes); results come in its order.
+   * Rejects only if iterating `cmds` throws (commands already sent still run).
+   */
+  runAll(cmds: Iterable<Command>): Promise<CommandResult[]> {
+    const iter = cmds[Symbol.iterator]();
+    if (this.closed) return Promise.resolve(drainClosed(iter, []));
+    const first = iter.next();
+    if (first.done) return Promise.resolve([]);
+    const p = new Promise<CommandResult[]>((resolve, reject) => {
+      this.pending.push({ iter, head: first.value, group: { results: [], left: 0, sealed: false, resolve, reject } });
+    });
     this.schedule(0);
     return p;
   }
@@ -140,16 +174,25 @@ export class CommandQueue {
     this.retryTimers.clear();
     const dropped = [...this.pending.splice(0), ...this.waitingRetry];
     this.waitingRetry.clear();
-    for (const p of dropped) settle(p, { cmd: p.cmd, ok: false, error: "command queue closed", tries: p.tries });
+    for (const p of dropped) {
+      if (!isSource(p)) settle(p, closedResult(p.cmd, p.tries));
+      else this.dropSource(p);
+    }
   }
 
-  private enqueue(cmds: Command[]): Promise<CommandResult[]> {
-    if (this.closed) return Promise.resolve(cmds.map((cmd) => ({ cmd, ok: false, error: "command queue closed", tries: 0 })));
-    if (cmds.length === 0) return Promise.resolve([]);
-    return new Promise((resolve) => {
-      const group: Group = { results: new Array(cmds.length), left: cmds.length, resolve };
-      for (let i = 0; i < cmds.length; i++) this.pending.push({ cmd: cmds[i]!, tries: 0, group, index: i });
-    });
+  /** A source that will not be sent (closed queue): every command it still has fails. */
+  private dropSource(s: Source): void {
+    const g = s.group;
+    try {
+      if (s.head) g.results.push(closedResult(s.head, 0));
+      s.head = undefined;
+      drainClosed(s.iter, g.results);
+    } catch (e) {
+      g.reject(e);
+      return;
+    }
+    g.sealed = true;
+    if (g.left === 0) g.resolve(g.results);
   }
 
   private schedule(delayMs: number): void {
@@ -169,27 +212,39 @@ export class CommandQueue {
 
   private async flushLoop(): Promise<void> {
     while (this.pending.length && !this.closed) {
-      const batch = this.pending.splice(0, this.pending.length);
-      // Phases in queue order: split where the tool changes (ordering across ip/bridge) or at maxBatch.
-      let i = 0;
-      while (i < batch.length) {
-        const tool = batch[i]!.cmd.tool;
-        let j = i + 1;
-        while (j < batch.length && j - i < this.maxBatch && batch[j]!.cmd.tool === tool) j++;
-        await this.sendSegment(tool, batch.slice(i, j));
-        i = j;
+      // Phases in queue order: a new process where the tool changes (ordering across ip/bridge) or at maxBatch.
+      const feed = new Feed(this.pending.splice(0, this.pending.length));
+      let next = feed.take();
+      while (next && !this.closed) next = (await this.sendSegment(next, feed)) ?? feed.take();
+      if (!this.closed) continue;
+      // Closed meanwhile: what was not taken yet fails like everything close() found queued.
+      if (next) settle(next, closedResult(next.cmd, next.tries));
+      for (const x of feed.rest()) {
+        if (isSource(x)) this.dropSource(x);
+        else settle(x, closedResult(x.cmd, x.tries));
       }
     }
   }
 
-  private async sendSegment(tool: Tool, items: Pending[]): Promise<void> {
-    const lines = items.map((p) => p.cmd.line);
+  /** One process for `first` and the same-tool commands after it; returns the command taken but not sent, if any. */
+  private async sendSegment(first: Pending, feed: Feed): Promise<Pending | undefined> {
+    const tool = first.cmd.tool;
+    const items: Pending[] = [first];
     let results: LineResult[];
+    let next: Pending | undefined;
     try {
-      results = await this.execBatch(tool, lines);
+      const r = await this.streamBatch(tool, items, () => {
+        if (items.length >= this.maxBatch || this.closed) return undefined;
+        next = feed.take();
+        if (!next || next.cmd.tool !== tool) return undefined;
+        items.push(next);
+        next = undefined;
+        return items[items.length - 1]!.cmd.line;
+      });
+      results = r;
     } catch (e) {
       const error = `could not run ${tool}: ${(e as Error).message}`;
-      results = lines.map(() => ({ ok: false, error }));
+      results = items.map(() => ({ ok: false, error }));
     }
     for (let k = 0; k < items.length; k++) {
       const p = items[k]!;
@@ -219,26 +274,76 @@ export class CommandQueue {
         settle(p, { cmd: p.cmd, ok: false, error: r.error, tries: p.tries });
       }
     }
+    return next;
   }
 
-  /** Runs lines through as few processes as possible and returns one result per line. */
-  private async execBatch(tool: Tool, lines: string[]): Promise<LineResult[]> {
+  /**
+   * The first process for `items[0]` and the lines `more()` hands out (it pushes each onto `items`), streamed to its
+   * stdin; lines an aborted process left unknown are run again in probe processes. One result per item. Throws if
+   * the process cannot be started (after taking every line `more()` has, so they all fail with that error).
+   */
+  private async streamBatch(tool: Tool, items: Pending[], more: () => string | undefined): Promise<LineResult[]> {
+    this.counters.batches++;
+    processesSpawned.count++;
+    let proc: Bun.Subprocess<"pipe", "ignore", "pipe">;
+    try {
+      proc = spawnBatchProcess(tool, this.ns, "pipe");
+    } catch (e) {
+      while (more() !== undefined);
+      throw e;
+    }
+    const stderrText = new Response(proc.stderr).text(); // read while writing: a full stderr pipe would block ip
+    let broken = false; // the process went away (aborted): nothing more is written or pulled
+    const write = async (text: string): Promise<void> => {
+      try {
+        const w = proc.stdin.write(text);
+        if (typeof w !== "number") await w; // backpressure: ip is behind, let it read
+      } catch {
+        broken = true;
+      }
+    };
+    const chunk: string[] = [items[0]!.cmd.line];
+    for (let line = more(); line !== undefined; line = more()) {
+      chunk.push(line);
+      if (chunk.length < CHUNK_LINES) continue;
+      await write(`${chunk.join("\n")}\n`);
+      chunk.length = 0;
+      if (broken) break;
+    }
+    if (chunk.length && !broken) await write(`${chunk.join("\n")}\n`);
+    try {
+      await proc.stdin.end();
+    } catch {
+      broken = true;
+    }
+    const r = parseBatch(tool, await stderrText, await proc.exited, items.length, false);
+    if (r.settled >= items.length) {
+      this.counters.sent += items.length;
+      return fill(r.results, items.length);
+    }
+    // Aborted: the lines it got to are known; the rest go through probe runs.
+    const out = fill(r.results, r.settled);
+    this.counters.sent += r.settled;
+    const tail = await this.probeBatch(
+      tool,
+      items.slice(r.settled).map((p) => p.cmd.line),
+    );
+    for (let k = 0; k < tail.length; k++) out.push(tail[k]!);
+    return out;
+  }
+
+  /** Lines an aborted process left unknown, each followed by a marker, until every one has a result. */
+  private async probeBatch(tool: Tool, lines: string[]): Promise<LineResult[]> {
     const out: LineResult[] = new Array(lines.length);
     let start = 0;
-    let probe = false;
-    // Bounded: a normal run is followed by probe runs, and each probe run settles at least one more line.
+    // Bounded: each probe run settles at least one more line (the one that aborted it fails).
     while (start < lines.length) {
       const part = start === 0 ? lines : lines.slice(start);
-      const r = await this.spawnBatch(tool, part, probe);
+      const r = await this.spawnBatch(tool, part, true);
       for (let k = 0; k < r.settled; k++) out[start + k] = r.results[k] ?? LINE_OK;
       if (r.settled >= part.length) break;
-      if (probe) {
-        out[start + r.settled] = { ok: false, error: r.abortError || `${tool} exited early` };
-        start += r.settled + 1;
-      } else {
-        start += r.settled;
-        probe = true;
-      }
+      out[start + r.settled] = { ok: false, error: r.abortError || `${tool} exited early` };
+      start += r.settled + 1;
     }
     this.counters.sent += lines.length;
     return out;
@@ -256,37 +361,125 @@ export class CommandQueue {
     const text = probe ? lines.map((l) => `${l}\n${MARKER}\n`).join("") : `${lines.join("\n")}\n`;
     this.counters.batches++;
     processesSpawned.count++;
-    const proc = Bun.spawn([tool, ...this.ns, "-force", "-batch", "-"], {
-      stdin: Buffer.from(text),
-      stdout: "ignore",
-      stderr: "pipe",
-      env: process.env, // without it Bun passes the start-up environment, NOTIFY_SOCKET included (systemd-notify.ts)
-    });
+    const proc = spawnBatchProcess(tool, this.ns, Buffer.from(text));
     const stderr = await new Response(proc.stderr).text();
-    const code = await proc.exited;
-    const aborted = code !== 0 && code !== 1;
+    return parseBatch(tool, stderr, await proc.exited, lines.length, probe);
+  }
+}
 
-    const results: (LineResult | undefined)[] = [];
-    let msg: string[] = [];
-    let lastReported = 0; // 1-based line number in the text sent
-    for (const l of stderr.split("\n")) {
-      const m = FAILED.exec(l);
-      if (!m) {
-        if (l.trim()) msg.push(l.trim());
-        continue;
-      }
-      const n = Number(m[1]);
-      lastReported = Math.max(lastReported, n);
-      if (!probe) results[n - 1] = { ok: false, error: msg.join("; ") || "failed" };
-      else if (n % 2 === 1) results[(n - 1) / 2] = { ok: false, error: msg.join("; ") || "failed" };
-      msg = [];
+/** `ip|bridge [-n ns] -force -batch -` reading `stdin` (a pipe to write, or the whole text). */
+function spawnBatchProcess<In extends "pipe" | Buffer>(tool: Tool, ns: string[], stdin: In): Bun.Subprocess<In, "ignore", "pipe"> {
+  return Bun.spawn([tool, ...ns, "-force", "-batch", "-"], {
+    stdin,
+    stdout: "ignore",
+    stderr: "pipe",
+    env: process.env, // without it Bun passes the start-up environment, NOTIFY_SOCKET included (systemd-notify.ts)
+  });
+}
+
+/**
+ * A batch process's outcome from its stderr and exit status, for `count` lines sent (probe: each followed by a marker).
+ * `settled` = how many leading lines have a known outcome (failures in `results`, the rest succeeded). If the process
+ * aborted, lines from `settled` on are unknown; in probe mode line `settled` is the one that aborted.
+ */
+function parseBatch(
+  tool: Tool,
+  stderr: string,
+  code: number,
+  count: number,
+  probe: boolean,
+): { results: (LineResult | undefined)[]; settled: number; abortError: string } {
+  const aborted = code !== 0 && code !== 1;
+  const results: (LineResult | undefined)[] = [];
+  let msg: string[] = [];
+  let lastReported = 0; // 1-based line number in the text sent
+  for (const l of stderr.split("\n")) {
+    const m = FAILED.exec(l);
+    if (!m) {
+      if (l.trim()) msg.push(l.trim());
+      continue;
     }
-    const abortError = msg.join("; ") || `${tool} exited with status ${code}`;
-    if (!aborted) return { results, settled: lines.length, abortError };
-    // Aborted: everything up to the last reported line was run. In probe mode a reported marker 2k means real
-    // lines 1..k ran; the next real line is the one that killed the process.
-    const settled = probe ? Math.floor(lastReported / 2) : lastReported;
-    return { results, settled: Math.min(settled, lines.length), abortError };
+    const n = Number(m[1]);
+    lastReported = Math.max(lastReported, n);
+    if (!probe) results[n - 1] = { ok: false, error: msg.join("; ") || "failed" };
+    else if (n % 2 === 1) results[(n - 1) / 2] = { ok: false, error: msg.join("; ") || "failed" };
+    msg = [];
+  }
+  const abortError = msg.join("; ") || `${tool} exited with status ${code}`;
+  if (!aborted) return { results, settled: count, abortError };
+  // Aborted: everything up to the last reported line was run. In probe mode a reported marker 2k means real
+  // lines 1..k ran; the next real line is the one that killed the process.
+  const settled = probe ? Math.floor(lastReported / 2) : lastReported;
+  return { results, settled: Math.min(settled, count), abortError };
+}
+
+/** The first `n` results, a missing one meaning success. */
+function fill(results: (LineResult | undefined)[], n: number): LineResult[] {
+  const out: LineResult[] = new Array(n);
+  for (let k = 0; k < n; k++) out[k] = results[k] ?? LINE_OK;
+  return out;
+}
+
+const closedResult = (cmd: Command, tries: number): CommandResult => ({ cmd, ok: false, error: "command queue closed", tries });
+
+/** Every command left in `iter`, failed as "closed", appended to `out`. */
+function drainClosed(iter: Iterator<Command>, out: CommandResult[]): CommandResult[] {
+  for (let r = iter.next(); !r.done; r = iter.next()) out.push(closedResult(r.value, 0));
+  return out;
+}
+
+/**
+ * The queue's contents for one flush, in order: single commands (run(), retries) and runAll() sources, pulled one
+ * command at a time. A source that throws rejects its runAll() and is dropped (what it produced so far still runs).
+ */
+class Feed {
+  private i = 0;
+  constructor(private readonly items: (Pending | Source)[]) {}
+
+  take(): Pending | undefined {
+    while (this.i < this.items.length) {
+      const x = this.items[this.i]!;
+      if (!isSource(x)) {
+        this.i++;
+        return x;
+      }
+      const cmd = this.pull(x);
+      if (cmd) {
+        const g = x.group;
+        g.left++;
+        const index = g.results.length;
+        g.results.length = index + 1; // filled by settle()
+        return { cmd, tries: 0, group: g, index };
+      }
+      this.i++;
+    }
+    return undefined;
+  }
+
+  /** What was not taken (the source being pulled included, if it has more). */
+  rest(): (Pending | Source)[] {
+    return this.items.slice(this.i);
+  }
+
+  private pull(s: Source): Command | undefined {
+    const g = s.group;
+    if (g.sealed) return undefined;
+    if (s.head) {
+      const h = s.head;
+      s.head = undefined;
+      return h;
+    }
+    try {
+      const r = s.iter.next();
+      if (!r.done) return r.value;
+    } catch (e) {
+      g.sealed = true;
+      g.reject(e);
+      return undefined;
+    }
+    g.sealed = true;
+    if (g.left === 0) g.resolve(g.results);
+    return undefined;
   }
 }
 

@@ -36,6 +36,20 @@ describe("CommandQueue", () => {
     }
   });
 
+  test("maxBatch splits a long run into processes, in order, none lost", async () => {
+    const q = new CommandQueue({ netns: ns.name, maxBatch: 100 });
+    try {
+      const res = await q.runAll(Array.from({ length: 250 }, (_, i) => routeReplace(route(i), 159)));
+      expect(res.length).toBe(250);
+      expect(res.every((r) => r.ok)).toBe(true);
+      expect(q.stats()).toEqual({ sent: 250, failed: 0, retried: 0, batches: 3 });
+      expect((await protoRoutes()).length).toBe(250);
+    } finally {
+      q.close();
+      ns.ip("route", "flush", "proto", "159");
+    }
+  });
+
   test("a bad line in the middle fails alone and is retried; the others succeed", async () => {
     const q = new CommandQueue({ netns: ns.name, maxRetries: 3, retryBaseMs: 10 });
     try {
@@ -95,6 +109,100 @@ describe("CommandQueue", () => {
     } finally {
       q.close();
       ns.ip("link", "del", "vx8");
+    }
+  });
+
+  test("runAll pulls its source lazily: the first lines are in the kernel before the last one is made", async () => {
+    const q = new CommandQueue({ netns: ns.name });
+    let seenEarly = false;
+    function* cmds() {
+      for (let i = 0; i < 3000; i++) {
+        if (i === 2000) {
+          // Bounded wait (up to 2 s) for route 0, sent in the first chunk, while this generator is still planning.
+          for (let k = 0; k < 200 && !seenEarly; k++) {
+            seenEarly = ns.ip("route", "show", "10.100.0.0/24", "proto", "159").includes("10.100.0.0");
+            if (!seenEarly) Bun.sleepSync(10);
+          }
+        }
+        yield routeReplace(route(i), 159);
+      }
+    }
+    try {
+      const res = await q.runAll(cmds());
+      expect(seenEarly).toBe(true);
+      expect(res.length).toBe(3000);
+      expect(res.every((r) => r.ok)).toBe(true);
+      expect(q.stats()).toEqual({ sent: 3000, failed: 0, retried: 0, batches: 1 });
+      expect((await protoRoutes()).length).toBe(3000);
+    } finally {
+      q.close();
+      ns.ip("route", "flush", "proto", "159");
+    }
+  });
+
+  test("an abort in the middle of a long stream: lines after it still run, each with its own result", async () => {
+    ns.ip("link", "add", "vx7", "type", "vxlan", "id", "7", "local", "192.168.77.1", "dev", "ul0", "dstport", "0");
+    const q = new CommandQueue({ netns: ns.name, maxRetries: 1 });
+    try {
+      const n = (i: number) => ({ dev: "vx7", ip: `10.7.${i >> 8}.${i & 255}`, lladdr: "02:00:00:00:07:01" });
+      // The absent delete makes ip exit 2 after ~3,000 lines while the rest is still being written (broken pipe).
+      const cmds = [...Array.from({ length: 3000 }, (_, i) => neighReplace(n(i))), neighDel(n(5000))];
+      cmds.push(...Array.from({ length: 3000 }, (_, i) => neighReplace(n(3000 + i))));
+      cmds.push(routeReplace(route(7, "1.2.3.4"), 159)); // unreachable gateway: fails
+      const res = await q.runAll(cmds);
+      expect(res.length).toBe(cmds.length);
+      expect(res.slice(0, -1).every((r) => r.ok)).toBe(true);
+      expect(res.at(-1)!.ok).toBe(false);
+      const got = (await ipJson(["neigh", "show", "dev", "vx7"], ns.name)) as unknown[];
+      expect(got.length).toBe(6000);
+      expect(q.stats().failed).toBe(1);
+    } finally {
+      q.close();
+      ns.ip("link", "del", "vx7");
+    }
+  });
+
+  test("a source that throws rejects runAll; what it made before still runs", async () => {
+    const q = new CommandQueue({ netns: ns.name });
+    function* cmds() {
+      yield routeReplace(route(1), 159);
+      yield routeReplace(route(2), 159);
+      throw new Error("planning broke");
+    }
+    try {
+      await expect(q.runAll(cmds())).rejects.toThrow("planning broke");
+      // The two routes were taken before the throw: they are sent and the queue keeps working.
+      const after = await q.runAll([routeReplace(route(3), 159)]);
+      expect(after[0]!.ok).toBe(true);
+      expect((await protoRoutes()).map((r) => r.dst).sort()).toEqual(["10.100.1.0/24", "10.100.2.0/24", "10.100.3.0/24"]);
+    } finally {
+      q.close();
+      ns.ip("route", "flush", "proto", "159");
+    }
+  });
+
+  test("close() while a source streams: it is not pulled further, its remaining commands fail as closed", async () => {
+    const q = new CommandQueue({ netns: ns.name });
+    let made = 0;
+    function* cmds() {
+      for (let i = 0; i < 2000; i++) {
+        if (i === 600) q.close();
+        made++;
+        yield routeReplace(route(i), 159);
+      }
+    }
+    try {
+      const res = await q.runAll(cmds());
+      expect(made).toBe(2000); // drained as failed, so every command has a result
+      expect(res.length).toBe(2000);
+      expect(res.slice(1000).every((r) => !r.ok && r.error === "command queue closed")).toBe(true);
+      const ok = res.filter((r) => r.ok).length;
+      expect(ok).toBeGreaterThan(0);
+      expect(ok).toBeLessThanOrEqual(601);
+      expect((await protoRoutes()).length).toBe(ok);
+    } finally {
+      q.close();
+      ns.ip("route", "flush", "proto", "159");
     }
   });
 
