@@ -35,6 +35,7 @@ import {
 } from "./commands.ts";
 import { type KLink, vxlanCompatible } from "./device-compat.ts";
 import { globalAddresses, type KNexthop, type KRoute } from "./kernel-read.ts";
+import { fdbKey, fdbKeyDev, type Key, neighKey, neighKeyDev, routeKey } from "./keys.ts";
 import { Nexthops } from "./nexthops.ts";
 import type { KernelEvent } from "./monitor-events.ts";
 import type { Address, Fdb, Neigh, Route, StateFragment, VxlanDevice } from "./types.ts";
@@ -51,113 +52,76 @@ export interface ReconcileCounts {
   repaired: number;
 }
 
-interface Owner<T> {
-  id: string;
-  value: T;
-}
-
-/** Usually one fragment desires a key: then the owner is held as it is, an array only when several do. */
-type Owners<T> = Owner<T> | Owner<T>[];
-
-const top = <T>(o: Owners<T>): T => (Array.isArray(o) ? o[o.length - 1]!.value : o.value);
+/** A desired entry: the validated value, naming the fragment that desires it (validate.ts with an id). */
+type Owned<T> = T & { readonly id: string };
 
 /** One kind of entry: who desires which value under a key, and what we believe the kernel has. */
-export class Table<T> {
-  readonly desired = new Map<string, Owners<T>>();
-  readonly applied = new Map<string, T>();
-  readonly dirty = new Set<string>();
+export class Table<T extends object, K extends Key = Key> {
+  /** The effective entry per key: of the fragment that set it most recently. */
+  readonly desired = new Map<K, Owned<T>>();
+  /** Keys several fragments desire (rare): the other fragments' entries, the most recent last. */
+  private readonly shadowed = new Map<K, Owned<T>[]>();
+  readonly applied = new Map<K, T>();
+  readonly dirty = new Set<K>();
   /** Called when the effective value under a key changes (routes: the nexthop reference counts). */
   onChange: ((before: T | undefined, after: T | undefined) => void) | null = null;
 
-  /** When several fragments desire one key, the most recent set() wins. */
-  effective(key: string): T | undefined {
-    const o = this.desired.get(key);
-    return o === undefined ? undefined : top(o);
+  effective(key: K): T | undefined {
+    return this.desired.get(key);
   }
 
   /** Every desired key with its effective value. */
-  *wanted(): Generator<[string, T]> {
-    for (const [k, o] of this.desired) yield [k, top(o)];
+  wanted(): MapIterator<[K, T]> {
+    return this.desired.entries();
   }
 
   /** What `id` desires under `key`, if anything. */
-  valueOf(key: string, id: string): T | undefined {
-    const o = this.desired.get(key);
-    if (o === undefined) return undefined;
-    if (!Array.isArray(o)) return o.id === id ? o.value : undefined;
-    return o.find((x) => x.id === id)?.value;
+  valueOf(key: K, id: string): Owned<T> | undefined {
+    const e = this.desired.get(key);
+    if (e === undefined || e.id === id) return e;
+    return this.shadowed.get(key)?.find((x) => x.id === id);
   }
 
-  upsert(key: string, id: string, value: T): void {
-    const before = this.onChange ? this.effective(key) : undefined;
-    this.put(key, id, value);
-    if (this.onChange) this.onChange(before, this.effective(key));
-  }
-
-  remove(key: string, id: string): void {
-    const before = this.onChange ? this.effective(key) : undefined;
-    this.take(key, id);
-    if (this.onChange) {
-      const after = this.effective(key);
-      if (after !== before) this.onChange(before, after);
+  /** `entry` (of the fragment entry.id) is desired under `key`: when several fragments desire one key, the most recent set() wins. */
+  upsert(key: K, entry: Owned<T>): void {
+    const before = this.desired.get(key);
+    if (before !== undefined && before.id !== entry.id) {
+      const list = this.shadowed.get(key);
+      if (list) {
+        const i = list.findIndex((x) => x.id === entry.id);
+        if (i >= 0) list.splice(i, 1);
+        list.push(before);
+      } else this.shadowed.set(key, [before]);
     }
-  }
-
-  private put(key: string, id: string, value: T): void {
-    const o = this.desired.get(key);
-    if (o === undefined || (!Array.isArray(o) && o.id === id)) this.desired.set(key, { id, value });
-    else {
-      const list = Array.isArray(o) ? o : [o];
-      const i = list.findIndex((x) => x.id === id);
-      if (i >= 0) list.splice(i, 1);
-      list.push({ id, value });
-      this.desired.set(key, list);
-    }
+    this.desired.set(key, entry);
     this.dirty.add(key);
+    if (this.onChange) this.onChange(before, entry);
   }
 
-  private take(key: string, id: string): void {
-    const o = this.desired.get(key);
-    if (!o) return;
-    if (!Array.isArray(o)) {
-      if (o.id !== id) return;
-      this.desired.delete(key);
+  remove(key: K, id: string): void {
+    const before = this.desired.get(key);
+    if (before === undefined) return;
+    const list = this.shadowed.get(key);
+    if (before.id === id) {
+      const next = list?.pop();
+      if (next) this.desired.set(key, next);
+      else this.desired.delete(key);
+      if (list?.length === 0) this.shadowed.delete(key);
+      if (this.onChange) this.onChange(before, next);
     } else {
-      const i = o.findIndex((x) => x.id === id);
+      const i = list ? list.findIndex((x) => x.id === id) : -1;
       if (i < 0) return;
-      o.splice(i, 1);
-      if (o.length === 1) this.desired.set(key, o[0]!);
+      list!.splice(i, 1);
+      if (list!.length === 0) this.shadowed.delete(key);
     }
     this.dirty.add(key);
   }
 }
 
-interface Entry<T> {
-  key: string;
-  value: T;
-}
+/** A desired device, address, route, neighbour or FDB entry, as a fragment keeps it. */
+type AnyEntry = Owned<VxlanDevice> | Owned<Address> | Owned<Route> | Owned<Neigh> | Owned<Fdb>;
 
-/** A fragment as validated entries; set() keeps only its keys (FragmentKeys): the values live in the tables. */
-interface NormFragment {
-  devices: Entry<VxlanDevice>[];
-  addresses: Entry<Address>[];
-  routes: Entry<Route>[];
-  neighs: Entry<Neigh>[];
-  fdbs: Entry<Fdb>[];
-}
-
-/** What one id desires: the keys, one list per kind (shared empty list for kinds it has none of). */
-interface FragmentKeys {
-  devices: string[];
-  addresses: string[];
-  routes: string[];
-  neighs: string[];
-  fdbs: string[];
-}
-
-const keysOf = <T>(es: Entry<T>[]): string[] => (es.length === 0 ? NONE : es.map((e) => e.key));
-
-export const routeKey = (dst: string) => dst;
+/** Addresses and devices are few: string keys. */
 export const devKey = (dev: string, x: string) => `${dev} ${x}`; // device names hold no spaces
 export const keyDev = (key: string) => key.slice(0, key.indexOf(" "));
 
@@ -165,7 +129,6 @@ const routeEq = (a: KRoute, b: KRoute): boolean => a.dst === b.dst && a.via === 
 const neighEq = (a: Neigh, b: Neigh) => a.lladdr === b.lladdr && a.ip === b.ip && a.dev === b.dev;
 const fdbEq = (a: Fdb, b: Fdb) => a.dst === b.dst && a.mac === b.mac && a.dev === b.dev;
 const deviceEq = (a: VxlanDevice, b: VxlanDevice) => JSON.stringify(a) === JSON.stringify(b);
-const sameKey = () => true; // addresses: the key is the whole value
 
 /** The device step's work, taken off the dirty sets (put back with redoDevices if it cannot finish). */
 export interface DeviceWork {
@@ -187,7 +150,7 @@ export interface DevicePlan {
 export interface PeerPlan {
   cmds: Command[];
   tables: (Table<KRoute> | Table<Neigh> | Table<Fdb> | Nexthops | null)[];
-  keys: string[];
+  keys: Key[];
   /** For a nexthop: its id when added, undefined when deleted. */
   values: (KRoute | Neigh | Fdb | number | undefined)[];
 }
@@ -203,9 +166,10 @@ export interface KernelSnapshot {
 }
 
 export class DesiredState {
-  private readonly fragments = new Map<string, FragmentKeys>();
-  readonly devices = new Table<VxlanDevice>();
-  readonly addresses = new Table<Address>();
+  /** Per fragment id, its validated entries (the same objects the tables hold): one array per peer. */
+  private readonly fragments = new Map<string, AnyEntry[]>();
+  readonly devices = new Table<VxlanDevice, string>();
+  readonly addresses = new Table<Address, string>();
   readonly routes = new Table<KRoute>();
   readonly neighs = new Table<Neigh>();
   readonly fdbs = new Table<Fdb>();
@@ -253,20 +217,25 @@ export class DesiredState {
 
   /** Desires `fragment` under `id`, replacing what that id desired before. Throws (changing nothing) on invalid values. */
   set(id: string, fragment: StateFragment): void {
-    const next = normalize(fragment);
+    const next = normalize(fragment, id);
     const prev = this.fragments.get(id);
-    this.fragments.set(id, {
-      devices: keysOf(next.devices),
-      addresses: keysOf(next.addresses),
-      routes: keysOf(next.routes),
-      neighs: keysOf(next.neighs),
-      fdbs: keysOf(next.fdbs),
-    });
-    if (prev || next.devices.length) diffInto(this.devices, id, prev?.devices, next.devices, deviceEq);
-    if (prev || next.addresses.length) diffInto(this.addresses, id, prev?.addresses, next.addresses, sameKey);
-    if (prev || next.routes.length) diffInto(this.routes, id, prev?.routes, next.routes, routeEq);
-    if (prev || next.neighs.length) diffInto(this.neighs, id, prev?.neighs, next.neighs, neighEq);
-    if (prev || next.fdbs.length) diffInto(this.fdbs, id, prev?.fdbs, next.fdbs, fdbEq);
+    // An entry equal to the one already desired stays (the fragment keeps that one): one copy per entry.
+    for (let i = 0; i < next.length; i++) {
+      const e = next[i]!;
+      const t = this.tableOf(e);
+      const key = this.keyOf(e, true);
+      const old = prev ? (t.valueOf(key, id) as AnyEntry | undefined) : undefined;
+      if (old !== undefined && this.same(e, old)) next[i] = old;
+      else t.upsert(key, e);
+    }
+    if (prev) {
+      for (const p of prev) {
+        const t = this.tableOf(p);
+        const key = this.keyOf(p, false);
+        if (!next.some((e) => this.tableOf(e) === t && this.keyOf(e, false) === key)) t.remove(key, id);
+      }
+    }
+    this.fragments.set(id, next);
   }
 
   /** Stops desiring what `id` desired; entries nobody else desires become deletes. False if `id` desired nothing. */
@@ -274,12 +243,32 @@ export class DesiredState {
     const prev = this.fragments.get(id);
     if (!prev) return false;
     this.fragments.delete(id);
-    for (const k of prev.devices) this.devices.remove(k, id);
-    for (const k of prev.addresses) this.addresses.remove(k, id);
-    for (const k of prev.routes) this.routes.remove(k, id);
-    for (const k of prev.neighs) this.neighs.remove(k, id);
-    for (const k of prev.fdbs) this.fdbs.remove(k, id);
+    for (const e of prev) this.tableOf(e).remove(this.keyOf(e, false), id);
     return true;
+  }
+
+  /** The table an entry belongs in, told by its shape (validate.ts makes each kind with its own fields). */
+  private tableOf(e: AnyEntry): Table<AnyEntry> {
+    const t =
+      "vni" in e ? this.devices : "cidr" in e ? this.addresses : "lladdr" in e ? this.neighs : "onlink" in e ? this.routes : this.fdbs;
+    return t as unknown as Table<AnyEntry>;
+  }
+
+  private keyOf(e: AnyEntry, add: boolean): Key {
+    if ("vni" in e) return e.name;
+    if ("cidr" in e) return devKey(e.dev, e.cidr);
+    if ("lladdr" in e) return neighKey(e.dev, e.ip, add);
+    if ("onlink" in e) return routeKey(e.dst);
+    return fdbKey(e.dev, e.mac, add);
+  }
+
+  /** Two entries of one kind and key with the same value. */
+  private same(a: AnyEntry, b: AnyEntry): boolean {
+    if ("vni" in a) return deviceEq(a, b as VxlanDevice);
+    if ("cidr" in a) return true; // addresses: the key is the whole value
+    if ("lladdr" in a) return neighEq(a, b as Neigh);
+    if ("onlink" in a) return routeEq(a, b as Route);
+    return fdbEq(a, b as Fdb);
   }
 
   resetCounts(): ReconcileCounts {
@@ -404,12 +393,12 @@ export class DesiredState {
 
   /** Commands for every dirty route, neighbour and FDB key (and stale FDB remotes); clears the dirty sets. */
   planPeers(): PeerPlan {
-    const rDel: string[] = [];
-    const rAdd: string[] = [];
-    const nDel: string[] = [];
-    const nAdd: string[] = [];
-    const fDel: string[] = [];
-    const fAdd: string[] = [];
+    const rDel: Key[] = [];
+    const rAdd: Key[] = [];
+    const nDel: Key[] = [];
+    const nAdd: Key[] = [];
+    const fDel: Key[] = [];
+    const fAdd: Key[] = [];
     this.unapplyLostRoutes();
     split(this.routes, this.routeOk, rAdd, rDel);
     split(this.neighs, neighEq, nAdd, nDel);
@@ -421,7 +410,7 @@ export class DesiredState {
     const F = this.fdbs;
     // Parallel arrays (no closure per op) keep 30,000 ops cheap.
     const plan: PeerPlan = { cmds: [], tables: [], keys: [], values: [] };
-    const op = (c: Command, t: PeerPlan["tables"][number], k: string, v: PeerPlan["values"][number]) => {
+    const op = (c: Command, t: PeerPlan["tables"][number], k: Key, v: PeerPlan["values"][number]) => {
       plan.cmds.push(c);
       plan.tables.push(t);
       plan.keys.push(k);
@@ -481,12 +470,12 @@ export class DesiredState {
       if (!t || !ok(i)) continue;
       const v = plan.values[i];
       if (v === undefined) t.applied.delete(plan.keys[i]!);
-      else (t as Table<typeof v>).applied.set(plan.keys[i]!, v);
+      else (t as Table<object>).applied.set(plan.keys[i]!, v as object);
     }
   }
 
   /** A nexthop add (id) or delete (undefined) finished; its applied flag was set when it was planned. */
-  private nexthopDone(nh: Nexthops, key: string, id: number | undefined, ok: boolean): void {
+  private nexthopDone(nh: Nexthops, key: Key, id: number | undefined, ok: boolean): void {
     const e = nh.entries.get(key);
     if (!e) return;
     if (id === undefined) {
@@ -521,9 +510,9 @@ export class DesiredState {
       case "route":
         return this.lost(this.routes, routeKey(ev.dst), (v) => ev.dev === undefined || v.dev === undefined || v.dev === ev.dev);
       case "neigh":
-        return this.lost(this.neighs, devKey(ev.dev, ev.ip), () => true);
+        return this.lost(this.neighs, neighKey(ev.dev, ev.ip), () => true);
       case "fdb":
-        return this.lost(this.fdbs, devKey(ev.dev, ev.mac), (v) => ev.dst === undefined || v.dst === ev.dst);
+        return this.lost(this.fdbs, fdbKey(ev.dev, ev.mac), (v) => ev.dst === undefined || v.dst === ev.dst);
       case "nexthop": {
         // Deleting a nexthop deletes the routes through it without a route event.
         const e = this.nexthops.byId.get(ev.id);
@@ -568,9 +557,9 @@ export class DesiredState {
   devicesToRead(ownedDevices: Iterable<string>, present: Set<string>): { neighDevs: string[]; fdbDevs: string[] } {
     const owned = this.ownedSet(ownedDevices);
     const neighDevs = new Set(owned);
-    for (const k of this.neighs.desired.keys()) neighDevs.add(keyDev(k));
+    for (const k of this.neighs.desired.keys()) neighDevs.add(neighKeyDev(k));
     const fdbDevs = new Set(owned);
-    for (const k of this.fdbs.desired.keys()) fdbDevs.add(keyDev(k));
+    for (const k of this.fdbs.desired.keys()) fdbDevs.add(fdbKeyDev(k));
     return { neighDevs: [...neighDevs].filter((d) => present.has(d)), fdbDevs: [...fdbDevs].filter((d) => present.has(d)) };
   }
 
@@ -586,24 +575,24 @@ export class DesiredState {
     if (this.nhMode && k.nexthops) this.counts.removed += this.nexthops.adopt(k.nexthops, this.proto, true);
     this.lostNexthops.clear(); // the routes read now are what the kernel has
     // Routes: all with our proto are ours.
-    const actualRoutes = new Map<string, KRoute>();
+    const actualRoutes = new Map<Key, KRoute>();
     for (const r of k.routes) actualRoutes.set(routeKey(r.dst), r);
     this.adopt(this.routes, actualRoutes, this.routeOk);
 
-    const actualNeighs = new Map<string, Neigh>();
+    const actualNeighs = new Map<Key, Neigh>();
     for (const [dev, list] of k.neighs) {
       for (const n of list) {
-        const key = devKey(dev, n.ip);
+        const key = neighKey(dev, n.ip, owned.has(dev));
         if (owned.has(dev) || this.neighs.desired.has(key)) actualNeighs.set(key, n);
       }
     }
     this.adopt(this.neighs, actualNeighs, neighEq);
 
     // A MAC may have several remotes; the one we desire is adopted, all others are stale.
-    const actualFdbs = new Map<string, Fdb>();
+    const actualFdbs = new Map<Key, Fdb>();
     for (const [dev, list] of k.fdbs) {
       for (const f of list) {
-        const key = devKey(dev, f.mac);
+        const key = fdbKey(dev, f.mac, owned.has(dev));
         const want = this.fdbs.effective(key);
         if (want && want.dst === f.dst) actualFdbs.set(key, f);
         else if (want || owned.has(dev)) {
@@ -623,7 +612,7 @@ export class DesiredState {
   }
 
   /** Counts differences between kernel and desire (eq(wanted, actual)), then makes the kernel view the applied one and dirties all keys. */
-  private adopt<T>(t: Table<T>, actual: Map<string, T>, eq: (a: T, b: T) => boolean): void {
+  private adopt<T extends object>(t: Table<T>, actual: Map<Key, T>, eq: (a: T, b: T) => boolean): void {
     for (const [k, want] of t.wanted()) {
       const a = actual.get(k);
       if (a !== undefined && eq(want, a)) continue;
@@ -640,7 +629,7 @@ export class DesiredState {
   }
 
   /** An applied entry the kernel no longer has: unapplied, and dirty if still desired. True if it needs a drain. */
-  private lost<T>(t: Table<T>, key: string, matches: (v: T) => boolean): boolean {
+  private lost<T extends object>(t: Table<T>, key: Key, matches: (v: T) => boolean): boolean {
     const v = t.applied.get(key);
     if (v === undefined || !matches(v)) return false;
     t.applied.delete(key);
@@ -678,7 +667,7 @@ export class DesiredState {
 }
 
 /** Dirty keys -> keys to (re)add and keys to delete; clears the dirty set. */
-function split<T>(t: Table<T>, eq: (a: T, b: T) => boolean, add: string[], del: string[]): void {
+function split<T extends object>(t: Table<T>, eq: (a: T, b: T) => boolean, add: Key[], del: Key[]): void {
   for (const k of t.dirty) {
     const want = t.effective(k);
     const have = t.applied.get(k);
@@ -689,41 +678,23 @@ function split<T>(t: Table<T>, eq: (a: T, b: T) => boolean, add: string[], del: 
   t.dirty.clear();
 }
 
-function diffInto<T>(t: Table<T>, id: string, prev: string[] | undefined, next: Entry<T>[], eq: (a: T, b: T) => boolean): void {
-  if (!prev || prev.length === 0) {
-    for (const e of next) t.upsert(e.key, id, e.value);
-    return;
-  }
-  const gone = new Set(prev);
-  for (const e of next) {
-    const old = gone.delete(e.key) ? t.valueOf(e.key, id) : undefined;
-    if (old === undefined || !eq(old, e.value)) t.upsert(e.key, id, e.value);
-  }
-  for (const k of gone) t.remove(k, id);
-}
-
 const NONE: never[] = [];
 
-/** Validates a fragment into canonical keyed entries (plain loops: this runs once per peer on the 10k path). */
-function normalize(f: StateFragment): NormFragment {
+/** Validates a fragment into its entries, each naming `id` (plain loops: this runs once per peer on the 10k path). */
+function normalize(f: StateFragment, id: string): AnyEntry[] {
   if (typeof f !== "object" || f === null) throw new TypeError("state fragment must be an object");
-  return {
-    devices: keyed(f.devices, "devices", validVxlanDevice, (v) => v.name),
-    addresses: keyed(f.addresses, "addresses", validAddress, (v) => devKey(v.dev, v.cidr)),
-    routes: keyed(f.routes, "routes", validRoute, (v) => routeKey(v.dst)),
-    neighs: keyed(f.neighs, "neighs", validNeigh, (v) => devKey(v.dev, v.ip)),
-    fdbs: keyed(f.fdbs, "fdbs", validFdb, (v) => devKey(v.dev, v.mac)),
-  };
+  const out: AnyEntry[] = [];
+  add(out, f.devices, "devices", validVxlanDevice, id);
+  add(out, f.addresses, "addresses", validAddress, id);
+  add(out, f.routes, "routes", validRoute, id);
+  add(out, f.neighs, "neighs", validNeigh, id);
+  add(out, f.fdbs, "fdbs", validFdb, id);
+  return out.length === 0 ? NONE : out;
 }
 
-/** Each entry of one list of a fragment, validated and paired with its table key. */
-function keyed<T>(list: T[] | undefined, what: string, valid: (x: unknown) => T, keyOf: (v: T) => string): Entry<T>[] {
-  if (list === undefined || (Array.isArray(list) && list.length === 0)) return NONE;
+/** Each entry of one list of a fragment, validated with its owner. */
+function add<T>(out: AnyEntry[], list: T[] | undefined, what: string, valid: (x: unknown, id: string) => T, id: string): void {
+  if (list === undefined) return;
   if (!Array.isArray(list)) throw new TypeError(`state fragment ${what} must be an array`);
-  const out: Entry<T>[] = [];
-  for (const x of list) {
-    const v = valid(x);
-    out.push({ key: keyOf(v), value: v });
-  }
-  return out;
+  for (const x of list) out.push(valid(x, id) as unknown as AnyEntry);
 }

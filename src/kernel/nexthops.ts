@@ -8,14 +8,15 @@
 // Ids: ours start at NEXTHOP_ID_BASE; ids in use by others (any other protocol) are never handed out. Our own
 // nexthops found in the kernel (a previous run's) are adopted with their ids, so a restart changes no route.
 import type { KNexthop } from "./kernel-read.ts";
+import { type Key, nexthopKey } from "./keys.ts";
 import { NEXTHOP_ID_BASE, NEXTHOP_ID_RANGE, type Nexthop, type Route } from "./types.ts";
 import { nexthopOf, validNexthop } from "./validate.ts";
 
-export const nhKey = (via: string, dev: string, onlink: boolean): string => `${via} ${dev}${onlink ? " onlink" : ""}`;
-export const routeNhKey = (r: Route): string => nhKey(r.via, r.dev, r.onlink);
+/** Desired routes and our own nexthops number their device (keys.ts): both are few. */
+const routeNhKey = (r: Route): Key => nexthopKey(r.via, r.dev, r.onlink, true);
 
 export interface NhEntry {
-  readonly key: string;
+  readonly key: Key;
   /** The nexthop itself, canonical (its id changes only when another took it: then a new value). */
   nh: Nexthop;
   readonly dev: string;
@@ -26,12 +27,12 @@ export interface NhEntry {
 }
 
 export class Nexthops {
-  entries = new Map<string, NhEntry>();
+  entries = new Map<Key, NhEntry>();
   byId = new Map<number, NhEntry>();
   /** Ids of nexthops that are not ours, or ours but stale: never handed out. */
   taken = new Set<number>();
   /** Keys whose want count dropped to 0: the next plan deletes (or forgets) them. */
-  readonly dirty = new Set<string>();
+  readonly dirty = new Set<Key>();
   /** Ids of our nexthops nobody can use (duplicates, groups): deleted after the routes by the next plan. */
   stale: number[] = [];
   private next = NEXTHOP_ID_BASE;
@@ -76,7 +77,7 @@ export class Nexthops {
     this.taken = new Set();
     this.stale = [];
     this.dirty.clear();
-    const ours = new Map<string, KNexthop[]>();
+    const ours = new Map<Key, KNexthop[]>();
     for (const n of list) {
       if (n.proto !== proto) {
         this.taken.add(n.id);
@@ -87,7 +88,7 @@ export class Nexthops {
         if (dropStale) this.stale.push(n.id);
         continue;
       }
-      const key = nhKey(n.via, n.dev, n.onlink);
+      const key = nexthopKey(n.via, n.dev, n.onlink, true);
       const same = ours.get(key);
       if (same) same.push(n);
       else ours.set(key, [n]);
