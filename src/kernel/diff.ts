@@ -36,7 +36,7 @@ import {
 import { type KLink, vxlanCompatible } from "./device-compat.ts";
 import { globalAddresses, type KNexthop, type KRoute } from "./kernel-read.ts";
 import { fdbKey, fdbKeyDev, type Key, neighKey, neighKeyDev, routeKey } from "./keys.ts";
-import { Nexthops } from "./nexthops.ts";
+import { type NhEntry, Nexthops } from "./nexthops.ts";
 import type { KernelEvent } from "./monitor-events.ts";
 import type { Address, Fdb, Neigh, Route, StateFragment, VxlanDevice } from "./types.ts";
 import { validAddress, validFdb, validNeigh, validRoute, validVxlanDevice } from "./validate.ts";
@@ -153,6 +153,11 @@ export interface PeerPlan {
   keys: Key[];
   /** For a nexthop: its id when added, undefined when deleted. */
   values: (KRoute | Neigh | Fdb | number | undefined)[];
+}
+
+/** A peer plan whose arrays fill as `commands` is iterated (once). */
+export interface PeerStream extends PeerPlan {
+  commands: Iterable<Command>;
 }
 
 /** What a full read of the kernel found (kernel-read.ts). */
@@ -393,70 +398,91 @@ export class DesiredState {
 
   /** Commands for every dirty route, neighbour and FDB key (and stale FDB remotes); clears the dirty sets. */
   planPeers(): PeerPlan {
-    const rDel: Key[] = [];
-    const rAdd: Key[] = [];
-    const nDel: Key[] = [];
-    const nAdd: Key[] = [];
-    const fDel: Key[] = [];
-    const fAdd: Key[] = [];
+    const plan = this.streamPeers();
+    for (const _ of plan.commands);
+    return plan;
+  }
+
+  /**
+   * planPeers() as a stream: the dirty keys (with their values) are taken now, the commands are made as `commands` is
+   * iterated (the queue pulls it while earlier lines already run). Changes made meanwhile are the next plan's.
+   */
+  streamPeers(): PeerStream {
     this.unapplyLostRoutes();
+    const rAdd = new Work<KRoute>();
+    const rDel = new Work<KRoute>();
+    const nAdd = new Work<Neigh>();
+    const nDel = new Work<Neigh>();
+    const fAdd = new Work<Fdb>();
+    const fDel = new Work<Fdb>();
     split(this.routes, this.routeOk, rAdd, rDel);
     split(this.neighs, neighEq, nAdd, nDel);
     split(this.fdbs, fdbEq, fAdd, fDel);
     const stale = this.staleFdbs;
     this.staleFdbs = [];
+    const NH = this.nexthops;
+    // Each route's nexthop entry now: it stays while the route is desired (a route set meanwhile is dirty again).
+    const rNh = this.nhMode ? rAdd.values.map((v) => NH.of(v as Route)) : [];
+    const nhDirty = [...NH.dirty];
+    NH.dirty.clear();
+    const nhStale = NH.stale;
+    NH.stale = [];
+    const plan: PeerStream = { cmds: [], tables: [], keys: [], values: [], commands: [] };
+    plan.commands = this.peerCommands(plan, { rAdd, rDel, nAdd, nDel, fAdd, fDel, stale, rNh, nhDirty, nhStale });
+    return plan;
+  }
+
+  private *peerCommands(plan: PeerPlan, w: PeerWork): Generator<Command> {
     const R = this.routes;
     const N = this.neighs;
     const F = this.fdbs;
+    const NH = this.nexthops;
     // Parallel arrays (no closure per op) keep 30,000 ops cheap.
-    const plan: PeerPlan = { cmds: [], tables: [], keys: [], values: [] };
-    const op = (c: Command, t: PeerPlan["tables"][number], k: Key, v: PeerPlan["values"][number]) => {
+    const op = (c: Command, t: PeerPlan["tables"][number], k: Key, v: PeerPlan["values"][number]): Command => {
       plan.cmds.push(c);
       plan.tables.push(t);
       plan.keys.push(k);
       plan.values.push(v);
+      return c;
     };
-    for (const k of rDel) op(routeDel(R.applied.get(k)!, this.proto), R, k, undefined);
-    for (const f of stale) op(fdbDel(f), null, "", undefined);
-    for (const k of fDel) op(fdbDel(F.applied.get(k)!), F, k, undefined);
-    for (const k of nDel) op(neighDel(N.applied.get(k)!), N, k, undefined);
-    for (const k of nAdd) {
-      const v = N.effective(k)!;
-      op(neighReplace(v), N, k, v);
+    for (let i = 0; i < w.rDel.keys.length; i++) yield op(routeDel(w.rDel.values[i]!, this.proto), R, w.rDel.keys[i]!, undefined);
+    for (const f of w.stale) yield op(fdbDel(f), null, "", undefined);
+    for (let i = 0; i < w.fDel.keys.length; i++) yield op(fdbDel(w.fDel.values[i]!), F, w.fDel.keys[i]!, undefined);
+    for (let i = 0; i < w.nDel.keys.length; i++) yield op(neighDel(w.nDel.values[i]!), N, w.nDel.keys[i]!, undefined);
+    for (let i = 0; i < w.nAdd.keys.length; i++) {
+      const v = w.nAdd.values[i]!;
+      yield op(neighReplace(v), N, w.nAdd.keys[i]!, v);
     }
-    for (const k of fAdd) {
-      const v = F.effective(k)!;
-      op(fdbReplace(v), F, k, v);
+    for (let i = 0; i < w.fAdd.keys.length; i++) {
+      const v = w.fAdd.values[i]!;
+      yield op(fdbReplace(v), F, w.fAdd.keys[i]!, v);
     }
-    const NH = this.nexthops;
-    for (const k of rAdd) {
-      const v = R.effective(k)! as Route;
-      const e = this.nhMode ? NH.of(v) : undefined;
+    for (let i = 0; i < w.rAdd.keys.length; i++) {
+      const k = w.rAdd.keys[i]!;
+      const v = w.rAdd.values[i]! as Route;
+      const e = w.rNh[i];
       if (!e) {
-        op(routeReplace(v, this.proto), R, k, v);
+        yield op(routeReplace(v, this.proto), R, k, v);
         continue;
       }
       // The nexthop before the first route through it (applied is set now so it is sent once; undone on failure).
       if (!e.applied) {
         e.applied = true;
-        op(nexthopReplace(e.nh, this.proto), NH, e.key, e.nh.id);
+        yield op(nexthopReplace(e.nh, this.proto), NH, e.key, e.nh.id);
       }
-      op(routeReplaceNh(v, e.nh.id, this.proto), R, k, { ...v, nhid: e.nh.id });
+      yield op(routeReplaceNh(v, e.nh.id, this.proto), R, k, { ...v, nhid: e.nh.id });
     }
     // Nexthops nobody wants, after the routes that used them were deleted or moved to another one.
-    for (const key of NH.dirty) {
+    for (const key of w.nhDirty) {
       const e = NH.entries.get(key);
       if (!e || e.want > 0) continue;
       if (!e.applied) NH.release(e);
       else {
         e.applied = false; // now, so the monitor's echo of our own delete costs nothing
-        op(nexthopDel(e.nh.id), NH, key, undefined);
+        yield op(nexthopDel(e.nh.id), NH, key, undefined);
       }
     }
-    NH.dirty.clear();
-    for (const id of NH.stale) op(nexthopDel(id), null, "", undefined);
-    NH.stale = [];
-    return plan;
+    for (const id of w.nhStale) yield op(nexthopDel(id), null, "", undefined);
   }
 
   /** Records which commands of a peer plan succeeded. A failed entry stays as it was in `applied`. */
@@ -666,14 +692,39 @@ export class DesiredState {
   }
 }
 
-/** Dirty keys -> keys to (re)add and keys to delete; clears the dirty set. */
-function split<T extends object>(t: Table<T>, eq: (a: T, b: T) => boolean, add: Key[], del: Key[]): void {
+/** Keys with the value to add (the desired one) or to delete (the applied one), as parallel arrays. */
+class Work<T> {
+  readonly keys: Key[] = [];
+  readonly values: T[] = [];
+  push(k: Key, v: T): void {
+    this.keys.push(k);
+    this.values.push(v);
+  }
+}
+
+/** What a peer stream sends, taken when it was made. */
+interface PeerWork {
+  rAdd: Work<KRoute>;
+  rDel: Work<KRoute>;
+  nAdd: Work<Neigh>;
+  nDel: Work<Neigh>;
+  fAdd: Work<Fdb>;
+  fDel: Work<Fdb>;
+  stale: Fdb[];
+  /** rAdd's nexthop entries (routes through nexthop objects), by index. */
+  rNh: (NhEntry | undefined)[];
+  nhDirty: Key[];
+  nhStale: number[];
+}
+
+/** Dirty keys -> keys to (re)add and keys to delete, with their values; clears the dirty set. */
+function split<T extends object>(t: Table<T>, eq: (a: T, b: T) => boolean, add: Work<T>, del: Work<T>): void {
   for (const k of t.dirty) {
     const want = t.effective(k);
     const have = t.applied.get(k);
     if (want !== undefined) {
-      if (have === undefined || !eq(want, have)) add.push(k);
-    } else if (have !== undefined) del.push(k);
+      if (have === undefined || !eq(want, have)) add.push(k, want);
+    } else if (have !== undefined) del.push(k, have);
   }
   t.dirty.clear();
 }

@@ -280,9 +280,9 @@ export class Reconciler {
       }
     }
     this.retryMs = RETRY_MIN_MS;
-    const plan = this.state.planPeers();
-    if (plan.cmds.length === 0) return;
-    const results = await this.queue.runAll(plan.cmds);
+    // Streamed: the queue pulls the commands as it writes them, so planning overlaps ip's work.
+    const plan = this.state.streamPeers();
+    const results = await this.queue.runAll(plan.commands);
     // A failed entry stays as it was in `applied`; the next full reconcile sees the kernel and tries again.
     this.state.peersDone(plan, (i) => results[i]!.ok);
   }

@@ -88,6 +88,31 @@ describe("DesiredState", () => {
     expect(s.resetCounts()).toEqual({ added: 1, removed: 0, repaired: 0 });
   });
 
+  test("a streamed plan sends what was dirty when it was made; changes while it is pulled are the next plan's", () => {
+    const s = new DesiredState(P);
+    s.set("peer:a", peer(2));
+    s.set("peer:b", peer(3));
+    const plan = s.streamPeers();
+    const it = plan.commands[Symbol.iterator]();
+    expect(it.next().value!.line).toStartWith("neigh replace 10.5.2.0");
+    s.delete("peer:a"); // while the queue still pulls: the stream keeps the values it took
+    s.set("peer:c", peer(4));
+    const rest: string[] = [];
+    for (let r = it.next(); !r.done; r = it.next()) rest.push(`${r.value.tool} ${r.value.line}`);
+    expect(rest.length).toBe(5);
+    expect(rest.some((l) => l.includes("10.5.4."))).toBe(false);
+    s.peersDone(plan, () => true);
+    expect(lines(s)).toEqual([
+      `ip route del 10.5.2.0/24 via 10.5.2.0 dev flannel.1 proto ${P}`,
+      "bridge fdb del 02:00:00:00:00:12 dev flannel.1 dst 192.168.77.2 self",
+      "ip neigh del 10.5.2.0 dev flannel.1",
+      "ip neigh replace 10.5.4.0 lladdr 02:00:00:00:00:14 dev flannel.1 nud permanent",
+      "bridge fdb replace 02:00:00:00:00:14 dev flannel.1 dst 192.168.77.4 self permanent",
+      `ip route replace 10.5.4.0/24 via 10.5.4.0 dev flannel.1 onlink proto ${P}`,
+    ]);
+    expect(lines(s)).toEqual([]);
+  });
+
   test("invalid fragments throw and change nothing", () => {
     const s = new DesiredState(P);
     expect(() => s.set("peer:x", { routes: [{ dst: "10.5.2.0/24; reboot", via: "1.2.3.4", dev: "eth0", onlink: false }] })).toThrow();
