@@ -20,6 +20,9 @@ export async function compileBinary(o: CompileOptions): Promise<void> {
       outfile: o.outfile,
       autoloadDotenv: false,
       autoloadBunfig: false,
+      // Start-up code runs once: interpreting it costs less than compiling it (src/jit-policy.ts restores the normal
+      // policy for bulk work).
+      jitPolicy: 100,
       ...(o.target ? { target: o.target } : {}),
       ...(o.executablePath ? { executablePath: o.executablePath } : {}),
     },

@@ -3,6 +3,7 @@
 // on the record's revision (flanneld's blind put let two hosts share a subnet), reservations stay reservations,
 // and a corrupt record is skipped but its subnet still counts as taken.
 
+import { bulkWork } from "./jit-policy.ts";
 import { logger } from "./log.ts";
 import type { NetworkConfig } from "./config.ts";
 import { type IPNet, formatCIDR, isAligned, lastIP, netEqual, netSize, overlaps } from "./ipmath.ts";
@@ -52,6 +53,7 @@ export const PARSE_SLICE = 1000;
 /** `opts` { expiry: false }: expiresAt of other hosts' leases is not needed (ReadOptions; saves etcd a request each). */
 export async function listLeases(store: Store, opts?: ReadOptions): Promise<LeaseSnapshot> {
   const { items, revision } = await store.list(SUBNETS_PREFIX, opts);
+  bulkWork(items.length);
   const leases: Lease[] = [];
   const corrupt: IPNet[] = [];
   for (let i = 0; i < items.length; i++) {
