@@ -62,6 +62,13 @@ export interface NatsBucket {
    * without it) expiry lives in the value only and the watch synthesises the deletes.
    */
   serverTtl: boolean;
+  /**
+   * Lists in one batched direct get (direct-list.ts): nats-server >= 2.11 and a stream with allow_direct. Turned off
+   * for good if the server turns out to answer without batches.
+   */
+  directBatch: boolean;
+  /** The newest revision this client wrote: a list from a replica behind it is not used (direct-list.ts). */
+  written: number;
 }
 
 /**
@@ -83,6 +90,15 @@ export function hasReplicatedCas(version: string | undefined): boolean {
 
 /** True for nats-server 2.11 and later (per-message TTL and delete markers). */
 export function hasMessageTtl(version: string | undefined): boolean {
+  return atLeast211(version);
+}
+
+/** True for nats-server 2.11 and later (batched and multi-subject direct gets, ADR-31). */
+export function hasBatchDirectGet(version: string | undefined): boolean {
+  return atLeast211(version);
+}
+
+function atLeast211(version: string | undefined): boolean {
   const m = /^v?(\d+)\.(\d+)/.exec(version ?? "");
   return m !== null && (Number(m[1]) > 2 || (Number(m[1]) === 2 && Number(m[2]) >= 11));
 }
@@ -235,7 +251,22 @@ export async function openBucket(opts: NatsStoreOptions): Promise<NatsBucket> {
     }
     const serverTtl = ttlCapable && (existing === null || existing.config.allow_msg_ttl === true);
     if (ttlCapable && !serverTtl) log.info(`KV bucket ${bucket} was made without per-message TTL: lease expiry stays in the value`);
-    return { nc, js, jsm, kv, bucket, stream: `KV_${bucket}`, subjectPrefix: `$KV.${bucket}.`, location, serverTtl };
+    // One look at the stream made here (the bucket's settings are the creating client's).
+    const allowDirect = (existing ?? (await jsm.streams.info(`KV_${bucket}`))).config.allow_direct === true;
+    const directBatch = hasBatchDirectGet(nc.info?.version) && allowDirect;
+    return {
+      nc,
+      js,
+      jsm,
+      kv,
+      bucket,
+      stream: `KV_${bucket}`,
+      subjectPrefix: `$KV.${bucket}.`,
+      location,
+      serverTtl,
+      directBatch,
+      written: 0,
+    };
   } catch (err) {
     await nc.close().catch(() => {});
     if (err instanceof StoreSettingsError) throw err;

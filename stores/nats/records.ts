@@ -11,6 +11,7 @@ import { StoreUnavailableError } from "../../src/store.ts";
 import { decodeEnvelope, type Envelope } from "../record-envelope.ts";
 import type { NatsBucket } from "./connection.ts";
 import { decodeNatsKey, encodeNatsKey } from "./keys.ts";
+import { directSnapshot } from "./direct-list.ts";
 import { escapeLogText, logText } from "../../src/log-text.ts";
 
 const log = logger("nats");
@@ -25,8 +26,16 @@ export interface RawEntry {
   rec: Envelope | null;
 }
 
+/** A stored message as a consumer (JsMsg) or a direct get (subject and sequence from its headers) delivers it. */
+export interface StoredRecord {
+  subject: string;
+  seq: number;
+  headers?: { get(k: string): string };
+  data: Uint8Array;
+}
+
 /** Decodes a stream message; null (warned) when its key is not one of ours. */
-export function toRawEntry(b: NatsBucket, m: JsMsg): RawEntry | null {
+export function toRawEntry(b: NatsBucket, m: StoredRecord): RawEntry | null {
   const natsKey = m.subject.startsWith(b.subjectPrefix) ? m.subject.slice(b.subjectPrefix.length) : m.subject;
   const key = decodeNatsKey(natsKey);
   if (key === null) {
@@ -68,7 +77,9 @@ function isWrongLastSequence(err: unknown): boolean {
 /** Runs a conditional write: its result, or null when the expected revision did not match. */
 export async function casWrite(b: NatsBucket, what: string, fn: () => Promise<number>): Promise<number | null> {
   try {
-    return await guard(b, what, fn);
+    const rev = await guard(b, what, fn);
+    if (rev > b.written) b.written = rev; // lists never show less than this client wrote (direct-list.ts)
+    return rev;
   } catch (err) {
     if (isWrongLastSequence((err as { cause?: unknown }).cause) || isWrongLastSequence(err)) return null;
     throw err;
@@ -77,8 +88,11 @@ export async function casWrite(b: NatsBucket, what: string, fn: () => Promise<nu
 
 export async function casDelete(b: NatsBucket, key: string, natsKey: string, revision: number): Promise<boolean> {
   const r = await casWrite(b, `delete ${key}`, async () => {
-    await b.kv.delete(natsKey, { previousSeq: revision });
-    return 1;
+    // What kv.delete(natsKey, { previousSeq }) sends, but keeping the ack's sequence.
+    const h = headers();
+    h.set("KV-Operation", "DEL");
+    h.set("Nats-Expected-Last-Subject-Sequence", String(revision));
+    return (await b.js.publish(b.subjectPrefix + natsKey, undefined, { headers: h })).seq;
   });
   return r !== null;
 }
@@ -124,56 +138,80 @@ export class Reaper {
  */
 export async function snapshot(b: NatsBucket, filter: string): Promise<{ entries: RawEntry[]; revision: number }> {
   return guard(b, `list ${filter}`, async () => {
-    const before = (await b.jsm.streams.info(b.stream)).state.last_seq;
-    const oc = await b.js.consumers.getPushConsumer(b.stream, {
-      filter_subjects: b.subjectPrefix + filter,
-      deliver_policy: DeliverPolicy.LastPerSubject,
-    });
-    const msgs: JsMsg[] = [];
-    try {
-      const info = await oc.info(true);
-      if (info.num_pending > 0) {
-        let iter: Awaited<ReturnType<typeof oc.consume>> | undefined;
-        try {
-          await new Promise<void>((resolve, reject) => {
-            const timer = setTimeout(
-              () => reject(new StoreUnavailableError(`NATS ${b.location}: listing ${filter} timed out after ${SNAPSHOT_TIMEOUT_MS} ms`)),
-              SNAPSHOT_TIMEOUT_MS,
-            );
-            oc.consume({
-              callback: (m) => {
-                msgs.push(m);
-                // pending counts what is still to come, including writes that land while we read.
-                if (m.info.pending === 0) {
-                  clearTimeout(timer);
-                  resolve();
-                }
-              },
-            }).then((it) => {
-              iter = it;
-              void it.closed().then(() => {
-                clearTimeout(timer);
-                reject(new StoreUnavailableError(`NATS ${b.location}: listing ${filter} was interrupted`));
-              });
-            }, reject);
-          });
-        } finally {
-          iter?.stop();
-        }
-      }
-    } finally {
-      await oc.delete().catch(() => {});
-    }
-    // Writes that land while we read add later messages for keys already seen: the newest per key wins, so an
-    // old PUT never stands beside the DEL that followed it.
-    let revision = before;
-    const latest = new Map<string, RawEntry>();
-    for (const m of msgs) {
-      revision = Math.max(revision, m.seq);
-      const e = toRawEntry(b, m);
-      const seen = e && latest.get(e.key);
-      if (e && (!seen || seen.revision < e.revision)) latest.set(e.key, e);
-    }
-    return { entries: [...latest.values()], revision };
+    const direct = await directSnapshot(b, filter);
+    if (direct === "empty") return (await emptySnapshot(b, filter)) ?? consumerSnapshot(b, filter);
+    return direct ?? consumerSnapshot(b, filter);
   });
+}
+
+/**
+ * A replica had nothing under the filter (a new network: every joiner of a storm lists it at once). Its revision,
+ * from the leader in two light requests instead of a consumer: the stream's last sequence, then no message under the
+ * filter after it (as consumerSnapshot: taken before, checked after). null when something has landed meanwhile.
+ */
+async function emptySnapshot(b: NatsBucket, filter: string): Promise<{ entries: RawEntry[]; revision: number } | null> {
+  const before = (await b.jsm.streams.info(b.stream)).state.last_seq;
+  if (before < b.written) return null;
+  try {
+    const m = await b.jsm.streams.getMessage(b.stream, { last_by_subj: b.subjectPrefix + filter });
+    return m === null ? { entries: [], revision: before } : null;
+  } catch (err) {
+    if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.NoMessageFound) return { entries: [], revision: before };
+    throw err;
+  }
+}
+
+/** snapshot() through an ordered consumer (last per subject) on the stream's leader: any server, any size. */
+async function consumerSnapshot(b: NatsBucket, filter: string): Promise<{ entries: RawEntry[]; revision: number }> {
+  const before = (await b.jsm.streams.info(b.stream)).state.last_seq;
+  const oc = await b.js.consumers.getPushConsumer(b.stream, {
+    filter_subjects: b.subjectPrefix + filter,
+    deliver_policy: DeliverPolicy.LastPerSubject,
+  });
+  const msgs: JsMsg[] = [];
+  try {
+    const info = await oc.info(true);
+    if (info.num_pending > 0) {
+      let iter: Awaited<ReturnType<typeof oc.consume>> | undefined;
+      try {
+        await new Promise<void>((resolve, reject) => {
+          const timer = setTimeout(
+            () => reject(new StoreUnavailableError(`NATS ${b.location}: listing ${filter} timed out after ${SNAPSHOT_TIMEOUT_MS} ms`)),
+            SNAPSHOT_TIMEOUT_MS,
+          );
+          oc.consume({
+            callback: (m) => {
+              msgs.push(m);
+              // pending counts what is still to come, including writes that land while we read.
+              if (m.info.pending === 0) {
+                clearTimeout(timer);
+                resolve();
+              }
+            },
+          }).then((it) => {
+            iter = it;
+            void it.closed().then(() => {
+              clearTimeout(timer);
+              reject(new StoreUnavailableError(`NATS ${b.location}: listing ${filter} was interrupted`));
+            });
+          }, reject);
+        });
+      } finally {
+        iter?.stop();
+      }
+    }
+  } finally {
+    await oc.delete().catch(() => {});
+  }
+  // Writes that land while we read add later messages for keys already seen: the newest per key wins, so an
+  // old PUT never stands beside the DEL that followed it.
+  let revision = before;
+  const latest = new Map<string, RawEntry>();
+  for (const m of msgs) {
+    revision = Math.max(revision, m.seq);
+    const e = toRawEntry(b, m);
+    const seen = e && latest.get(e.key);
+    if (e && (!seen || seen.revision < e.revision)) latest.set(e.key, e);
+  }
+  return { entries: [...latest.values()], revision };
 }

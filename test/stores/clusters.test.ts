@@ -189,6 +189,76 @@ runStoreConformance("nats, 3 servers, R3 bucket", {
   open: () => NatsStore.connect({ servers: nc().urls, bucket: R3_BUCKET, replicas: 3 }),
 });
 
+describe("nats, 3 servers, R3 bucket: lists answered by any replica", () => {
+  test("every list, from a client on each server while another writes, is the exact state at its revision, and a watch from it misses nothing", async () => {
+    const bucket = `direct-r3-${process.pid}`;
+    const writer = await NatsStore.connect({ servers: [nc().urls[0]!], bucket, replicas: 3 });
+    const listers = await Promise.all(nc().urls.map((u) => NatsStore.connect({ servers: [u], bucket, replicas: 3 })));
+    let consumers = 0; // lists that fell back to a consumer (the watch below makes its own, after the count)
+    for (const l of listers) {
+      // biome-ignore lint/suspicious/noExplicitAny: the store's bucket handle, looked at from its own test
+      const js = (l as any).b.js.consumers;
+      const real = js.getPushConsumer.bind(js);
+      js.getPushConsumer = (...a: unknown[]) => (consumers++, real(...a));
+    }
+    const enc = new TextEncoder();
+    // Every write to the bucket, by revision (the writer is the only one).
+    const log = new Map<number, { key: string }>();
+    const cur = new Map<string, number>();
+    let writing = true;
+    const writes = (async () => {
+      for (let i = 0; i < 400 && writing; i++) {
+        const key = `subnets/10.9.${i % 40}.0-24`;
+        const had = cur.get(key);
+        const rev = had === undefined ? await writer.create(key, enc.encode(`v${i}`)) : await writer.update(key, enc.encode(`v${i}`), had);
+        if (rev === null) throw new Error(`write ${i} to ${key} lost a race with nobody`);
+        log.set(rev, { key });
+        cur.set(key, rev);
+      }
+    })();
+    const lists: { items: { key: string; revision: number }[]; revision: number; at: number }[] = [];
+    try {
+      await Promise.all(
+        listers.map(async (l, n) => {
+          for (let j = 0; j < 25; j++) {
+            const r = await l.list("subnets/");
+            lists.push({ items: r.items.map((kv) => ({ key: kv.key, revision: kv.revision })), revision: r.revision, at: n });
+          }
+        }),
+      );
+      writing = false;
+      await writes;
+      // biome-ignore lint/suspicious/noExplicitAny: the store's bucket handle, looked at from its own test
+      expect(listers.every((l) => (l as any).b.directBatch)).toBe(true);
+      console.log(`${lists.length} lists on an R3 bucket during 400 writes: ${consumers} through a consumer, the rest direct`);
+      expect(consumers).toBeLessThan(lists.length / 2);
+      for (const l of lists) {
+        const want = new Map<string, number>();
+        for (const [rev, w] of log) if (rev <= l.revision) want.set(w.key, Math.max(rev, want.get(w.key) ?? 0));
+        expect(new Map(l.items.map((kv) => [kv.key, kv.revision]))).toEqual(want);
+      }
+      // A watch from the oldest list's revision, on the server it came from, delivers every later write.
+      const oldest = lists.reduce((a, b) => (b.revision < a.revision ? b : a));
+      const seen = new Set<number>();
+      const ctl = new AbortController();
+      const last = Math.max(...log.keys());
+      const watching = (async () => {
+        for await (const ev of listers[oldest.at]!.watch("subnets/", oldest.revision, ctl.signal)) {
+          if (ev.type === "put") seen.add(ev.kv.revision);
+          if (seen.has(last)) break;
+        }
+      })();
+      await Promise.race([watching, Bun.sleep(15_000)]);
+      ctl.abort();
+      expect([...log.keys()].filter((r) => r > oldest.revision && !seen.has(r))).toEqual([]);
+    } finally {
+      writing = false;
+      await writes.catch(() => {});
+      await Promise.allSettled([writer.close(), ...listers.map((l) => l.close())]);
+    }
+  });
+});
+
 describe("nats, 3 servers, R3 bucket, faults", () => {
   async function streamLeader(bucket: string): Promise<string> {
     const c = await connect({ servers: nc().urls, maxReconnectAttempts: 5 });

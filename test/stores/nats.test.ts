@@ -83,6 +83,111 @@ function conformanceOn(label: string, srv: () => NatsServer | null): void {
 conformanceOn("nats", () => server);
 conformanceOn("nats (current server)", () => current);
 
+describe("nats: lists in one batched direct get on nats-server >= 2.11 (a consumer otherwise)", () => {
+  /** The store's bucket handle, and a count of the consumers its lists make (the path that is not the direct get). */
+  function lookInside(s: NatsStore): { b: { directBatch: boolean; written: number }; consumers: () => number } {
+    // biome-ignore lint/suspicious/noExplicitAny: the store's bucket handle, looked at from its own test
+    const b = (s as any).b;
+    let n = 0;
+    const real = b.js.consumers.getPushConsumer.bind(b.js.consumers);
+    b.js.consumers.getPushConsumer = (...a: unknown[]) => (n++, real(...a));
+    return { b, consumers: () => n };
+  }
+
+  test("current server: no consumer; the revision is the batch's up-to sequence and a watch from it misses nothing; 2.9 lists the same through a consumer", async () => {
+    const bucket = freshBucket("direct");
+    const s = await NatsStore.connect({ servers: [current!.url], bucket });
+    const old = await NatsStore.connect({ servers: [url()], bucket: freshBucket("direct-29") });
+    try {
+      const look = lookInside(s);
+      const lookOld = lookInside(old);
+      expect(look.b.directBatch).toBe(true);
+      expect(lookOld.b.directBatch).toBe(false);
+      for (const st of [s, old]) {
+        await st.create("subnets/10.5.1.0-24", bytes("one"));
+        const r2 = (await st.create("subnets/10.5.2.0-24", bytes("two")))!;
+        await st.create("other/x", bytes("not listed"));
+        await st.delete("subnets/10.5.2.0-24", r2);
+        await st.create("subnets/10.5.3.0-24", bytes("three"), { ttlMs: 600_000 });
+      }
+      const [l, lOld] = await Promise.all([s.list("subnets/"), old.list("subnets/")]);
+      expect(look.consumers()).toBe(0);
+      expect(lookOld.consumers()).toBe(1);
+      const view = (r: typeof l) => r.items.map((kv) => [kv.key, new TextDecoder().decode(kv.value)]);
+      expect(view(l)).toEqual([
+        ["subnets/10.5.1.0-24", "one"],
+        ["subnets/10.5.3.0-24", "three"],
+      ]);
+      expect(view(lOld)).toEqual(view(l));
+      // The stream's last sequence (the deletion marker came before "three": the batch is exact there).
+      const last = await withRawKv(bucket, async (_kv, nc) => (await jetstreamManager(nc)).streams.info(`KV_${bucket}`), current!.url);
+      expect(l.revision).toBe(last.state.last_seq);
+      const w = new WatchCollector(s, "subnets/", l.revision);
+      try {
+        const r4 = (await s.create("subnets/10.5.4.0-24", bytes("four")))!;
+        await w.until("the put written after the list", () => w.puts().some((kv) => kv.revision === r4));
+        expect(w.puts().map((kv) => kv.key)).toEqual(["subnets/10.5.4.0-24"]); // and nothing the list already had
+      } finally {
+        await w.stop();
+      }
+      // An empty prefix: its revision (the stream's last, "four") from the leader, still no consumer.
+      const made = look.consumers(); // the watch's own
+      const empty = await s.list("none/");
+      expect(empty.items).toEqual([]);
+      expect(empty.revision).toBe(l.revision + 1);
+      expect(look.consumers()).toBe(made);
+    } finally {
+      await Promise.allSettled([s.close(), old.close()]);
+    }
+  });
+
+  test("a bucket without allow_direct, more keys than one direct get returns (1024), and a batch older than our own writes all list through a consumer", async () => {
+    const noDirect = freshBucket("nodirect");
+    await withRawKv(
+      noDirect,
+      async (_kv, nc) => {
+        await new Kvm(nc).create(noDirect, { history: 5, allow_direct: false });
+      },
+      current!.url,
+    );
+    const a = await NatsStore.connect({ servers: [current!.url], bucket: noDirect });
+    const big = await NatsStore.connect({ servers: [current!.url], bucket: freshBucket("big") });
+    try {
+      const lookA = lookInside(a);
+      expect(lookA.b.directBatch).toBe(false);
+      await a.create("subnets/10.5.1.0-24", bytes("one"));
+      expect((await a.list("subnets/")).items.map((kv) => kv.key)).toEqual(["subnets/10.5.1.0-24"]);
+      expect(lookA.consumers()).toBe(1);
+
+      const lookBig = lookInside(big);
+      const n = 1030;
+      for (let i = 0; i < n; i += 50) {
+        await Promise.all(
+          Array.from({ length: Math.min(50, n - i) }, (_, j) => big.create(`subnets/10.${(i + j) >> 8}.${(i + j) & 255}.0-24`, bytes("x"))),
+        );
+      }
+      const l = await big.list("subnets/");
+      expect(l.items.length).toBe(n);
+      expect(lookBig.consumers()).toBe(1);
+      // A batch from a replica behind what this client wrote would hide its writes: not used.
+      const small = await NatsStore.connect({ servers: [current!.url], bucket: freshBucket("floor") });
+      try {
+        const lookSmall = lookInside(small);
+        await small.create("subnets/10.5.1.0-24", bytes("one"));
+        expect((await small.list("subnets/")).items.length).toBe(1);
+        expect(lookSmall.consumers()).toBe(0);
+        lookSmall.b.written += 1000; // as if a replica were 1,000 writes behind us
+        expect((await small.list("subnets/")).items.length).toBe(1);
+        expect(lookSmall.consumers()).toBe(1);
+      } finally {
+        await small.close();
+      }
+    } finally {
+      await Promise.allSettled([a.close(), big.close()]);
+    }
+  }, 60_000);
+});
+
 describe("nats: server-side per-key TTL on nats-server >= 2.11", () => {
   test("a lease carries Nats-TTL; the server removes it and its delete marker is the watch's delete; 2.9 keeps expiry in the value", async () => {
     const bucket = freshBucket("ttl");

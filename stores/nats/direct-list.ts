@@ -1,0 +1,101 @@
+// A prefix's snapshot in one batched direct get (nats-server >= 2.11, ADR-31 multi_last): the last message of every
+// subject under the filter, as of one stream sequence (Nats-UpTo-Sequence of the end-of-batch marker; the server
+// reads under a lock that keeps writes out, so the batch is exactly the state at that sequence). No consumer is
+// made, read and deleted per list, which is what made 200 concurrent acquisitions slow.
+//
+// Who answers: any replica of an R3 stream (the queue group of direct gets), so the state may be a few writes behind
+// the leader. That is still a correct snapshot, only of an earlier moment: its revision is the up-to sequence, so a
+// watch from revision + 1 gets every write the snapshot did not show; acquisition writes with create-if-absent and
+// compare-and-set on the leader, so a stale look only costs a lost race and another try. What a stale replica must
+// not do is hide this client's own writes (read-your-writes, as a leader read gives): a batch older than the newest
+// revision this client wrote is not used (the caller reads through the leader instead).
+//
+// Not available (null: the caller uses its consumer): servers before 2.11 or a stream without allow_direct (known at
+// open, connection.ts), a server that ignores the batch (its first reply lacks Nats-Num-Pending: noted once), more
+// than 1024 subjects under the filter (the server's limit for multi_last, status 413: noted for a while), no answer
+// within DIRECT_TIMEOUT_MS, or a batch behind our own writes. "empty": nothing under the filter (status 404, which
+// carries no sequence: the caller finds one, records.ts).
+
+import { logger } from "../../src/log.ts";
+import { createInbox, type Msg } from "@nats-io/transport-node";
+import type { NatsBucket } from "./connection.ts";
+import { type RawEntry, toRawEntry } from "./records.ts";
+
+const log = logger("nats");
+
+/** A replica that does not answer this fast is skipped for the leader path (which has its own timeout). */
+const DIRECT_TIMEOUT_MS = 2000;
+/** After a 413 (too many subjects) the filter is listed through the consumer for this long before trying again. */
+const TOO_MANY_RETRY_MS = 60_000;
+
+/** Filters that had more subjects than multi_last allows, and when they may be tried again (epoch ms). */
+const tooMany = new WeakMap<NatsBucket, Map<string, number>>();
+
+/** status: the end-of-batch or error code; 0 when the server sent one message without a pending count (no batches). */
+type Page = { msgs: Msg[]; status: number; upTo: number; pending: number };
+
+/** One multi_last request for `subject`: its messages and the end-of-batch (or error) status. */
+function requestLast(b: NatsBucket, subject: string): Promise<Page> {
+  return new Promise<Page>((resolve) => {
+    const msgs: Msg[] = [];
+    const finish = (p: Omit<Page, "msgs">) => {
+      clearTimeout(timer);
+      sub.unsubscribe();
+      resolve({ msgs, ...p });
+    };
+    const timer = setTimeout(() => finish({ status: 408, upTo: 0, pending: 0 }), DIRECT_TIMEOUT_MS);
+    const inbox = createInbox(); // this store sets no inbox prefix
+    const sub = b.nc.subscribe(inbox, {
+      callback: (err, m) => {
+        if (err) return finish({ status: 503, upTo: 0, pending: 0 });
+        const h = m.headers;
+        const code = h?.code ?? 0;
+        if (code !== 0 && code !== 200) {
+          const n = (k: string) => Number(h?.get(k) ?? "") || 0;
+          return finish({ status: code, upTo: n("Nats-UpTo-Sequence"), pending: n("Nats-Num-Pending") });
+        }
+        // A server without batches answers with one message and no pending count.
+        if (!h?.get("Nats-Num-Pending")) return finish({ status: 0, upTo: 0, pending: 0 });
+        msgs.push(m);
+      },
+    });
+    b.nc.publish(`$JS.API.DIRECT.GET.${b.stream}`, JSON.stringify({ multi_last: [subject] }), { reply: inbox });
+  });
+}
+
+/** The last entry of every key under `filter` and the sequence it is exact at, or null (see the header). */
+export async function directSnapshot(b: NatsBucket, filter: string): Promise<{ entries: RawEntry[]; revision: number } | "empty" | null> {
+  if (!b.directBatch) return null;
+  const retryAt = tooMany.get(b)?.get(filter);
+  if (retryAt !== undefined && Date.now() < retryAt) return null;
+  const p = await requestLast(b, b.subjectPrefix + filter);
+  if (p.status === 0) {
+    b.directBatch = false;
+    log.info(`NATS ${b.location}: the server answers direct gets without batches; lists use a consumer`);
+    return null;
+  }
+  if (p.status === 413) {
+    let m = tooMany.get(b);
+    if (!m) tooMany.set(b, (m = new Map()));
+    m.set(filter, Date.now() + TOO_MANY_RETRY_MS);
+    log.debug(`list ${filter}: more subjects than one direct get returns; listing through a consumer`);
+    return null;
+  }
+  // pending > 0: the batch stopped at the server's byte limit (max_pending, 64 MB by default); not for leases.
+  if (p.status === 404) return "empty";
+  if (p.status !== 204 || p.upTo === 0 || p.pending !== 0) {
+    log.debug(`list ${filter}: direct get answered ${p.status}; listing through a consumer`);
+    return null;
+  }
+  // A replica behind this client's own writes would hide them: read through the leader instead.
+  if (p.upTo < b.written) return null;
+  const latest = new Map<string, RawEntry>();
+  for (const m of p.msgs) {
+    const seq = Number(m.headers?.get("Nats-Sequence") ?? "");
+    const subject = m.headers?.get("Nats-Subject") ?? "";
+    if (!Number.isSafeInteger(seq) || seq <= 0 || seq > p.upTo || subject === "") return null; // not what a direct get sends
+    const e = toRawEntry(b, { subject, seq, headers: m.headers, data: m.data });
+    if (e) latest.set(e.key, e);
+  }
+  return { entries: [...latest.values()], revision: p.upTo };
+}
