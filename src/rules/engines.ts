@@ -3,7 +3,8 @@
 // process per table (iptables-restore --noflush) or one transaction (nft -f -).
 
 import type { Exec } from "./exec.ts";
-import { have } from "./exec.ts";
+import { realpathSync } from "node:fs";
+import { have, which } from "./exec.ts";
 import {
   type IptPlan,
   type IptTable,
@@ -56,30 +57,48 @@ async function must(exec: Exec, argv: string[], stdin?: string): Promise<string>
 
 export type IptFlavour = "legacy" | "nft" | "plain";
 
+type IptVersion = ReturnType<typeof parseIptablesVersion>;
+
+/** `iptables-restore --noflush`, with --wait where this iptables has it (≥ 1.6.2, as --random-fully). */
+const restoreArgv = (bin: string, v: IptVersion): string[] => [`${bin}-restore`, "--noflush", ...(modern(v) ? ["--wait"] : [])];
+const modern = (v: IptVersion): boolean => v !== null && atLeast(v.version, [1, 6, 2]);
+
 export class IptablesEngine implements Engine {
   readonly kind: EngineKind;
   private readonly save: string;
-  private readonly restore: string[];
+  private restore: string[] | null;
+  /** A whole-host dump read moments ago (the flavour detection's): the next read uses it instead of a process. */
+  private primed: string | null = null;
   constructor(
     private readonly exec: Exec,
     readonly flavour: IptFlavour,
     readonly randomFullySupported: boolean,
-    waitSupported: boolean,
+    /** null: not known yet; `--version` is read before the first restore (an engine only checked for leftovers). */
+    waitSupported: boolean | null,
     /** The rules live in nf_tables (iptables-nft, or a plain `iptables` that is iptables-nft). */
     private readonly nfTables = flavour === "nft",
   ) {
     this.kind = nfTables ? "iptables-nft" : "iptables-legacy";
-    const bin = flavour === "plain" ? "iptables" : `iptables-${flavour}`;
-    this.save = `${bin}-save`;
-    this.restore = [`${bin}-restore`, "--noflush", ...(waitSupported ? ["--wait"] : [])];
+    this.save = `${binOf(flavour)}-save`;
+    this.restore = waitSupported === null ? null : [`${binOf(flavour)}-restore`, "--noflush", ...(waitSupported ? ["--wait"] : [])];
+  }
+
+  /** The next read of the tables is this `<bin>-save` output (all tables) instead of a new one. */
+  prime(dump: string): void {
+    this.primed = dump;
   }
 
   private async plans(rs: RuleSet | null, includeAbsent: boolean): Promise<{ table: IptTable; plan: IptPlan }[]> {
     const specs = rs ? iptablesSpecs(rs) : iptablesSpecs({ network: "", subnet: "", masq: false, forward: false, randomFully: false });
+    const wanted = specs.filter((s) => s.present || includeAbsent);
+    // One process for all the tables wanted: a whole-host dump when there are several (a table missing from it is
+    // one nothing has loaded: empty, as `-t <table>` would show it).
+    let dump = this.primed;
+    this.primed = null;
+    if (dump === null && wanted.length > 1) dump = await must(this.exec, [this.save]);
     const out: { table: IptTable; plan: IptPlan }[] = [];
-    for (const { spec, present } of specs) {
-      if (!present && !includeAbsent) continue;
-      const saved = parseIptablesSave(await must(this.exec, [this.save, "-t", spec.table]), spec.table);
+    for (const { spec, present } of wanted) {
+      const saved = parseIptablesSave(dump ?? (await must(this.exec, [this.save, "-t", spec.table])), spec.table);
       out.push({ table: spec.table, plan: planIptables(spec, present, saved) });
     }
     return out;
@@ -88,7 +107,9 @@ export class IptablesEngine implements Engine {
   private async applyPlans(plans: { table: IptTable; plan: IptPlan }[]): Promise<void> {
     for (const { table, plan } of plans) {
       const payload = restorePayload(table, plan.lines);
-      if (payload) await must(this.exec, this.restore, payload);
+      if (!payload) continue;
+      this.restore ??= restoreArgv(binOf(this.flavour), await iptVersion(this.exec, binOf(this.flavour)));
+      await must(this.exec, this.restore, payload);
     }
   }
 
@@ -160,36 +181,75 @@ export class NftEngine implements Engine {
   }
 }
 
+const binOf = (flavour: IptFlavour): string => (flavour === "plain" ? "iptables" : `iptables-${flavour}`);
+
 /** iptables' version: --random-fully and restore --wait need ≥ 1.6.2. */
-async function iptVersion(exec: Exec, bin: string): Promise<ReturnType<typeof parseIptablesVersion>> {
+async function iptVersion(exec: Exec, bin: string): Promise<IptVersion> {
   const r = await exec([bin, "--version"]);
   return r.code === 0 ? parseIptablesVersion(r.stdout + r.stderr) : null;
 }
 
-export async function makeIptablesEngine(exec: Exec, flavour: IptFlavour): Promise<IptablesEngine> {
-  const bin = flavour === "plain" ? "iptables" : `iptables-${flavour}`;
-  const v = await iptVersion(exec, bin);
-  const modern = v !== null && atLeast(v.version, [1, 6, 2]);
-  return new IptablesEngine(exec, flavour, modern, modern, flavour === "nft" || (flavour === "plain" && v?.mode === "nft"));
+/** A `--version` already read, and of which program (it serves another name that is the same executable). */
+export interface KnownVersion {
+  bin: string;
+  version: IptVersion;
+}
+
+/** Whether two program names on PATH are one executable (links and alternatives followed). */
+function sameExecutable(a: string, b: string): boolean {
+  if (a === b) return true;
+  const pa = which(a);
+  const pb = which(b);
+  try {
+    return pa !== null && pb !== null && realpathSync(pa) === realpathSync(pb);
+  } catch {
+    return false;
+  }
+}
+
+/** The engine the rules go to: its version read now (or taken from `known`, when that is the same executable). */
+export async function makeIptablesEngine(exec: Exec, flavour: IptFlavour, known?: KnownVersion): Promise<IptablesEngine> {
+  const bin = binOf(flavour);
+  const v = known && sameExecutable(known.bin, bin) ? known.version : await iptVersion(exec, bin);
+  return new IptablesEngine(exec, flavour, modern(v), modern(v), flavour === "nft" || (flavour === "plain" && v?.mode === "nft"));
+}
+
+/** An engine of the other flavour, only looked at for our leftovers: its version is read only if there are some. */
+export function leftoversOfIptables(exec: Exec, flavour: "legacy" | "nft", dump?: string): IptablesEngine {
+  const e = new IptablesEngine(exec, flavour, false, null);
+  if (dump !== undefined) e.prime(dump);
+  return e;
+}
+
+/** What the flavour detection read: the choice, and the dumps and version it read on the way (reused, not read again). */
+export interface IptablesDetection {
+  flavour: IptFlavour;
+  why: string;
+  /** `iptables-<flavour>-save` output (all tables) of each flavour that could be read. */
+  dumps: Partial<Record<"legacy" | "nft", string>>;
+  known?: KnownVersion;
 }
 
 /**
  * Which iptables this host uses (flannel #1317): the flavour that already holds more rules (Docker, kube-proxy and
  * firewalld all write there), and on a tie (a fresh host) the one `iptables` points at. Never both.
  */
-export async function detectIptables(exec: Exec): Promise<{ flavour: IptFlavour; why: string }> {
+export async function detectIptables(exec: Exec): Promise<IptablesDetection> {
   const both = have("iptables-legacy-save") && have("iptables-nft-save");
   if (!both) {
     if (!have("iptables-save") || !have("iptables-restore"))
       throw new RulesError('iptables-save / iptables-restore not found: install iptables, or use nftables mode ("EnableNFTables": true)');
-    return { flavour: "plain", why: "only one iptables is installed" };
+    return { flavour: "plain", why: "only one iptables is installed", dumps: {} };
   }
   const [legacy, nft] = await Promise.all([exec(["iptables-legacy-save"]), exec(["iptables-nft-save"])]);
-  const nl = legacy.code === 0 ? countRules(legacy.stdout) : 0;
-  const nn = nft.code === 0 ? countRules(nft.stdout) : 0;
-  if (nl > nn) return { flavour: "legacy", why: `iptables-legacy holds ${nl} rules, iptables-nft ${nn}` };
-  if (nn > nl) return { flavour: "nft", why: `iptables-nft holds ${nn} rules, iptables-legacy ${nl}` };
-  const v = await iptVersion(exec, "iptables");
-  const flavour = v?.mode === "legacy" ? "legacy" : "nft";
-  return { flavour, why: `no rules in either; \`iptables\` is iptables-${flavour}` };
+  const dumps: IptablesDetection["dumps"] = {};
+  if (legacy.code === 0) dumps.legacy = legacy.stdout;
+  if (nft.code === 0) dumps.nft = nft.stdout;
+  const nl = countRules(dumps.legacy ?? "");
+  const nn = countRules(dumps.nft ?? "");
+  if (nl > nn) return { flavour: "legacy", why: `iptables-legacy holds ${nl} rules, iptables-nft ${nn}`, dumps };
+  if (nn > nl) return { flavour: "nft", why: `iptables-nft holds ${nn} rules, iptables-legacy ${nl}`, dumps };
+  const version = await iptVersion(exec, "iptables");
+  const flavour = version?.mode === "legacy" ? "legacy" : "nft";
+  return { flavour, why: `no rules in either; \`iptables\` is iptables-${flavour}`, dumps, known: { bin: "iptables", version } };
 }

@@ -43,6 +43,9 @@ export function makeExec(netns?: string): Exec {
   };
 }
 
+/** Where a program is on PATH (and the sbin directories), or null. */
+export const which = (prog: string): string | null =>
+  Bun.which(prog, { PATH: `${process.env.PATH ?? ""}:/usr/sbin:/sbin:/usr/local/sbin` });
+
 /** Whether a program is on PATH (the agent may run where nftables or iptables is not installed). */
-export const have = (prog: string): boolean =>
-  Bun.which(prog, { PATH: `${process.env.PATH ?? ""}:/usr/sbin:/sbin:/usr/local/sbin` }) !== null;
+export const have = (prog: string): boolean => which(prog) !== null;

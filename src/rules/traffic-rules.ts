@@ -7,7 +7,7 @@
 // Plus flanneld's optional blackhole route for our own subnet, watched with `ip monitor route`. Nothing is removed on
 // exit: a restart must not cut traffic.
 import type { ConsolaInstance } from "consola";
-import { type Engine, IptablesEngine, NftEngine, RulesError, detectIptables, makeIptablesEngine } from "./engines.ts";
+import { type Engine, IptablesEngine, NftEngine, RulesError, detectIptables, leftoversOfIptables, makeIptablesEngine } from "./engines.ts";
 import { type CheckOutcome, CheckPolicy } from "./check-policy.ts";
 import { type Exec, have, makeExec, wrapArgv } from "./exec.ts";
 import { type MonitorLine, type WatchTarget, nftEventMatters, parseNftRuleEvent, routeLineMatters } from "./monitor-lines.ts";
@@ -131,13 +131,19 @@ export class TrafficRules implements TrafficRulesStep {
       if (!have("nft")) throw new RulesError('"EnableNFTables": true but nft is not installed (Debian: apt-get install nftables)');
       engine = new NftEngine(this.exec);
       log.info("traffic rules: nftables mode (table ip flannel-ipv4)");
-      for (const f of ["legacy", "nft"] as const) if (have(`iptables-${f}-save`)) others.push(await makeIptablesEngine(this.exec, f));
+      for (const f of ["legacy", "nft"] as const) if (have(`iptables-${f}-save`)) others.push(leftoversOfIptables(this.exec, f));
       if (others.length === 0 && have("iptables-save")) others.push(await makeIptablesEngine(this.exec, "plain"));
     } else {
-      const { flavour, why } = await detectIptables(this.exec);
-      engine = await makeIptablesEngine(this.exec, flavour);
+      // The detection's dumps of both flavours are the first read of each (one process per flavour, not per table).
+      const { flavour, why, dumps, known } = await detectIptables(this.exec);
+      const chosen = await makeIptablesEngine(this.exec, flavour, known);
+      if (flavour !== "plain" && dumps[flavour] !== undefined) chosen.prime(dumps[flavour]);
+      engine = chosen;
       log.info(`traffic rules: using iptables-${flavour === "plain" ? "restore" : flavour} (${why})`);
-      if (flavour !== "plain") others.push(await makeIptablesEngine(this.exec, flavour === "legacy" ? "nft" : "legacy"));
+      if (flavour !== "plain") {
+        const other = flavour === "legacy" ? "nft" : "legacy";
+        others.push(leftoversOfIptables(this.exec, other, dumps[other]));
+      }
       if (have("nft")) others.push(new NftEngine(this.exec));
     }
     // Switching engines (or iptables flavours): what we left in the other one goes, so the two never both act.
