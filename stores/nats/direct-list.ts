@@ -14,7 +14,7 @@
 // open, connection.ts), a server that ignores the batch (its first reply lacks Nats-Num-Pending: noted once), more
 // than 1024 subjects under the filter (the server's limit for multi_last, status 413: noted for a while), no answer
 // within DIRECT_TIMEOUT_MS, or a batch behind our own writes. "empty": nothing under the filter (status 404, which
-// carries no sequence: the caller finds one, records.ts).
+// carries no sequence: records.ts says what revision that is).
 
 import { logger } from "../../src/log.ts";
 import { createInbox, type Msg } from "@nats-io/transport-node";

@@ -139,14 +139,18 @@ export class Reaper {
 export async function snapshot(b: NatsBucket, filter: string): Promise<{ entries: RawEntry[]; revision: number }> {
   return guard(b, `list ${filter}`, async () => {
     const direct = await directSnapshot(b, filter);
+    // Nothing under the filter, as of some moment of some replica: exactly the state at revision 0 (before any write),
+    // and a watch from 0 delivers every write the filter has had since. Only a client with writes of its own needs a
+    // later revision (its writes must show): from the leader.
+    if (direct === "empty" && b.written === 0) return { entries: [], revision: 0 };
     if (direct === "empty") return (await emptySnapshot(b, filter)) ?? consumerSnapshot(b, filter);
     return direct ?? consumerSnapshot(b, filter);
   });
 }
 
 /**
- * A replica had nothing under the filter (a new network: every joiner of a storm lists it at once). Its revision,
- * from the leader in two light requests instead of a consumer: the stream's last sequence, then no message under the
+ * A replica had nothing under the filter, for a client that has written: a revision at least its own writes, from
+ * the leader in two light requests instead of a consumer: the stream's last sequence, then no message under the
  * filter after it (as consumerSnapshot: taken before, checked after). null when something has landed meanwhile.
  */
 async function emptySnapshot(b: NatsBucket, filter: string): Promise<{ entries: RawEntry[]; revision: number } | null> {

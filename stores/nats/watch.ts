@@ -185,8 +185,9 @@ export class NatsWatch {
     const state = (await this.b.jsm.streams.info(this.b.stream)).state;
     const from = this.lastRev + 1;
     // A gap: [from, first_seq) was removed (purge, limits), or the stream is younger than our revision (re-created).
-    // (An emptied stream reports first_seq = last_seq + 1; a never-used one 0.)
-    const lost = this.lastRev > state.last_seq || from < state.first_seq;
+    // (An emptied stream reports first_seq = last_seq + 1; a never-used one 0.) From revision 0 (an empty list's,
+    // records.ts) nothing was known, so nothing is lost: the watch starts at the oldest message kept.
+    const lost = this.lastRev > state.last_seq || (this.lastRev > 0 && from < state.first_seq);
     if (lost) {
       log.warn(
         `watch ${this.prefix} on NATS ${this.b.location}: revision ${from} is no longer in ${this.b.stream} (first ${state.first_seq}, last ${state.last_seq}); relisting`,

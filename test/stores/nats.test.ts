@@ -136,6 +136,28 @@ describe("nats: lists in one batched direct get on nats-server >= 2.11 (a consum
       expect(empty.items).toEqual([]);
       expect(empty.revision).toBe(l.revision + 1);
       expect(look.consumers()).toBe(made);
+      // A client that has not written: an empty prefix is the state at revision 0, in the one direct get. A watch
+      // from 0 delivers what comes, and is not "behind history" on a stream whose first messages are gone.
+      await withRawKv(
+        bucket,
+        async (_kv, nc) => {
+          await (await jetstreamManager(nc)).streams.purge(`KV_${bucket}`, { filter: `$KV.${bucket}.subnets.10_5_1_0-24` });
+        },
+        current!.url,
+      );
+      const reader = await NatsStore.connect({ servers: [current!.url], bucket });
+      const lookR = lookInside(reader);
+      expect(await reader.list("none/")).toEqual({ items: [], revision: 0 });
+      expect(lookR.consumers()).toBe(0);
+      const w0 = new WatchCollector(reader, "none/", 0);
+      try {
+        const ra = (await s.create("none/a", bytes("a")))!;
+        await w0.until("the put after the empty list", () => w0.puts().some((kv) => kv.revision === ra));
+        expect(w0.events.map((e) => e.type)).toEqual(["put"]);
+      } finally {
+        await w0.stop();
+        await reader.close();
+      }
     } finally {
       await Promise.allSettled([s.close(), old.close()]);
     }
