@@ -1,7 +1,7 @@
 // vxlan backend (docs/flannel-compat.md §5): one flannel.<VNI> device; per peer a permanent neighbour (peer subnet address ->
 // peer VTEP MAC), an FDB entry (VTEP MAC -> peer public IP) and an onlink route via the peer subnet address.
 import { createHash } from "node:crypto";
-import { containsIP, formatCIDR, formatIP, parseIP } from "../src/ipmath.ts";
+import { containsIP, formatIP, parseIP } from "../src/ipmath.ts";
 import { foldKeys, type Lease, type LeaseAttrs } from "../src/lease.ts";
 import type { StateFragment, VxlanDevice } from "../src/kernel/types.ts";
 import { vxlanCompatible } from "../src/kernel/device-compat.ts";
@@ -128,8 +128,7 @@ export function createVxlanBackend(ctx: BackendContext): Backend {
       return { devices: [device], addresses: [{ dev: name, cidr: `${formatIP(own.subnet.ip, 4)}/32` }] };
     },
     peerState(peer: Lease): PeerState {
-      const label = subnetLabel(peer);
-      const ignore = (why: string): PeerState => ({ ignored: `${label}: ${why}` });
+      const ignore = (why: string): PeerState => ({ ignored: `${subnetLabel(peer)}: ${why}` });
       if (peer.attrs.backendType !== "vxlan") return ignore(`BackendType ${logText(peer.attrs.backendType)} is not vxlan`);
       const badSubnet = checkPeerSubnet(peer, config);
       if (badSubnet) return ignore(badSubnet);
@@ -147,12 +146,12 @@ export function createVxlanBackend(ctx: BackendContext): Backend {
       const m = checkUnicastMac(f.vtepmac);
       if ("error" in m) return ignore(`BackendData ${m.error}`);
 
-      const dst = formatCIDR(peer.subnet);
+      const gw = formatIP(peer.subnet.ip, 4);
+      const dst = `${gw}/${peer.subnet.prefix}`;
       if (opts.directRouting && onLink(ip.ip)) {
         // Same segment: plain route to the peer host, no encapsulation (flannel's DirectRouting).
         return { state: { routes: [{ dst, via: ip.ip, dev: extIface.name, onlink: false }] } };
       }
-      const gw = formatIP(peer.subnet.ip, 4);
       return {
         state: {
           neighs: [{ dev: name, ip: gw, lladdr: m.mac }],

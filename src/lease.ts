@@ -1,7 +1,7 @@
 // Lease records: flannel's subnet keys and lease JSON, encoded byte-for-byte as flanneld writes them and decoded
 // defensively, because a store record is untrusted input (another host, an operator, or an attacker wrote it).
 
-import { type IPNet, formatCIDR, formatIP, parseIP, tryParseCIDR } from "./ipmath.ts";
+import { type IPNet, formatCIDR, formatIP, ipv4Number, parseIP, tryParseCIDR } from "./ipmath.ts";
 import { escapeLogText, logText } from "./log-text.ts";
 import { MAX_VALUE_BYTES, SUBNETS_PREFIX } from "./store.ts";
 
@@ -42,6 +42,8 @@ const KEY_RE = /^(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})-(\d{1,2})(?:&([0-9a-f:]+)-
 /** Parses a subnet key (with or without the "subnets/" prefix); null if it is not a valid one. */
 export function parseSubnetKey(key: string): { subnet: IPNet; ipv6Subnet: IPNet | null } | null {
   const name = key.startsWith(SUBNETS_PREFIX) ? key.slice(SUBNETS_PREFIX.length) : key;
+  const v4 = parseV4Key(name);
+  if (v4) return { subnet: v4, ipv6Subnet: null };
   const m = KEY_RE.exec(name);
   if (!m) return null;
   // flannel: IPv4 prefix must fit 5 bits (0-31), IPv6 7 bits (0-127).
@@ -58,6 +60,24 @@ export function parseSubnetKey(key: string): { subnet: IPNet; ipv6Subnet: IPNet 
   return { subnet, ipv6Subnet };
 }
 
+/**
+ * The common key, IPv4 only and canonical ("10.5.52.0-24"), without regex or bigint work (10,000 keys in a list);
+ * null sends anything else through the full parse, which decides.
+ */
+function parseV4Key(name: string): IPNet | null {
+  const dash = name.indexOf("-");
+  const ip = dash > 0 ? ipv4Number(name, dash) : -1;
+  if (ip < 0 || name.length - dash < 2 || name.length - dash > 3) return null;
+  let prefix = 0;
+  for (let i = dash + 1; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c < 48 || c > 57 || (i === dash + 1 && c === 48 && name.length - dash > 2)) return null;
+    prefix = prefix * 10 + c - 48;
+  }
+  if (prefix > 31 || ip % 2 ** (32 - prefix) !== 0) return null;
+  return { family: 4, ip: BigInt(ip), prefix };
+}
+
 /** Encodes lease attrs exactly as flanneld's LeaseAttrs JSON: field order, null PublicIPv6, omitted empties. */
 export function encodeLeaseAttrs(a: LeaseAttrs): Uint8Array {
   const o: Record<string, unknown> = { PublicIP: a.publicIP || "0.0.0.0", PublicIPv6: a.publicIPv6 ?? null };
@@ -68,6 +88,8 @@ export function encodeLeaseAttrs(a: LeaseAttrs): Uint8Array {
 }
 
 const MAX_RECORD_BYTES = MAX_VALUE_BYTES;
+/** One decoder for every record (a whole-buffer decode() keeps no state between calls). */
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
 /**
  * Decodes a lease value as Go's encoding/json would (keys case-insensitive, unknown keys ignored) and validates
@@ -78,27 +100,30 @@ export function decodeLeaseAttrs(value: Uint8Array): LeaseAttrs {
     throw new LeaseRecordError(`lease record is ${value.byteLength} bytes (limit ${MAX_RECORD_BYTES})`);
   let raw: unknown;
   try {
-    raw = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(value));
+    raw = JSON.parse(UTF8.decode(value));
   } catch (e) {
     throw new LeaseRecordError(`lease record is not valid JSON: ${escapeLogText((e as Error).message)}`);
   }
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) throw new LeaseRecordError("lease record is not a JSON object");
   const f = foldKeys(raw as Record<string, unknown>);
   const publicIP = f.publicip ?? "0.0.0.0";
-  if (typeof publicIP !== "string" || parseIP(publicIP)?.family !== 4)
+  if (typeof publicIP !== "string" || (ipv4Number(publicIP) < 0 && parseIP(publicIP)?.family !== 4))
     throw new LeaseRecordError(`lease PublicIP is not an IPv4 address: ${logText(publicIP)}`);
   const v6 = f.publicipv6 ?? null;
   if (v6 !== null && (typeof v6 !== "string" || parseIP(v6)?.family !== 6))
     throw new LeaseRecordError(`lease PublicIPv6 is not an IPv6 address: ${logText(v6)}`);
   const bt = f.backendtype ?? "";
   if (typeof bt !== "string" || bt.length > 64) throw new LeaseRecordError(`lease BackendType is not a short string: ${logText(bt)}`);
-  const attrs: LeaseAttrs = { publicIP: canonicalIP(publicIP), publicIPv6: v6 === null ? null : canonicalIP(v6), backendType: bt };
+  // The usual type is one shared string, not a copy per record.
+  const backendType = bt === "vxlan" ? "vxlan" : bt === "host-gw" ? "host-gw" : bt;
+  const attrs: LeaseAttrs = { publicIP: canonicalIP(publicIP), publicIPv6: v6 === null ? null : canonicalIP(v6), backendType };
   if (f.backenddata !== undefined && f.backenddata !== null) attrs.backendData = f.backenddata;
   if (f.backendv6data !== undefined && f.backendv6data !== null) attrs.backendV6Data = f.backendv6data;
   return attrs;
 }
 
 const canonicalIP = (s: string): string => {
+  if (ipv4Number(s) >= 0) return s; // already canonical: no second copy
   const ip = parseIP(s)!;
   return formatIP(ip.value, ip.family);
 };
@@ -109,9 +134,20 @@ const canonicalIP = (s: string): string => {
  */
 export function foldKeys(o: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = Object.create(null);
-  for (const [k, v] of Object.entries(o)) out[k.toLowerCase()] = v;
+  for (const k of Object.keys(o)) out[FOLDED[k] ?? k.toLowerCase()] = o[k];
   return out;
 }
+
+/** The keys flannel writes, folded once (not a new lower-case string per key per record). */
+const FOLDED: Record<string, string> = Object.assign(Object.create(null), {
+  PublicIP: "publicip",
+  PublicIPv6: "publicipv6",
+  BackendType: "backendtype",
+  BackendData: "backenddata",
+  BackendV6Data: "backendv6data",
+  VNI: "vni",
+  VtepMAC: "vtepmac",
+});
 
 /** Builds a Lease from a store record, or throws LeaseRecordError naming the key and the problem. */
 export function leaseFromKV(kv: {

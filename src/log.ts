@@ -17,7 +17,14 @@ import { inspect } from "node:util";
 import { type ConsolaInstance, type ConsolaReporter, type LogObject, consola } from "consola";
 
 export function logger(tag: string): ConsolaInstance {
-  return new Proxy({} as ConsolaInstance, { get: (_t, prop) => Reflect.get(consola.withTag(tag), prop) });
+  // The tagged instance is made again only when consola's reporter list or level changed since: withTag() per call
+  // cost ~20 bound functions a line (a 10,000-peer start logs 10,000 debug lines, mostly dropped).
+  let tagged: ConsolaInstance | null = null;
+  const current = (): ConsolaInstance => {
+    if (!tagged || tagged.options.reporters !== consola.options.reporters || tagged.level !== consola.level) tagged = consola.withTag(tag);
+    return tagged;
+  };
+  return new Proxy({} as ConsolaInstance, { get: (_t, prop) => Reflect.get(current(), prop) });
 }
 
 const LEVEL_WORD: Record<string, string> = {

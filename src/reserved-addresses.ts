@@ -15,6 +15,19 @@ const RANGES: [IPNet, string][] = [
   ["ff00::/8", "the multicast range ff00::/8"],
 ].map(([c, why]) => [parseCIDR(c!), why!]);
 
+/** The IPv4 ranges as [first, last] numbers: an address check without bigint work (every peer lease has one). */
+const V4: [number, number, string][] = RANGES.filter(([r]) => r.family === 4).map(([r, why]) => [
+  Number(r.ip),
+  Number(r.ip) + 2 ** (32 - r.prefix) - 1,
+  why,
+]);
+
+/** Which reserved IPv4 range the address `ip` (a number) is in, in words; null if none. */
+export function reservedIPv4(ip: number): string | null {
+  for (const [first, last, why] of V4) if (ip >= first && ip <= last) return why;
+  return null;
+}
+
 /** Which reserved range `net` (an address is a /32 or /128) overlaps, in words; null if none. */
 export function reservedRange(net: IPNet): string | null {
   for (const [r, why] of RANGES) if (overlaps(r, net)) return why;

@@ -3,7 +3,7 @@
 // costs nothing beyond its Map slot. Anything else (IPv6, a device beyond the numbered ones) keeps a string key.
 // The same entry always gets the same key: a device's number is fixed once given.
 
-import { ipv4Number } from "./validate.ts";
+import { ipv4Number } from "../ipmath.ts";
 
 export type Key = string | number;
 

@@ -1,7 +1,7 @@
 // Validators every value passes through before it becomes a word on an iproute2 command line. Each returns the
 // value in canonical form (the form `ip -json` prints back), so the reconciler's keys match what the kernel reports,
 // and throws a ValidationError naming the field and the offending value.
-import { formatCIDR, formatIP, parseIP, tryParseCIDR, type Family } from "../ipmath.ts";
+import { formatCIDR, formatIP, ipv4Number, parseIP, tryParseCIDR, type Family } from "../ipmath.ts";
 import type { Address, Fdb, Neigh, Nexthop, Route, VxlanDevice } from "./types.ts";
 
 export class ValidationError extends Error {
@@ -30,31 +30,6 @@ export function validDevName(v: unknown, field = "device name"): string {
   if (!IFNAME.test(v)) fail(field, v, `must be 1-${MAX_IFNAME} characters of [A-Za-z0-9._-]`);
   if (v === "." || v === "..") fail(field, v, "reserved name");
   return v;
-}
-
-// Canonical dotted quad (no leading zeros) and its number, or -1: the common case, checked by hand without regex
-// or bigint work because the hot path (10,000 peers x 3 entries) validates every address (and keys.ts keys by it).
-export function ipv4Number(s: string, end = s.length): number {
-  if (end < 7 || end > 15) return -1;
-  let n = 0;
-  let part = 0;
-  let digits = 0;
-  let dots = 0;
-  for (let i = 0; i < end; i++) {
-    const c = s.charCodeAt(i);
-    if (c === 46) {
-      if (digits === 0 || ++dots > 3) return -1;
-      n = n * 256 + part;
-      part = 0;
-      digits = 0;
-    } else if (c >= 48 && c <= 57) {
-      if (digits === 1 && part === 0) return -1; // leading zero
-      part = part * 10 + (c - 48);
-      if (++digits > 3 || part > 255) return -1;
-    } else return -1;
-  }
-  if (digits === 0 || dots !== 3) return -1;
-  return n * 256 + part;
 }
 
 /** Canonical "a.b.c.d/n" and whether its host bits are zero; null if it is not that shape. */
