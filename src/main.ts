@@ -2,6 +2,9 @@
 // Entry point of the flannel-bin binary. The name it is run under matters, as for busybox: `flanneld` is
 // `flannel-bin run` (flanneld's command lines work unchanged), `mk-docker-opts.sh` is `flannel-bin mk-docker-opts`.
 // `flannel-bin <flags>` without a command is `flannel-bin run <flags>` too.
+// First: may re-execute the agent with its runtime settings before anything else loads.
+import "./runtime-env-first.ts";
+import { HELP, VERSION_FLAGS } from "./runtime-env.ts";
 import { basename } from "node:path";
 import { type CommandDef, runCommand } from "citty";
 import { consola } from "consola";
@@ -10,9 +13,6 @@ import { FlagError, specsOfArgs } from "./flags.ts";
 import { type HelpCommand, renderHelp } from "./help.ts";
 import { setUpLogging } from "./log.ts";
 import { mkDockerOpts } from "./mk-docker-opts.ts";
-
-const HELP = new Set(["--help", "-h", "-help"]);
-const VERSION_FLAGS = new Set(["--version", "-version"]);
 
 type Resolvable<T> = T | (() => T | Promise<T>) | Promise<T>;
 async function resolve<T>(v: Resolvable<T>): Promise<T> {

@@ -1,6 +1,6 @@
 // The agent as real processes: the compiled binary, one network namespace per host, one shared SQLite file.
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { type AgentHost, AgentLab, BINARY, ensureBinary, until } from "./helpers/agents.ts";
 
 const HOST_GW = '{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}';
@@ -62,6 +62,29 @@ describe("agent processes", () => {
     lab.start(h, ["--subnet-lease-ttl", "6s"]);
     expect(await until(() => lab.health(h, "/readyz") === 200, 15_000)).toBe(true);
     expect(lab.subnetOf(h)).toBe(subnet);
+  });
+
+  test("the agent re-executes itself in place once, with Bun's idle GC timer off; an operator's own setting is kept", async () => {
+    const environ = (pid: number) => readFileSync(`/proc/${pid}/environ`, "latin1").split("\0");
+    const cmdline = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, "latin1").split("\0").slice(0, -1);
+    const h = await readyAgent();
+    const pid = h.proc!.pid; // \`ip netns exec\` execs the agent: this PID is the agent's
+    expect(environ(pid)).toContain("BUN_GC_TIMER_DISABLE=1");
+    expect(cmdline(pid)).toEqual([
+      BINARY,
+      "run",
+      ...lab.storeFlags(),
+      "--subnet-file",
+      h.subnetFile,
+      "--healthz-port",
+      "8471",
+      "--subnet-lease-ttl",
+      "6s",
+    ]);
+    expect(await lab.stop(h)).toBe(0);
+    lab.start(h, ["--subnet-lease-ttl", "6s"], { BUN_GC_TIMER_DISABLE: "0" });
+    expect(await until(() => lab.health(h, "/readyz") === 200, 15_000)).toBe(true);
+    expect(environ(h.proc!.pid)).toContain("BUN_GC_TIMER_DISABLE=0");
   });
 
   test("a lease left to expire is freed and taken by the next host", async () => {

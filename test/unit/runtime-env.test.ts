@@ -1,0 +1,28 @@
+// Which command lines are the long-running agent (re-executed once with Bun's idle GC timer off) and which are not.
+import { describe, expect, test } from "bun:test";
+import { runsAgent } from "../../src/runtime-env.ts";
+
+describe("runsAgent", () => {
+  test("the agent: run, flags without a command, and flanneld with any flags", () => {
+    expect(runsAgent("flannel-bin", ["run"])).toBe(true);
+    expect(runsAgent("flannel-bin", ["run", "--store", "nats"])).toBe(true);
+    expect(runsAgent("flannel-bin", ["--etcd-endpoints=http://10.0.0.5:2379"])).toBe(true);
+    expect(runsAgent("flanneld", [])).toBe(true);
+    expect(runsAgent("flanneld", ["-v", "2"])).toBe(true);
+    expect(runsAgent("flanneld", ["-v"])).toBe(true); // flanneld's -v is its log level, not --version
+  });
+
+  test("short-lived commands are not", () => {
+    expect(runsAgent("flannel-bin", [])).toBe(false);
+    expect(runsAgent("flannel-bin", ["--version"])).toBe(false);
+    expect(runsAgent("flannel-bin", ["-v"])).toBe(false);
+    expect(runsAgent("flanneld", ["--version"])).toBe(false);
+    expect(runsAgent("flannel-bin", ["run", "--help"])).toBe(false);
+    expect(runsAgent("flanneld", ["-h"])).toBe(false);
+    expect(runsAgent("flannel-bin", ["leases"])).toBe(false);
+    expect(runsAgent("flannel-bin", ["config", "put", "{}"])).toBe(false);
+    expect(runsAgent("flannel-bin", ["lab", "up"])).toBe(false);
+    expect(runsAgent("flannel-bin", ["mk-docker-opts", "-d", "/tmp/x"])).toBe(false);
+    expect(runsAgent("mk-docker-opts.sh", ["-d", "/tmp/x"])).toBe(false);
+  });
+});
