@@ -14,6 +14,7 @@ import { type SnapshotBox, watchPeers } from "./peer-watch.ts";
 import { storeHealth } from "./store-health.ts";
 import type { Store } from "./store.ts";
 import { type Notifier, notifierFromEnv } from "./systemd-notify.ts";
+import { readStartupKernel } from "./kernel/kernel-read.ts";
 import { DataPlane, enableIPForward } from "./agent/data-plane.ts";
 import { Lifecycle } from "./agent/lifecycle.ts";
 import { PeerSet, runPeerLoop } from "./agent/peer-loop.ts";
@@ -62,8 +63,11 @@ export async function runAgent(f: Flags): Promise<number> {
     const cfg = await configStep(c, store);
     if (!cfg) return life.exitCode;
     notifier.stopExtending();
-    const sel = await interfaceStep(f);
-    const backend = await backendStep(cfg, sel);
+    // What the kernel has, read once for the interface choice, the backend and the device setup (nothing of ours
+    // changes it before the device setup).
+    const kernel = readStartupKernel();
+    const sel = await interfaceStep(f, kernel);
+    const backend = await backendStep(cfg, sel, kernel);
     const held = await leaseStep(c, store, cfg, backend);
     if (!held) return life.exitCode;
     const { lease, keeper } = held;
@@ -75,6 +79,7 @@ export async function runAgent(f: Flags): Promise<number> {
       lease,
       reconcileIntervalMs: f["reconcile-interval"],
       routeNexthops: f["route-nexthops"],
+      startupKernel: kernel,
       readiness,
       signal: life.signal,
     });

@@ -29,6 +29,8 @@ export interface SelectOptions {
 export interface ChooseOptions extends SelectOptions {
   /** Read addresses and routes inside this network namespace (tests, lab). */
   netns?: string;
+  /** Addresses and main-table IPv4 routes already being read (the agent's start-up read): not read again. */
+  read?: { links: Promise<unknown>; routes4: Promise<unknown> };
 }
 
 /** One IPv4 address of a link, as `ip -json addr show` reports it (only the fields we use). */
@@ -257,8 +259,8 @@ export function selectInterface(addrsJson: unknown, routesJson: unknown, opts: S
 export async function chooseExternalInterface(opts: ChooseOptions): Promise<Selection> {
   const reach = opts.ifaceCanReach && parseIP(opts.ifaceCanReach)?.family === 4 ? formatIP(parseIP(opts.ifaceCanReach)!.value, 4) : null;
   const [addrs, routes, routeGet] = await Promise.all([
-    ipJson(["addr", "show"], opts.netns),
-    ipJson(["-4", "route", "show", "table", "main"], opts.netns),
+    opts.read?.links ?? ipJson(["addr", "show"], opts.netns),
+    opts.read?.routes4 ?? ipJson(["-4", "route", "show", "table", "main"], opts.netns),
     reach ? ipJson(["route", "get", reach], opts.netns).catch(() => []) : Promise.resolve(undefined),
   ]);
   return selectInterface(addrs, routes, opts, routeGet);

@@ -59,6 +59,8 @@ export interface DataPlaneOptions {
   reconcileIntervalMs: number;
   /** --route-nexthops: auto (where the kernel has them), on, off. */
   routeNexthops?: "auto" | "on" | "off";
+  /** The start-up read of links and nexthops: the first device setup and the nexthop decision use it. */
+  startupKernel?: { links: Promise<unknown>; nexthops: Promise<unknown>; at: number };
   readiness: Readiness;
   signal: AbortSignal;
 }
@@ -74,6 +76,7 @@ export class DataPlane {
       ownedDevices: o.backend.ownedDevices,
       routeProto: ROUTE_PROTO,
       fullIntervalMs: o.reconcileIntervalMs,
+      ...(o.startupKernel ? { firstRead: o.startupKernel } : {}),
       ...(o.routeNexthops === "on" ? { nexthops: true } : o.routeNexthops === "off" ? { nexthops: false } : {}),
     });
     this.local = o.backend.localState(o.lease);

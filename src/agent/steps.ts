@@ -7,7 +7,7 @@ import { ConfigError, DEFAULT_CONFIG_EXAMPLE, type NetworkConfig, formatNetworkC
 import type { RunFlags } from "../flags.ts";
 import { type Selection, chooseExternalInterface } from "../iface.ts";
 import { formatCIDR } from "../ipmath.ts";
-import { readLinksDetailed } from "../kernel/kernel-read.ts";
+import { type StartupKernel, parseLinks } from "../kernel/kernel-read.ts";
 import type { Lease } from "../lease.ts";
 import { LeaseKeeper, acquireLeaseFrom } from "../lease-protocol.ts";
 import type { SnapshotBox } from "../peer-watch.ts";
@@ -69,8 +69,9 @@ export async function configStep(c: StepContext, store: Store): Promise<NetworkC
 }
 
 /** The external interface and public IP (flannel-compat §9). Nothing found throws (exit 1), as flanneld. */
-export async function interfaceStep(f: Flags): Promise<Selection> {
+export async function interfaceStep(f: Flags, kernel: StartupKernel): Promise<Selection> {
   const sel = await chooseExternalInterface({
+    read: kernel,
     iface: f.iface,
     ifaceRegex: f["iface-regex"],
     ifaceCanReach: f["iface-can-reach"] || undefined,
@@ -82,8 +83,8 @@ export async function interfaceStep(f: Flags): Promise<Selection> {
 }
 
 /** The backend, told which links the kernel has: a compatible vxlan device there (ours, or flanneld's) is adopted. */
-export async function backendStep(cfg: NetworkConfig, sel: Selection): Promise<Backend> {
-  return createBackend({ config: cfg, extIface: sel.iface, publicIP: sel.publicIP, existingLinks: await readLinksDetailed() });
+export async function backendStep(cfg: NetworkConfig, sel: Selection, kernel: StartupKernel): Promise<Backend> {
+  return createBackend({ config: cfg, extIface: sel.iface, publicIP: sel.publicIP, existingLinks: parseLinks(await kernel.links) });
 }
 
 /**

@@ -2,7 +2,7 @@
 // here is parsed defensively (the output is checked field by field and validated like store input), and the parse
 // functions are pure so they are unit-tested without root.
 import type { KLink } from "./device-compat.ts";
-import { bridgeJson, ipJson } from "./queue.ts";
+import { bridgeJson, ipJson, nsArgs, processesSpawned } from "./queue.ts";
 import type { Fdb, Neigh } from "./types.ts";
 import { validAddress, validDevName, validFdb, validIP, validNeigh, validNet, validNexthopId } from "./validate.ts";
 
@@ -117,18 +117,28 @@ export async function readLinksDetailed(netns?: string): Promise<KLink[]> {
   return parseLinks(await ipJson(["-d", "addr", "show"], netns));
 }
 
-/** Link names present (`ip link show`). */
-export async function readLinkNames(netns?: string): Promise<Set<string>> {
-  return new Set(parseLinks(await ipJson(["link", "show"], netns)).map((l) => l.ifname));
+/**
+ * Link names, our routes (`proto`) and, with `nexthops`, every nexthop object: two processes (one `ip -batch` and
+ * the IPv6 routes, which a batch line cannot ask for) instead of four.
+ */
+export async function readLinksRoutesNexthops(
+  proto: number,
+  nexthops: boolean,
+  netns?: string,
+): Promise<{ present: Set<string>; routes: KRoute[]; nexthops: KNexthop[] | undefined }> {
+  const p = String(proto);
+  const cmds = [["link", "show"], ["route", "show", "table", "main", "proto", p], ...(nexthops ? [["nexthop", "show"]] : [])];
+  const [links, r4, nhs] = ipJsonBatch([], cmds, netns);
+  const [l, a, b, n] = await Promise.all([links, r4, ipJson(["-6", "route", "show", "table", "main", "proto", p], netns), nhs]);
+  return {
+    present: new Set(parseLinks(l).map((x) => x.ifname)),
+    routes: parseRoutes(a, b),
+    nexthops: nexthops ? parseNexthops(n) : undefined,
+  };
 }
 
-/** IPv4 and IPv6 routes of the main table carrying protocol `proto`. */
-export async function readRoutes(proto: number, netns?: string): Promise<KRoute[]> {
-  const p = String(proto);
-  const [r4, r6] = await Promise.all([
-    ipJson(["-4", "route", "show", "table", "main", "proto", p], netns),
-    ipJson(["-6", "route", "show", "table", "main", "proto", p], netns),
-  ]);
+/** `ip -json -4 route show` and `ip -json -6 route show` output as routes. */
+function parseRoutes(r4: unknown, r6: unknown): KRoute[] {
   const out: KRoute[] = [];
   for (const r of objects(r4)) {
     const kr = parseRoute(r, 4);
@@ -143,12 +153,7 @@ export async function readRoutes(proto: number, netns?: string): Promise<KRoute[
 
 /** Every nexthop object (`ip -json nexthop show`); throws where the kernel has none (Linux < 5.3). */
 export async function readNexthops(netns?: string): Promise<KNexthop[]> {
-  const out: KNexthop[] = [];
-  for (const n of objects(await ipJson(["nexthop", "show"], netns))) {
-    const nh = parseNexthop(n);
-    if (nh) out.push(nh);
-  }
-  return out;
+  return parseNexthops(await ipJson(["nexthop", "show"], netns));
 }
 
 /** Permanent neighbours per device. */
@@ -165,4 +170,69 @@ export async function readFdbs(devs: Iterable<string>, netns?: string): Promise<
     [...devs].map(async (dev) => [dev, parseFdbs(dev, await bridgeJson(["fdb", "show", "dev", dev], netns))] as const),
   );
   return new Map(lists);
+}
+
+/**
+ * Several `ip -json <flags> <cmd>` reads in one process (`ip -json <flags> -batch -`: one line of output per
+ * command). Each result resolves or rejects as `ipJson` of its command would: if the batch fails (a command that
+ * fails, an old `ip`), each command is read on its own instead.
+ */
+export function ipJsonBatch(flags: string[], cmds: string[][], netns?: string): Promise<unknown>[] {
+  const all = runIpBatch(flags, cmds, netns).catch(() => null);
+  return cmds.map((c, i) => all.then((r) => (r ? r[i] : ipJson([...flags, ...c], netns))));
+}
+
+async function runIpBatch(flags: string[], cmds: string[][], netns?: string): Promise<unknown[]> {
+  for (const a of [...flags, ...cmds.flat()])
+    if (typeof a !== "string" || /[\s"'\\#]/.test(a)) throw new Error(`ip batch argument ${JSON.stringify(a)} is not a plain word`);
+  processesSpawned.count++;
+  const proc = Bun.spawn(["ip", ...nsArgs(netns), "-json", ...flags, "-batch", "-"], {
+    stdin: "pipe",
+    stdout: "pipe",
+    stderr: "pipe",
+    env: process.env,
+  });
+  proc.stdin.write(`${cmds.map((c) => c.join(" ")).join("\n")}\n`);
+  await proc.stdin.end();
+  const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  const lines = out.split("\n").filter((l) => l.trim() !== "");
+  if (code !== 0 || lines.length !== cmds.length) throw new Error(`ip -batch: ${err.trim() || `exit status ${code}`}`);
+  return lines.map((l) => JSON.parse(l));
+}
+
+/** What the start-up steps read before the agent changes anything: one process instead of one per step. */
+export interface StartupKernel {
+  /** `ip -d addr show`: links with details and addresses (interface choice, the backend, the device setup). */
+  links: Promise<unknown>;
+  /** `ip -4 route show table main` (interface choice: the default route's device). */
+  routes4: Promise<unknown>;
+  /** `ip nexthop show` (whether the kernel has nexthop objects, and ours from a previous run). */
+  nexthops: Promise<unknown>;
+  /** performance.now() when it was read. */
+  at: number;
+}
+
+export function readStartupKernel(netns?: string): StartupKernel {
+  const [links, routes4, nexthops] = ipJsonBatch(
+    ["-d"],
+    [
+      ["addr", "show"],
+      ["route", "show", "table", "main"],
+      ["nexthop", "show"],
+    ],
+    netns,
+  );
+  // Awaited by whichever step needs each; one a step never takes must not be an unhandled rejection.
+  for (const p of [links, routes4, nexthops]) p!.catch(() => {});
+  return { links: links!, routes4: routes4!, nexthops: nexthops!, at: performance.now() };
+}
+
+/** Every nexthop object in `ip -json nexthop show` output. */
+export function parseNexthops(x: unknown): KNexthop[] {
+  const out: KNexthop[] = [];
+  for (const n of objects(x)) {
+    const nh = parseNexthop(n);
+    if (nh) out.push(nh);
+  }
+  return out;
 }

@@ -7,7 +7,15 @@
 // process is started while nothing happens. Full path, the rare safety net: fullReconcile() reads what the kernel
 // really has, makes that the applied view and drains again.
 import { type DeviceWork, DesiredState, type ReconcileCounts } from "./diff.ts";
-import { readFdbs, readLinkNames, readLinksDetailed, readNeighs, readNexthops, readRoutes } from "./kernel-read.ts";
+import {
+  parseLinks,
+  parseNexthops,
+  readFdbs,
+  readLinksDetailed,
+  readLinksRoutesNexthops,
+  readNeighs,
+  readNexthops,
+} from "./kernel-read.ts";
 import { KernelMonitor } from "./monitor.ts";
 import type { KernelEvent } from "./monitor-events.ts";
 import { type CommandQueue, processesSpawned } from "./queue.ts";
@@ -19,6 +27,9 @@ export type { ReconcileCounts } from "./diff.ts";
 // Through log.ts: a tagged instance made at import time would keep consola's default reporter, not the agent's.
 const log = logger("reconciler");
 
+/** How old a read handed in as `firstRead` may be and still be used. */
+const FIRST_READ_MAX_AGE_MS = 2000;
+
 export interface ReconcilerOptions {
   /** Devices the agent owns: everything on them that looks like ours may be removed. */
   ownedDevices: (() => string[]) | string[];
@@ -26,6 +37,8 @@ export interface ReconcilerOptions {
   routeProto?: number;
   /** Network namespace for reads (the queue must use the same one for writes). */
   netns?: string;
+  /** `ip -d addr show` and `ip nexthop show` output read just before (the agent's start-up read): used once, for the first device setup and the nexthop decision, instead of reading again. */
+  firstRead?: { links: Promise<unknown>; nexthops: Promise<unknown>; at: number };
   /** Period of the full reconcile started by start(). Default 5 min: the monitor repairs, this is the safety net. */
   fullIntervalMs?: number;
   /** How long set()/delete() wait for more changes before a drain starts. Default 5 ms. */
@@ -73,6 +86,9 @@ export class Reconciler {
   private readonly settleMs: number;
   private monitor: KernelMonitor | null = null;
   private readonly nexthopsOpt: boolean | undefined;
+  /** The first read's output, until used. */
+  private firstLinks: Promise<unknown> | null;
+  private firstNexthops: Promise<unknown> | null;
   /** Decided by the first drain or read: null until then. */
   private nhMode: boolean | null = null;
   /** After stop(): a drain still running when it was called must not schedule retries (they would never end). */
@@ -104,6 +120,10 @@ export class Reconciler {
     this.monitorOn = opts.monitor ?? true;
     this.settleMs = opts.monitorSettleMs ?? 20;
     this.nexthopsOpt = opts.nexthops;
+    // Only a fresh one: the start may have waited long for a lease, and the kernel may have changed meanwhile.
+    const first = opts.firstRead && performance.now() - opts.firstRead.at < FIRST_READ_MAX_AGE_MS ? opts.firstRead : null;
+    this.firstLinks = first?.links ?? null;
+    this.firstNexthops = first?.nexthops ?? null;
   }
 
   /** Whether peer routes go through nexthop objects (null: not decided yet, before the first drain). */
@@ -258,7 +278,9 @@ export class Reconciler {
       return;
     }
     try {
-      this.state.useNexthops(await readNexthops(this.netns));
+      const first = this.firstNexthops;
+      this.firstNexthops = null;
+      this.state.useNexthops(first ? parseNexthops(await first) : await readNexthops(this.netns));
       this.nhMode = true;
       log.info(`peer routes go through nexthop objects (proto ${this.state.proto}, ids from ${NEXTHOP_ID_BASE})`);
     } catch (e) {
@@ -291,8 +313,10 @@ export class Reconciler {
   private async applyDevices(): Promise<boolean> {
     const work: DeviceWork = this.state.takeDeviceWork();
     let links: Awaited<ReturnType<typeof readLinksDetailed>>;
+    const first = this.firstLinks;
+    this.firstLinks = null;
     try {
-      links = await readLinksDetailed(this.netns);
+      links = first ? parseLinks(await first) : await readLinksDetailed(this.netns);
     } catch (e) {
       this.state.redoDevices(work); // try again on the next drain
       throw e;
@@ -317,11 +341,7 @@ export class Reconciler {
   /** Reads routes, nexthops, neighbours and FDB entries we may own and makes them the applied view. */
   private async loadActual(): Promise<void> {
     await this.decideNexthops();
-    const [present, routes, nexthops] = await Promise.all([
-      readLinkNames(this.netns),
-      readRoutes(this.state.proto, this.netns),
-      this.nhMode ? readNexthops(this.netns) : undefined,
-    ]);
+    const { present, routes, nexthops } = await readLinksRoutesNexthops(this.state.proto, this.nhMode === true, this.netns);
     const { neighDevs, fdbDevs } = this.state.devicesToRead(this.owned(), present);
     const [neighs, fdbs] = await Promise.all([readNeighs(neighDevs, this.netns), readFdbs(fdbDevs, this.netns)]);
     this.state.adoptKernel({ present, routes, neighs, fdbs, nexthops }, this.owned());
