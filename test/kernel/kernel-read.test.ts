@@ -1,0 +1,70 @@
+// Batched kernel reads (root): several `ip -json` reads in one `ip -batch` process give what one process per read
+// gives, and a batch with a failing command falls back to reading each command alone (the others still answer).
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { ipJsonBatch, readLinksRoutesNexthops } from "../../src/kernel/kernel-read.ts";
+import { ipJson, processesSpawned } from "../../src/kernel/queue.ts";
+import { type TestNs, makeNs } from "./netns.ts";
+
+let ns: TestNs;
+beforeAll(() => {
+  ns = makeNs();
+  ns.ip("route", "add", "10.100.1.0/24", "via", "192.168.77.2", "proto", "159");
+  ns.ip("-6", "addr", "add", "fd00::1/64", "dev", "ul0", "nodad");
+  ns.ip("-6", "route", "add", "fd01::/64", "via", "fd00::2", "proto", "159");
+});
+afterAll(() => ns?.remove());
+
+describe("batched kernel reads", () => {
+  test("one process answers each command as its own process would", async () => {
+    const cmds = [
+      ["-d", "addr", "show"],
+      ["route", "show", "table", "main"],
+      ["nexthop", "show"],
+    ];
+    const alone = await Promise.all(cmds.map((c) => ipJson(c, ns.name)));
+    const n = processesSpawned.count;
+    const batched = await Promise.all(
+      ipJsonBatch(
+        ["-d"],
+        [
+          ["addr", "show"],
+          ["route", "show", "table", "main"],
+          ["nexthop", "show"],
+        ],
+        ns.name,
+      ),
+    );
+    expect(processesSpawned.count - n).toBe(1);
+    expect(batched[0]).toEqual(alone[0]);
+    // -d adds the route type and scope; the routes themselves are the same, and IPv4 only as with -4.
+    expect((batched[1] as { dst: string }[]).map((r) => r.dst)).toEqual((alone[1] as { dst: string }[]).map((r) => r.dst));
+    expect(batched[2]).toEqual([]);
+  });
+
+  test("a failing command: the batch falls back to one read each, and only that one rejects", async () => {
+    const [a, b] = ipJsonBatch(
+      [],
+      [
+        ["link", "show", "ul0"],
+        ["link", "show", "nope0"],
+      ],
+      ns.name,
+    );
+    expect(((await a) as { ifname: string }[])[0]!.ifname).toBe("ul0");
+    await expect(b!).rejects.toThrow("nope0");
+  });
+
+  test("links, our routes of both families and nexthops in two processes", async () => {
+    const n = processesSpawned.count;
+    const r = await readLinksRoutesNexthops(159, true, ns.name);
+    expect(processesSpawned.count - n).toBe(2);
+    expect(r.present.has("ul0")).toBe(true);
+    expect(r.routes.map((x) => x.dst).sort()).toEqual(["10.100.1.0/24", "fd01::/64"]);
+    expect(r.nexthops).toEqual([]);
+  });
+
+  test("arguments that are not plain words are refused (the batch is one text)", async () => {
+    const [a] = ipJsonBatch([], [["link", "show", "ul0\nlink"]], ns.name);
+    await expect(a!).rejects.toThrow();
+  });
+});
