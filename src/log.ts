@@ -17,14 +17,38 @@ import { inspect } from "node:util";
 import { type ConsolaInstance, type ConsolaReporter, type LogObject, consola } from "consola";
 
 export function logger(tag: string): ConsolaInstance {
-  // The tagged instance is made again only when consola's reporter list or level changed since: withTag() per call
-  // cost ~20 bound functions a line (a 10,000-peer start logs 10,000 debug lines, mostly dropped).
-  let tagged: ConsolaInstance | null = null;
-  const current = (): ConsolaInstance => {
-    if (!tagged || tagged.options.reporters !== consola.options.reporters || tagged.level !== consola.level) tagged = consola.withTag(tag);
-    return tagged;
-  };
-  return new Proxy({} as ConsolaInstance, { get: (_t, prop) => Reflect.get(current(), prop) });
+  return new Proxy({} as ConsolaInstance, { get: (_t, prop) => Reflect.get(tagged(tag), prop) });
+}
+
+interface Tagged {
+  inst: ConsolaInstance;
+  level: number;
+  reporters: ConsolaReporter[];
+  mock: unknown;
+}
+const taggedCache = new Map<string, Tagged>();
+
+/**
+ * consola.withTag(tag), made again only when what it copied from consola changed (its level, its reporters, a mock):
+ * making one costs more than the log line (a debug line that is filtered out too). Never throttled, as a fresh
+ * instance per line was not (consola folds repeats of a line per instance).
+ */
+function tagged(tag: string): ConsolaInstance {
+  const reporters = consola.options.reporters;
+  const mock = (consola as unknown as { _mockFn?: unknown })._mockFn;
+  const c = taggedCache.get(tag);
+  if (
+    c &&
+    c.level === consola.level &&
+    c.mock === mock &&
+    c.reporters.length === reporters.length &&
+    c.reporters.every((r, i) => r === reporters[i])
+  )
+    return c.inst;
+  const inst = consola.withTag(tag);
+  inst.options.throttle = 0;
+  taggedCache.set(tag, { inst, level: consola.level, reporters: [...reporters], mock });
+  return inst;
 }
 
 const LEVEL_WORD: Record<string, string> = {
