@@ -2,7 +2,7 @@
 // peer VTEP MAC), an FDB entry (VTEP MAC -> peer public IP) and an onlink route via the peer subnet address.
 import { createHash } from "node:crypto";
 import { containsIP, formatIP, parseIP } from "../src/ipmath.ts";
-import { foldKeys, type Lease, type LeaseAttrs } from "../src/lease.ts";
+import { fieldFolded, foldKeys, type Lease, type LeaseAttrs } from "../src/lease.ts";
 import type { StateFragment, VxlanDevice } from "../src/kernel/types.ts";
 import { vxlanCompatible } from "../src/kernel/device-compat.ts";
 import { type Backend, type BackendContext, BackendError, type PeerState } from "./backend.ts";
@@ -138,12 +138,12 @@ export function createVxlanBackend(ctx: BackendContext): Backend {
 
       const bd = peer.attrs.backendData;
       if (!bd || typeof bd !== "object" || Array.isArray(bd)) return ignore("BackendData is missing or not a JSON object");
-      const f = foldKeys(bd as Record<string, unknown>); // Go's encoding/json: keys match case-insensitively
-      const vni = f.vni;
+      // Go's encoding/json: keys match case-insensitively.
+      const vni = fieldFolded(bd as Record<string, unknown>, "vni");
       if (typeof vni !== "number" || !Number.isInteger(vni) || vni < 0 || vni > MAX_VNI)
         return ignore(`BackendData VNI is not an integer in 0..${MAX_VNI}: ${vni === undefined ? "missing" : logText(vni)}`);
       if (vni !== opts.vni) return ignore(`BackendData VNI ${vni} differs from ours (${opts.vni})`);
-      const m = checkUnicastMac(f.vtepmac);
+      const m = checkUnicastMac(fieldFolded(bd as Record<string, unknown>, "vtepmac"));
       if ("error" in m) return ignore(`BackendData ${m.error}`);
 
       const gw = formatIP(peer.subnet.ip, 4);

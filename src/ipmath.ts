@@ -109,7 +109,7 @@ export function parseIPv4(s: string): bigint | null {
 
 export function formatIP(value: bigint, family: Family): string {
   if (family === 4) {
-    const n = Number(value & 0xffffffffn);
+    const n = value >= 0n && value <= 0xffffffffn ? Number(value) : Number(value & 0xffffffffn); // no bigint made when in range
     return `${Math.floor(n / 16777216)}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
   }
   const g: number[] = [];

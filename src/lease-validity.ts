@@ -10,7 +10,7 @@
 import { checkUnicastMac } from "../backends/vxlan.ts";
 import type { NetworkConfig } from "./config.ts";
 import { type IPNet, containsNet, formatCIDR, ipv4Number, isAligned, parseIP } from "./ipmath.ts";
-import { type Lease, foldKeys, subnetKey } from "./lease.ts";
+import { type Lease, fieldFolded, subnetKey } from "./lease.ts";
 import { logger } from "./log.ts";
 import { logText } from "./log-text.ts";
 import type { PeerEvent } from "./peer-watch.ts";
@@ -47,13 +47,10 @@ export function valueProblem(lease: Lease): string | null {
     const v6 = addressProblem(lease.attrs.publicIPv6, 6);
     if (v6) return `PublicIPv6 ${v6}`;
   }
-  for (const [field, data] of [
-    ["BackendData", lease.attrs.backendData],
-    ["BackendV6Data", lease.attrs.backendV6Data],
-  ] as const) {
-    const m = readMac(data);
-    if (m && "error" in m) return `${field} ${m.error}`;
-  }
+  const m = readMac(lease.attrs.backendData);
+  if (m && "error" in m) return `BackendData ${m.error}`;
+  const m6 = readMac(lease.attrs.backendV6Data);
+  if (m6 && "error" in m6) return `BackendV6Data ${m6.error}`;
   return null;
 }
 
@@ -80,19 +77,15 @@ function addressProblem(s: string, family: 4 | 6): string | null {
 /** The VtepMAC in BackendData (normalised), an error, or null if there is none. */
 function readMac(data: unknown): { mac: string } | { error: string } | null {
   if (!data || typeof data !== "object" || Array.isArray(data)) return null;
-  const v = foldKeys(data as Record<string, unknown>).vtepmac;
+  const v = fieldFolded(data as Record<string, unknown>, "vtepmac");
   if (v === undefined || v === null) return null;
   return checkUnicastMac(v);
 }
 
-/** The lease's VTEP MACs (IPv4 and IPv6 data), normalised; only for leases whose value passed valueProblem. */
-function macsOf(lease: Lease): string[] {
-  const out: string[] = [];
-  for (const d of [lease.attrs.backendData, lease.attrs.backendV6Data]) {
-    const m = readMac(d);
-    if (m && "mac" in m && !out.includes(m.mac)) out.push(m.mac);
-  }
-  return out;
+/** A VTEP MAC of a lease (IPv4 or IPv6 data), normalised; only for leases whose value passed valueProblem. */
+function macOf(data: unknown): string | null {
+  const m = readMac(data);
+  return m && "mac" in m ? m.mac : null;
 }
 
 /** Why a lease cannot be used on its own (shape or value); null if it can, conflicts aside. */
@@ -217,7 +210,11 @@ export class UsablePeers {
   private resources(l: Lease): Resource[] {
     const r: Resource[] = [l.subnet.family === 4 ? Number(l.subnet.ip) : `4:${l.subnet.ip}`];
     if (l.ipv6Subnet) r.push(`6:${l.ipv6Subnet.ip}`);
-    for (const m of macsOf(l)) r.push(m); // "aa:bb:..": never a "4:"/"6:" string
+    // MACs ("aa:bb:.."): never a "4:"/"6:" string.
+    const m = macOf(l.attrs.backendData);
+    if (m) r.push(m);
+    const m6 = macOf(l.attrs.backendV6Data);
+    if (m6 && m6 !== m) r.push(m6);
     return r;
   }
 

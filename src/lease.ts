@@ -138,6 +138,13 @@ export function foldKeys(o: Record<string, unknown>): Record<string, unknown> {
   return out;
 }
 
+/** foldKeys(o)[name] (`name` lower-case) without building the folded copy: the last key that folds to it wins. */
+export function fieldFolded(o: Record<string, unknown>, name: string): unknown {
+  let v: unknown;
+  for (const k in o) if (Object.hasOwn(o, k) && (FOLDED[k] ?? k.toLowerCase()) === name) v = o[k];
+  return v;
+}
+
 /** The keys flannel writes, folded once (not a new lower-case string per key per record). */
 const FOLDED: Record<string, string> = Object.assign(Object.create(null), {
   PublicIP: "publicip",

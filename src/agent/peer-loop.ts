@@ -7,6 +7,7 @@ import { formatCIDR } from "../ipmath.ts";
 import type { ReconcileCounts } from "../kernel/reconciler.ts";
 import type { StateFragment } from "../kernel/types.ts";
 import type { Lease } from "../lease.ts";
+import { LogLevels } from "consola";
 import { logger } from "../log.ts";
 import type { PeerEvent } from "../peer-watch.ts";
 
@@ -36,6 +37,8 @@ export class PeerSet {
   readonly programmed = new Set<string>();
   readonly ignored = new Set<string>();
 }
+
+const peerLine = (l: Lease, isNew: boolean): string => `peer ${formatCIDR(l.subnet)} at ${l.attrs.publicIP} ${isNew ? "added" : "changed"}`;
 
 /** Peers logged one by one during the initial sync; the rest are in the start-up summary (and at debug level). */
 export const NAMED_AT_START = 20;
@@ -67,10 +70,10 @@ export async function runPeerLoop(events: AsyncIterable<PeerEvent>, deps: PeerLo
         peers.ignored.delete(ev.key);
         const isNew = !peers.programmed.has(ev.key);
         peers.programmed.add(ev.key);
-        // The initial sync names the first few peers; a 10,000-peer start is one summary line, not 10,000 (debug has them).
-        const line = `peer ${formatCIDR(ev.lease.subnet)} at ${ev.lease.attrs.publicIP} ${isNew ? "added" : "changed"}`;
-        if (synced || ++named <= NAMED_AT_START) log.info(line);
-        else log.debug(line);
+        // The initial sync names the first few peers; a 10,000-peer start is one summary line, not 10,000 (debug has
+        // them: the line is built only if it is logged).
+        if (synced || ++named <= NAMED_AT_START) log.info(peerLine(ev.lease, isNew));
+        else if (log.level >= LogLevels.debug) log.debug(peerLine(ev.lease, isNew));
         if (synced && isNew) deps.onChange?.();
         break;
       }
