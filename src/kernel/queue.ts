@@ -150,9 +150,15 @@ export class CommandQueue {
    * Rejects only if iterating `cmds` throws (commands already sent still run).
    */
   runAll(cmds: Iterable<Command>): Promise<CommandResult[]> {
-    const iter = cmds[Symbol.iterator]();
-    if (this.closed) return Promise.resolve(drainClosed(iter, []));
-    const first = iter.next();
+    let iter: Iterator<Command>;
+    let first: IteratorResult<Command>;
+    try {
+      iter = cmds[Symbol.iterator]();
+      if (this.closed) return Promise.resolve(drainClosed(iter, []));
+      first = iter.next();
+    } catch (e) {
+      return Promise.reject(e);
+    }
     if (first.done) return Promise.resolve([]);
     const p = new Promise<CommandResult[]>((resolve, reject) => {
       this.pending.push({ iter, head: first.value, group: { results: [], left: 0, sealed: false, resolve, reject } });
@@ -197,17 +203,24 @@ export class CommandQueue {
 
   private schedule(delayMs: number): void {
     if (this.closed || this.running) return; // a running flush loop picks up whatever is pending
-    if (this.timer) {
-      if (delayMs > 0) return;
-      clearTimeout(this.timer);
+    if (delayMs > 0) {
+      this.timer ??= setTimeout(() => {
+        this.timer = null;
+        this.startFlush();
+      }, delayMs);
+      return;
     }
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      this.running = this.flushLoop().finally(() => {
-        this.running = null;
-        if (this.pending.length) this.schedule(0);
-      });
-    }, delayMs);
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.startFlush();
+  }
+
+  /** Now, not on the next timer tick: the process starts (and the first lines are written) before runAll() returns. */
+  private startFlush(): void {
+    this.running = this.flushLoop().finally(() => {
+      this.running = null;
+      if (this.pending.length) this.schedule(0);
+    });
   }
 
   private async flushLoop(): Promise<void> {
