@@ -1,28 +1,37 @@
-// Route programming benchmark: `bun test/bench/routes.ts [peers=10000] [rounds=3]` (root; makes its own namespace).
+// Route programming benchmark: `bun test/bench/routes.ts [peers=10000] [rounds=5]` (root; makes its own namespace,
+// named with FLANNEL_BIN_TEST_PREFIX).
 //
 // For host-gw (one route per peer) and vxlan (neighbour + fdb + route per peer) it compares, in one run:
-//   agent  Reconciler.set() for every peer fragment, then flush() (validation, diffing, batching, result mapping)
-//   raw    the same lines piped into `ip -force -batch -` (and `bridge -force -batch -` for fdb) once: the floor;
-//          twice: routes through nexthop objects (what the agent sends where the kernel has them: one nexthop per
-//          gateway, then the route by nhid) and plain gateway routes (the fallback, and what flanneld programs)
+//   agent  Reconciler.set() for every peer fragment, then flush() (validation, diffing, planning streamed into the
+//          batch processes, result mapping)
+//   raw    the same lines piped into `ip -force -batch -` (and `bridge -force -batch -` for fdb) once, each process
+//          spawned and waited for inside the timing: the floor; twice: routes through nexthop objects (what the agent
+//          sends where the kernel has them: one nexthop per gateway, then the route by nhid) and plain gateway routes
+//          (the fallback, and what flanneld programs)
 //   exec   one `ip`/`bridge` process per command, measured on a sample and extrapolated
+// Before timing, one agent run is recorded line by line and must equal the raw lines (same lines, same order, same
+// processes), so both sides do the same kernel work from the same freshly reset namespace.
 // Every peer has its own gateway (host-gw: its public IP; vxlan: its subnet address, onlink), so with plain routes the
 // kernel holds one fib_info per route, all in one hash chain (the hash leaves the gateway out): quadratic. Through
 // nexthop objects it is linear. The "one gateway" row shows the user-space cost alone.
-// Kernel state is cleared between runs; each figure is the median of the rounds.
+// Kernel state is cleared between runs; the order of agent and raw alternates per round. Each time is the median of
+// the rounds; agent/raw is the median of each round's own ratio (agent and raw measured back to back, so a burst of
+// load from elsewhere hits both), with the range over rounds. The load average is printed before and after.
 import { randomBytes } from "node:crypto";
-import { fdbReplace, neighReplace, nexthopReplace, routeReplace, routeReplaceNh } from "../../src/kernel/commands.ts";
-import { CommandQueue } from "../../src/kernel/queue.ts";
+import { loadavg } from "node:os";
+import { type Command, fdbReplace, neighReplace, nexthopReplace, routeReplace, routeReplaceNh } from "../../src/kernel/commands.ts";
+import { CommandQueue, type CommandResult } from "../../src/kernel/queue.ts";
 import { Reconciler } from "../../src/kernel/reconciler.ts";
 import { NEXTHOP_ID_BASE, ROUTE_PROTO, type Route, type StateFragment, type VxlanDevice } from "../../src/kernel/types.ts";
+import { testName } from "../helpers/binary.ts";
 import { vxlanDevice } from "../helpers/kernel-fixtures.ts";
 
 const PEERS = Number(process.argv[2] ?? 10_000);
-const ROUNDS = Number(process.argv[3] ?? 3);
+const ROUNDS = Number(process.argv[3] ?? 5);
 const SAMPLE = Math.min(500, PEERS);
 if (!(PEERS > 0 && PEERS <= 60_000) || !(ROUNDS > 0 && ROUNDS <= 20)) throw new Error("usage: routes.ts [peers<=60000] [rounds<=20]");
 
-const ns = `fbt-bench-${randomBytes(3).toString("hex")}`;
+const ns = testName(`fbt-bench-${randomBytes(3).toString("hex")}`);
 function sh(cmd: string[], stdin?: string): void {
   const r = Bun.spawnSync(cmd, { stdin: stdin === undefined ? "ignore" : Buffer.from(stdin), stdout: "ignore", stderr: "pipe" });
   if (r.exitCode !== 0) throw new Error(`${cmd.join(" ")}: ${r.stderr.toString().slice(0, 500)}`);
@@ -111,8 +120,28 @@ function reset(kind: Kind): void {
   }
 }
 
-async function timeAgent(kind: Kind, frags: StateFragment[]): Promise<{ ms: number; batches: number; failed: number; nh: boolean }> {
-  const q = new CommandQueue({ netns: ns }); // defaults, as the agent runs it (maxBatch 5000)
+/** A queue that also keeps every line it is handed, grouped into runs of one tool as the queue sends them. */
+class RecordingQueue extends CommandQueue {
+  readonly groups: { tool: "ip" | "bridge"; lines: string[] }[] = [];
+  override runAll(cmds: Iterable<Command>): Promise<CommandResult[]> {
+    const groups = this.groups;
+    function* tee(): Generator<Command> {
+      for (const c of cmds) {
+        const last = groups[groups.length - 1];
+        if (last?.tool === c.tool) last.lines.push(c.line);
+        else groups.push({ tool: c.tool, lines: [c.line] });
+        yield c;
+      }
+    }
+    return super.runAll(tee());
+  }
+}
+
+async function timeAgent(
+  kind: Kind,
+  frags: StateFragment[],
+  q = new CommandQueue({ netns: ns }), // defaults, as the agent runs it
+): Promise<{ ms: number; batches: number; failed: number; nh: boolean }> {
   const r = new Reconciler(q, { ownedDevices: kind === "vxlan" ? ["flannel.1"] : [], netns: ns });
   await r.flush(); // decides nexthops vs plain routes (one `ip nexthop show`), as the agent's first drain does
   if (kind === "vxlan") {
@@ -129,6 +158,23 @@ async function timeAgent(kind: Kind, frags: StateFragment[]): Promise<{ ms: numb
   r.stop();
   q.close();
   return { ms, batches: s.batches - before.batches, failed: s.failed, nh };
+}
+
+/** One untimed agent run, recorded: its lines must be the raw ones, in the same processes. */
+async function checkSameLines(kind: Kind, frags: StateFragment[], groups: { tool: string; lines: string[] }[]): Promise<void> {
+  reset(kind);
+  const q = new RecordingQueue({ netns: ns });
+  const a = await timeAgent(kind, frags, q);
+  if (a.failed) throw new Error(`${kind}: ${a.failed} agent commands failed`);
+  const got = q.groups.filter((g) => !g.lines[0]!.startsWith("link") && !g.lines[0]!.startsWith("addr"));
+  const same =
+    got.length === groups.length &&
+    got.every(
+      (g, i) =>
+        g.tool === groups[i]!.tool && g.lines.length === groups[i]!.lines.length && g.lines.every((l, k) => l === groups[i]!.lines[k]),
+    );
+  if (!same)
+    throw new Error(`${kind}: the agent's lines differ from the raw ones (${got.map((g) => `${g.tool} ${g.lines.length}`).join(", ")})`);
 }
 
 async function timeRaw(groups: { tool: "ip" | "bridge"; lines: string[] }[]): Promise<number> {
@@ -154,9 +200,14 @@ function timeExec(groups: { tool: "ip" | "bridge"; lines: string[] }[], perPeer:
   return (ms / cmds.length) * PEERS * perPeer;
 }
 
+const load = () =>
+  loadavg()
+    .map((x) => x.toFixed(2))
+    .join(" ");
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 async function main(): Promise<void> {
+  const loadStart = load();
   sh(["ip", "netns", "add", ns]);
   try {
     ip("link", "set", "lo", "up");
@@ -170,28 +221,41 @@ async function main(): Promise<void> {
       const groups = rawGroups(frags, true);
       const plainGroups = rawGroups(frags, false);
       const perPeer = kind === "vxlan" ? 3 : 1;
+      await checkSameLines(kind, frags, groups);
       const agent: number[] = [];
       const raw: number[] = [];
       const rawPlain: number[] = [];
       let batches = 0;
       let nh = false;
       for (let round = 0; round < ROUNDS; round++) {
-        reset(kind);
-        raw.push(await timeRaw(groups));
-        reset(kind);
-        rawPlain.push(await timeRaw(plainGroups));
-        reset(kind);
-        const a = await timeAgent(kind, frags);
-        if (a.failed) throw new Error(`${kind}: ${a.failed} agent commands failed`);
-        agent.push(a.ms);
-        batches = a.batches;
-        nh = a.nh;
+        const runAgent = async () => {
+          reset(kind);
+          const a = await timeAgent(kind, frags);
+          if (a.failed) throw new Error(`${kind}: ${a.failed} agent commands failed`);
+          agent.push(a.ms);
+          batches = a.batches;
+          nh = a.nh;
+        };
+        const runRaw = async () => {
+          reset(kind);
+          raw.push(await timeRaw(groups));
+          reset(kind);
+          rawPlain.push(await timeRaw(plainGroups));
+        };
+        if (round % 2 === 0) {
+          await runRaw();
+          await runAgent();
+        } else {
+          await runAgent();
+          await runRaw();
+        }
       }
       reset(kind);
       const exec = timeExec(plainGroups, perPeer);
       const a = median(agent);
       const r = median(raw);
       const rp = median(rawPlain);
+      const ratios = agent.map((x, i) => x / (nh ? raw : rawPlain)[i]!);
       rows.push([
         kind,
         String(PEERS * perPeer),
@@ -199,7 +263,7 @@ async function main(): Promise<void> {
         `${r.toFixed(1)} ms (${groups.length} proc)`,
         `${rp.toFixed(1)} ms`,
         `~${(exec / 1000).toFixed(1)} s`,
-        (a / (nh ? r : rp)).toFixed(2),
+        `${median(ratios).toFixed(2)} (${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)})`,
         `agent runs: ${agent.map((x) => x.toFixed(0)).join("/")}, raw nexthop runs: ${raw.map((x) => x.toFixed(0)).join("/")}, raw plain runs: ${rawPlain.map((x) => x.toFixed(0)).join("/")}`,
       ]);
     }
@@ -210,10 +274,10 @@ async function main(): Promise<void> {
       "raw ip -batch, nexthops",
       "raw ip -batch, plain routes",
       `1 process/cmd (${SAMPLE} peers, extrapolated)`,
-      "agent/raw (same mode)",
+      "agent/raw (same mode), median of rounds (range)",
       "detail",
     ];
-    console.log(`\n${PEERS} peers, median of ${ROUNDS} rounds, namespace ${ns}\n`);
+    console.log(`\n${PEERS} peers, median of ${ROUNDS} rounds, namespace ${ns}, load average ${loadStart} at start, ${load()} at end\n`);
     console.log(`| ${head.join(" | ")} |\n|${head.map(() => "---").join("|")}|`);
     for (const r of rows) console.log(`| ${r.join(" | ")} |`);
   } finally {
