@@ -87,6 +87,9 @@ function settle(p: Pending, r: CommandResult): void {
 
 const isSource = (x: Pending | Source): x is Source => "iter" in x;
 
+/** A result's place while its command runs (settle() replaces it); growing the array by push keeps it packed. */
+const UNSETTLED: CommandResult = { cmd: { tool: "ip", words: [], line: "" }, ok: false, tries: 0 };
+
 type LineResult = { ok: true } | { ok: false; error: string };
 const LINE_OK: LineResult = { ok: true };
 
@@ -460,9 +463,7 @@ class Feed {
       if (cmd) {
         const g = x.group;
         g.left++;
-        const index = g.results.length;
-        g.results.length = index + 1; // filled by settle()
-        return { cmd, tries: 0, group: g, index };
+        return { cmd, tries: 0, group: g, index: g.results.push(UNSETTLED) - 1 };
       }
       this.i++;
     }
