@@ -24,7 +24,7 @@ import { CommandQueue, type CommandResult } from "../../src/kernel/queue.ts";
 import { Reconciler } from "../../src/kernel/reconciler.ts";
 import { NEXTHOP_ID_BASE, ROUTE_PROTO, type Route, type StateFragment, type VxlanDevice } from "../../src/kernel/types.ts";
 import { testName } from "../helpers/binary.ts";
-import { vxlanDevice } from "../helpers/kernel-fixtures.ts";
+import { hostgwPeerState, vxlanDevice, vxlanLinkAdd, vxlanPeerState } from "../helpers/kernel-fixtures.ts";
 
 const PEERS = Number(process.argv[2] ?? 10_000);
 const ROUNDS = Number(process.argv[3] ?? 5);
@@ -43,20 +43,12 @@ const subnet = (i: number) => `10.${(i >> 8) & 255}.${i & 255}.0`;
 const pubIP = (i: number) => `172.16.${1 + (i >> 8)}.${i & 255}`;
 const mac = (i: number) => `02:bb:00:00:${((i >> 8) & 255).toString(16).padStart(2, "0")}:${(i & 255).toString(16).padStart(2, "0")}`;
 
-const hostgwPeer = (i: number): StateFragment => ({
-  routes: [{ dst: `${subnet(i)}/24`, via: pubIP(i), dev: "ul0", onlink: false }],
-});
+const hostgwPeer = (i: number): StateFragment => hostgwPeerState(subnet(i), pubIP(i));
 // Not a real deployment (every peer behind one gateway), but the kernel then shares one fib_info for all routes and
 // costs ~12 µs per route instead of ~130 µs, so the agent's own user-space overhead shows.
-const sharedGwPeer = (i: number): StateFragment => ({
-  routes: [{ dst: `${subnet(i)}/24`, via: "172.16.0.2", dev: "ul0", onlink: false }],
-});
+const sharedGwPeer = (i: number): StateFragment => hostgwPeerState(subnet(i), "172.16.0.2");
 type Kind = "host-gw" | "host-gw, one gateway" | "vxlan";
-const vxlanPeer = (i: number): StateFragment => ({
-  neighs: [{ dev: "flannel.1", ip: subnet(i), lladdr: mac(i) }],
-  fdbs: [{ dev: "flannel.1", mac: mac(i), dst: pubIP(i) }],
-  routes: [{ dst: `${subnet(i)}/24`, via: subnet(i), dev: "flannel.1", onlink: true }],
-});
+const vxlanPeer = (i: number): StateFragment => vxlanPeerState(subnet(i), mac(i), pubIP(i));
 
 /** Route lines through nexthop objects as the agent makes them: a gateway's nexthop before its first route. */
 function nexthopRouteLines(routes: Route[]): string[] {
@@ -95,26 +87,7 @@ function reset(kind: Kind): void {
   if (kind === "vxlan") {
     // A fresh device: no neighbours, no fdb entries, no routes.
     Bun.spawnSync(["ip", "-n", ns, "link", "del", "flannel.1"]);
-    ip(
-      "link",
-      "add",
-      "flannel.1",
-      "address",
-      VX.mac,
-      "mtu",
-      "1450",
-      "type",
-      "vxlan",
-      "id",
-      "1",
-      "local",
-      VX.local,
-      "dev",
-      "ul0",
-      "nolearning",
-      "dstport",
-      "0",
-    );
+    ip(...vxlanLinkAdd(VX));
     ip("addr", "add", "10.255.255.0/32", "dev", "flannel.1");
     ip("link", "set", "flannel.1", "up");
   }

@@ -5,7 +5,7 @@ import { CommandQueue, bridgeJson, ipJson } from "../../src/kernel/queue.ts";
 import { Reconciler } from "../../src/kernel/reconciler.ts";
 import { ROUTE_PROTO, type StateFragment } from "../../src/kernel/types.ts";
 import { makeNs, type TestNs } from "./netns.ts";
-import { vxlanDevice } from "../helpers/kernel-fixtures.ts";
+import { hostgwPeerState, vxlanDevice, vxlanPeerState } from "../helpers/kernel-fixtures.ts";
 
 let ns: TestNs;
 beforeAll(() => {
@@ -34,11 +34,8 @@ async function started(owned: string[] = ["flannel.1"], nexthops?: boolean): Pro
 const vxdev = vxlanDevice();
 const local: StateFragment = { devices: [vxdev], addresses: [{ dev: "flannel.1", cidr: "10.5.52.0/32" }] };
 const mac = (i: number) => `02:bb:00:00:00:${i.toString(16).padStart(2, "0")}`;
-const vxpeer = (i: number): StateFragment => ({
-  neighs: [{ dev: "flannel.1", ip: `10.5.${i}.0`, lladdr: mac(i) }],
-  fdbs: [{ dev: "flannel.1", mac: mac(i), dst: `192.168.77.${10 + i}` }],
-  routes: [{ dst: `10.5.${i}.0/24`, via: `10.5.${i}.0`, dev: "flannel.1", onlink: true }],
-});
+const vxpeer = (i: number): StateFragment => vxlanPeerState(`10.5.${i}.0`, mac(i), `192.168.77.${10 + i}`);
+const hostgw = (i: number): StateFragment => hostgwPeerState(`10.5.${i}.0`, `192.168.77.${10 + i}`);
 
 type JRoute = { dst: string; dev: string; gateway?: string; nhid?: number };
 const ourRoutes = async () => (await ipJson(["route", "show", "proto", String(ROUTE_PROTO)], ns.name)) as JRoute[];
@@ -111,8 +108,8 @@ describe("kernel monitor repair", () => {
 
   test("host-gw: a nexthop deleted by hand and a route deleted by hand come back", async () => {
     const r = await started([]);
-    r.set("peer:1", { routes: [{ dst: "10.5.1.0/24", via: "192.168.77.11", dev: "ul0", onlink: false }] });
-    r.set("peer:2", { routes: [{ dst: "10.5.2.0/24", via: "192.168.77.12", dev: "ul0", onlink: false }] });
+    r.set("peer:1", hostgw(1));
+    r.set("peer:2", hostgw(2));
     await r.flush();
     r.start();
     await Bun.sleep(200);
@@ -153,8 +150,8 @@ describe("kernel monitor repair", () => {
 
   test("host-gw: the underlay set down and up gets its routes back (the kernel drops them silently)", async () => {
     const r = await started([]);
-    r.set("peer:1", { routes: [{ dst: "10.5.1.0/24", via: "192.168.77.11", dev: "ul0", onlink: false }] });
-    r.set("peer:2", { routes: [{ dst: "10.5.2.0/24", via: "192.168.77.12", dev: "ul0", onlink: false }] });
+    r.set("peer:1", hostgw(1));
+    r.set("peer:2", hostgw(2));
     await r.flush();
     r.start();
     await Bun.sleep(200);

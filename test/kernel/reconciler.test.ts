@@ -3,7 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import { CommandQueue, bridgeJson, ipJson } from "../../src/kernel/queue.ts";
 import { Reconciler } from "../../src/kernel/reconciler.ts";
 import { NEXTHOP_ID_BASE, ROUTE_PROTO, type StateFragment } from "../../src/kernel/types.ts";
-import { vxlanDevice } from "../helpers/kernel-fixtures.ts";
+import { hostgwPeerState, vxlanDevice, vxlanLinkAdd, vxlanPeerState } from "../helpers/kernel-fixtures.ts";
 import { makeNs, type TestNs } from "./netns.ts";
 
 let ns: TestNs;
@@ -77,18 +77,12 @@ const link = async (dev: string) =>
     }[]
   )[0]!;
 
-const hostgw = (i: number): StateFragment => ({
-  routes: [{ dst: `10.5.${i}.0/24`, via: `192.168.77.${10 + i}`, dev: "ul0", onlink: false }],
-});
+const hostgw = (i: number): StateFragment => hostgwPeerState(`10.5.${i}.0`, `192.168.77.${10 + i}`);
 
 const vxdev = vxlanDevice;
 const local = (dev = vxdev()): StateFragment => ({ devices: [dev], addresses: [{ dev: dev.name, cidr: "10.5.52.0/32" }] });
 const mac = (i: number) => `02:bb:00:00:00:${i.toString(16).padStart(2, "0")}`;
-const vxpeer = (i: number, dst = `192.168.77.${10 + i}`): StateFragment => ({
-  neighs: [{ dev: "flannel.1", ip: `10.5.${i}.0`, lladdr: mac(i) }],
-  fdbs: [{ dev: "flannel.1", mac: mac(i), dst }],
-  routes: [{ dst: `10.5.${i}.0/24`, via: `10.5.${i}.0`, dev: "flannel.1", onlink: true }],
-});
+const vxpeer = (i: number, dst = `192.168.77.${10 + i}`): StateFragment => vxlanPeerState(`10.5.${i}.0`, mac(i), dst);
 
 for (const mode of [undefined, false] as const)
   describe(`Reconciler (${mode === false ? "plain gateway routes, forced" : "routes through nexthop objects"})`, () => {
@@ -163,26 +157,7 @@ for (const mode of [undefined, false] as const)
 
     test("fullReconcile removes stale owned entries and touches nothing it does not own", async () => {
       // Left over from a previous run: a vxlan device with an extra address, stale peer state, and foreign state.
-      ns.ip(
-        "link",
-        "add",
-        "flannel.1",
-        "address",
-        "02:aa:00:00:00:01",
-        "mtu",
-        "1450",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        "192.168.77.1",
-        "dev",
-        "ul0",
-        "nolearning",
-        "dstport",
-        "0",
-      );
+      ns.ip(...vxlanLinkAdd(vxdev()));
       ns.ip("link", "set", "flannel.1", "up");
       ns.ip("addr", "add", "10.5.52.0/32", "dev", "flannel.1");
       ns.ip("addr", "add", "10.5.99.0/32", "dev", "flannel.1"); // old subnet
@@ -220,26 +195,7 @@ for (const mode of [undefined, false] as const)
     });
 
     test("a compatible device is reused (same ifindex and MAC, MTU fixed in place); an incompatible one is replaced", async () => {
-      ns.ip(
-        "link",
-        "add",
-        "flannel.1",
-        "address",
-        "02:aa:00:00:00:01",
-        "mtu",
-        "1400",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        "192.168.77.1",
-        "dev",
-        "ul0",
-        "learning",
-        "dstport",
-        "0",
-      );
+      ns.ip(...vxlanLinkAdd(vxdev({ mtu: 1400, learning: true }))); // compatible, but MTU and learning differ
       const before = await link("flannel.1");
       const r = make();
       r.set("local", local());
