@@ -6,7 +6,7 @@
 import { bulkWork } from "./jit-policy.ts";
 import { logger } from "./log.ts";
 import type { NetworkConfig } from "./config.ts";
-import { type IPNet, formatCIDR, isAligned, lastIP, netEqual, netSize, overlaps } from "./ipmath.ts";
+import { type IPNet, formatCIDR, isAligned, netEqual, netSize, overlaps } from "./ipmath.ts";
 import { type Lease, type LeaseAttrs, LeaseRecordError, encodeLeaseAttrs, leaseFromKV, parseSubnetKey, subnetKey } from "./lease.ts";
 import { keyShapeProblem } from "./lease-validity.ts";
 import { sleep } from "./sleep.ts";
@@ -103,7 +103,11 @@ export function freeRanges(cfg: NetworkConfig, taken: IPNet[], stats?: WalkStats
   const max = Number(cfg.subnetMax);
   let n = 0;
   const v4: { ip: number; end: number }[] = [];
-  for (const t of taken) if (t.family === 4) v4.push({ ip: Number(t.ip), end: Number(lastIP(t)) });
+  for (const t of taken) {
+    if (t.family !== 4) continue;
+    const ip = Number(t.ip);
+    v4.push({ ip, end: ip + 2 ** (32 - t.prefix) - 1 }); // no bigint per lease
+  }
   v4.sort((a, b) => (n++, a.ip - b.ip));
   // The candidate subnet (SubnetMin + k*step) that holds `ip`; ip >= min.
   const down = (ip: number) => min + Math.floor((ip - min) / step) * step;

@@ -22,7 +22,7 @@ class ObservedQueue extends CommandQueue {
   override async runAll(cmds: Iterable<Command>): Promise<CommandResult[]> {
     const results = await super.runAll(cmds);
     // The first failure of a batch is the cause ("Operation not permitted"); later ones follow from it.
-    const first = results.find((r) => !r.ok && (r.cmd.words[0] === "link" || r.cmd.words[0] === "addr"));
+    const first = results.find((r) => !r.ok && (r.cmd.line.startsWith("link ") || r.cmd.line.startsWith("addr ")));
     if (first) this.lastDeviceError = `ip ${first.cmd.line}: ${first.error ?? "failed"}`;
     return results;
   }

@@ -22,15 +22,14 @@ export type Tool = "ip" | "bridge";
 
 export interface Command {
   readonly tool: Tool;
-  readonly words: readonly string[];
-  /** words joined by spaces: the batch line. */
+  /** The batch line: the words joined by spaces (not kept as an array: 40,000 commands at a 10k-peer start). */
   readonly line: string;
   /** For deletes: the kernel saying "not there" means the goal is reached, so it counts as success. */
   readonly absentOk?: boolean;
 }
 
 const make = (tool: Tool, words: string[], absentOk = false): Command =>
-  absentOk ? { tool, words, line: words.join(" "), absentOk } : { tool, words, line: words.join(" ") };
+  absentOk ? { tool, line: words.join(" "), absentOk } : { tool, line: words.join(" ") };
 
 // ---- routes (main table, always tagged with our protocol number)
 

@@ -88,7 +88,7 @@ function settle(p: Pending, r: CommandResult): void {
 const isSource = (x: Pending | Source): x is Source => "iter" in x;
 
 /** A result's place while its command runs (settle() replaces it); growing the array by push keeps it packed. */
-const UNSETTLED: CommandResult = { cmd: { tool: "ip", words: [], line: "" }, ok: false, tries: 0 };
+const UNSETTLED: CommandResult = { cmd: { tool: "ip", line: "" }, ok: false, tries: 0 };
 
 type LineResult = { ok: true } | { ok: false; error: string };
 const LINE_OK: LineResult = { ok: true };

@@ -120,12 +120,14 @@ function isObject(v: unknown, field: string): asserts v is Record<string, unknow
 // halves the per-peer cost on the 10,000-peer path. Freezing keeps a remembered value from changing afterwards.
 // With `id` (the reconciler's set(), diff.ts) the copy also names the fragment that desires it: one object per
 // desired entry instead of a value plus an owner record (10,000 peers: 30,000 objects fewer).
-const canonical = new WeakSet<object>();
+// A remembered value is an instance of Checked, a class no store text or spread copy can produce: the check is the
+// prototype, not a WeakSet entry per value (40,000 of them at 10k peers: 1 MB).
+class Checked {}
+const canonical = { has: (v: object): boolean => v instanceof Checked };
 function remember<T extends object>(v: T, id?: string): T {
-  if (id !== undefined) (v as T & { id: string }).id = id;
-  Object.freeze(v);
-  canonical.add(v);
-  return v;
+  const c = Object.assign(new Checked(), v) as T;
+  if (id !== undefined) (c as T & { id: string }).id = id;
+  return Object.freeze(c);
 }
 
 export function validRoute(r: unknown, id?: string): Route {

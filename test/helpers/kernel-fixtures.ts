@@ -31,4 +31,4 @@ export const hostgwPeerState = (subnetIp: string, gateway: string, dev = "ul0"):
 });
 
 /** `ip link add ...` words for `dev` (the agent's own command), to set up a device before the code under test runs. */
-export const vxlanLinkAdd = (dev: VxlanDevice): string[] => [...linkAddVxlan(dev).words];
+export const vxlanLinkAdd = (dev: VxlanDevice): string[] => linkAddVxlan(dev).line.split(" ");
