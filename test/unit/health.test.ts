@@ -2,24 +2,24 @@ import { expect, test } from "bun:test";
 import { type HealthState, healthHandler } from "../../src/health.ts";
 
 /** A request to the handler, by path. */
-const request = (state: HealthState, path: string, method = "GET") =>
-  healthHandler(state)(new Request(`http://127.0.0.1${path}`, { method }));
+const request = async (state: HealthState, path: string, method = "GET") =>
+  await healthHandler(state)(new Request(`http://127.0.0.1${path}`, { method }));
 
 test("healthz always 200, readyz 503 until ready", async () => {
   const state = { ready: false, waitingFor: "lease" };
-  const h = request(state, "/healthz");
+  const h = await request(state, "/healthz");
   expect(h.status).toBe(200);
   expect(await h.text()).toBe("flannel-bin is running");
-  const r1 = request(state, "/readyz");
+  const r1 = await request(state, "/readyz");
   expect(r1.status).toBe(503);
   expect(await r1.text()).toContain("not ready yet: lease");
   state.ready = true;
-  const r2 = request(state, "/readyz");
+  const r2 = await request(state, "/readyz");
   expect(r2.status).toBe(200);
   expect(await r2.text()).toBe("flannel-bin is ready");
-  expect(request(state, "/other").status).toBe(404);
-  expect(request(state, "/metrics", "POST").status).toBe(404);
-  expect(request(state, "/healthz", "HEAD").status).toBe(200);
+  expect((await request(state, "/other")).status).toBe(404);
+  expect((await request(state, "/metrics", "POST")).status).toBe(404);
+  expect((await request(state, "/healthz", "HEAD")).status).toBe(200);
 });
 
 test("metrics in Prometheus text format", async () => {
@@ -39,7 +39,7 @@ test("metrics in Prometheus text format", async () => {
         reconcile: () => null,
       }),
   };
-  const r = request(state, "/metrics");
+  const r = await request(state, "/metrics");
   expect(r.status).toBe(200);
   const text = await r.text();
   expect(text).toContain("# TYPE flannel_bin_peers gauge\nflannel_bin_peers 3\n");
