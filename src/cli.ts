@@ -3,10 +3,9 @@
 
 import { readFileSync } from "node:fs";
 import { defineCommand, type CommandDef } from "citty";
-import { consola } from "consola";
 import { ConfigError, parseNetworkConfig } from "./config.ts";
 import { FlagError, type FlagSpecs, RUN_FLAGS, STORE_FLAGS, cittyArgs, parseFlags } from "./flags.ts";
-import { applyLogFlags, closeLogFile } from "./log.ts";
+import { applyLogFlags, closeLogFile, consola } from "./log.ts";
 import { formatCIDR, tryParseCIDR } from "./ipmath.ts";
 import { subnetKey } from "./lease.ts";
 import { listLeases } from "./lease-protocol.ts";

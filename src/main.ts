@@ -5,13 +5,13 @@
 // First: may re-execute the agent with its runtime settings before anything else loads.
 import "./runtime-env-first.ts";
 import { HELP, VERSION_FLAGS } from "./runtime-env.ts";
+import { writeSync } from "node:fs";
 import { basename } from "node:path";
 import { type CommandDef, runCommand } from "citty";
-import { consola } from "consola";
 import { VERSION, invokedAs, main } from "./cli.ts";
 import { FlagError, specsOfArgs } from "./flags.ts";
 import { type HelpCommand, renderHelp } from "./help.ts";
-import { setUpLogging } from "./log.ts";
+import { consola, setUpLogging } from "./log.ts";
 import { mkDockerOpts } from "./mk-docker-opts.ts";
 
 type Resolvable<T> = T | (() => T | Promise<T>) | Promise<T>;
@@ -55,14 +55,14 @@ async function help(argv: string[], prog: string): Promise<string> {
 }
 
 async function entry(argv0: string, argv: string[]): Promise<void> {
-  setUpLogging();
+  await setUpLogging();
   const prog = basename(argv0 || "flannel-bin");
   if (prog === "mk-docker-opts.sh" || prog === "mk-docker-opts") process.exit(mkDockerOpts(argv, argv0));
   if (argv[0] === "mk-docker-opts") process.exit(mkDockerOpts(argv.slice(1), "flannel-bin mk-docker-opts"));
   const asFlanneld = prog === "flanneld";
   invokedAs.flanneld = asFlanneld;
   if (argv.length === 1 && (VERSION_FLAGS.has(argv[0]!) || (!asFlanneld && argv[0] === "-v"))) {
-    process.stdout.write(`${VERSION}\n`);
+    writeSync(1, `${VERSION}\n`); // not process.stdout: making that stream costs more than the rest of --version
     return;
   }
   // flanneld's command lines: flags without a command run the agent.

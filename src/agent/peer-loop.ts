@@ -7,7 +7,7 @@ import { formatCIDR } from "../ipmath.ts";
 import type { ReconcileCounts } from "../kernel/reconciler.ts";
 import type { StateFragment } from "../kernel/types.ts";
 import type { Lease } from "../lease.ts";
-import { LogLevels } from "consola";
+import { LogLevels } from "consola/core";
 import { logger } from "../log.ts";
 import type { PeerEvent } from "../peer-watch.ts";
 

@@ -1,7 +1,7 @@
 // `flannel-bin lab up|status|down`: the multi-host lab from the command line. Exit code 1 when setup fails or any
 // container pair cannot ping the other.
 import { defineCommand } from "citty";
-import { consola } from "consola";
+import { consola } from "../log.ts";
 import { FlagError, type FlagSpecs, type FlagValue, cittyArgs, parseFlags } from "../flags.ts";
 import { type LabBackend, type LabReport, type LabStoreKind, MAX_HOSTS, formatLabReport, labDown, labStatus, labUp } from "./lab.ts";
 

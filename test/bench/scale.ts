@@ -14,7 +14,7 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { consola } from "consola";
+import { consola } from "../../src/log.ts";
 import { encodeLeaseAttrs, subnetKey } from "../../src/lease.ts";
 import { CONFIG_KEY, type Store } from "../../src/store.ts";
 import { EtcdStore } from "../../stores/etcd/store.ts";

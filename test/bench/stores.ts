@@ -10,7 +10,7 @@
 // runs only the first.
 //
 // Everything stays in one namespace this script makes (bench-netns.ts).
-import { consola } from "consola";
+import { consola } from "../../src/log.ts";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";

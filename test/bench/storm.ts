@@ -12,7 +12,7 @@
 //                    ready, times N; and the CPU of one `flannel-bin --version` (runtime start + module load).
 // Goals (issue 13): all routes <= 5 s, agent CPU <= 5 s. Printed, never asserted.
 import { readFileSync } from "node:fs";
-import { consola } from "consola";
+import { consola } from "../../src/log.ts";
 import { labDown, labUp } from "../../src/lab/lab.ts";
 import { HEALTHZ_PORT, startAgent, waitAgentReady } from "../../src/lab/agents.ts";
 import { execIn, processAlive } from "../../src/lab/netns.ts";

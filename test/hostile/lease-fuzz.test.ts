@@ -4,7 +4,7 @@
 // recording target that checks every fragment with the kernel layer's validators. Asserts: no exception escapes,
 // only the valid peers reach desired kernel state, a valid peer is never taken out, every log line stays one line.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { consola } from "consola";
+import { consola } from "../../src/log.ts";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";

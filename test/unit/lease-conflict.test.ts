@@ -1,7 +1,7 @@
 // Our own key overwritten by another writer: a logged conflict naming the writer; we keep the subnet, never exit,
 // and re-claim the key by create-if-absent once that record goes.
 import { afterAll, expect, test } from "bun:test";
-import { consola } from "consola";
+import { consola } from "../../src/log.ts";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";

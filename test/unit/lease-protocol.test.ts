@@ -4,7 +4,7 @@ import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { consola } from "consola";
+import { consola } from "../../src/log.ts";
 import { formatCIDR, parseCIDR } from "../../src/ipmath.ts";
 import { type LeaseAttrs, encodeLeaseAttrs, subnetKey } from "../../src/lease.ts";
 import {

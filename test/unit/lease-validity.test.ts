@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { consola } from "consola";
+import { consola } from "../../src/log.ts";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";

@@ -50,7 +50,7 @@ describe("subnet.env", () => {
 
 describe("reading the previous subnet.env is bounded", () => {
   const capture = async (fn: () => unknown): Promise<{ result: unknown; logged: string[] }> => {
-    const { consola } = await import("consola");
+    const { consola } = await import("../../src/log.ts");
     const logged: string[] = [];
     const reporter = { log: (o: { args: unknown[] }) => void logged.push(o.args.join(" ")) };
     consola.addReporter(reporter);
