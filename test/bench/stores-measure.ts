@@ -233,6 +233,11 @@ export interface RouteDelayOptions {
   binary: string;
   /** `run` flags that select the store, e.g. ["--store", "etcd", "--etcd-endpoints", url]. */
   storeFlags: string[];
+  /**
+   * Names this run's subnet.env and log (default: the store kind). Two runs on one store kind need their own: a
+   * subnet.env left by the first would read as the second agent's lease before it has one.
+   */
+  label?: string;
   /** Writes the peer leases and the config. */
   writer: Store;
   /** A second client, only for watching (its own connection, or its own SQLite handle so it polls as the agent). */
@@ -253,8 +258,9 @@ export async function measureRouteDelay(o: RouteDelayOptions): Promise<RouteDela
   const enc = new TextEncoder();
   if ((await o.writer.create(CONFIG_KEY, enc.encode(ROUTE_CONFIG))) === null) throw new Error("config already present in a fresh store");
 
-  const subnetFile = join(o.dir, `${o.storeFlags[1]}-subnet.env`);
-  const logFile = join(o.dir, `${o.storeFlags[1]}-agent.log`);
+  const label = o.label ?? o.storeFlags[1];
+  const subnetFile = join(o.dir, `${label}-subnet.env`);
+  const logFile = join(o.dir, `${label}-agent.log`);
   const agent = Bun.spawn(
     [o.binary, "run", ...o.storeFlags, "--iface", "eth0", "--healthz-port", "0", "--subnet-file", subnetFile, "--subnet-lease-ttl", "30s"],
     { stdin: "ignore", stdout: Bun.file(logFile), stderr: Bun.file(logFile) },

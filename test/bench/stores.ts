@@ -137,7 +137,16 @@ async function benchStore(kind: Kind, dir: string, binary: string): Promise<Stor
     const writer = await h.routeClient();
     const watcher = await h.routeClient();
     try {
-      row.route = await measureRouteDelay({ dir, binary, storeFlags: h.flags, writer, watcher, peers: PEERS, spacingMs: SPACING_MS });
+      row.route = await measureRouteDelay({
+        dir,
+        binary,
+        storeFlags: h.flags,
+        label: kind,
+        writer,
+        watcher,
+        peers: PEERS,
+        spacingMs: SPACING_MS,
+      });
     } finally {
       await closeAll([writer, watcher]);
     }
