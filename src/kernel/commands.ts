@@ -30,21 +30,21 @@ export interface Command {
 
 const make = (tool: Tool, words: string[], absentOk = false): Command =>
   absentOk ? { tool, line: words.join(" "), absentOk } : { tool, line: words.join(" ") };
+/** The per-peer builders write their line in one template: no word array and join for 20,000-40,000 commands. */
+const line = (tool: Tool, text: string): Command => ({ tool, line: text });
 
 // ---- routes (main table, always tagged with our protocol number)
 
 export function routeReplace(route: Route, proto: number): Command {
   const r = validRoute(route);
-  const w = ["route", "replace", r.dst, "via", r.via, "dev", r.dev];
-  if (r.onlink) w.push("onlink");
-  w.push("proto", String(validProto(proto)));
-  return make("ip", w);
+  const p = validProto(proto);
+  return line("ip", `route replace ${r.dst} via ${r.via} dev ${r.dev}${r.onlink ? " onlink" : ""} proto ${p}`);
 }
 
 /** `route` through nexthop object `nhid` (which holds the route's gateway, device and onlink flag). */
 export function routeReplaceNh(route: Route, nhid: number, proto: number): Command {
   const r = validRoute(route);
-  return make("ip", ["route", "replace", r.dst, "nhid", String(validNexthopId(nhid)), "proto", String(validProto(proto))]);
+  return line("ip", `route replace ${r.dst} nhid ${validNexthopId(nhid)} proto ${validProto(proto)}`);
 }
 
 /**
@@ -67,10 +67,8 @@ export function routeDel(route: { dst: string; via?: string; dev?: string; nhid?
 
 export function nexthopReplace(nh: Nexthop, proto: number): Command {
   const n = validNexthop(nh);
-  const w = ["nexthop", "replace", "id", String(n.id), "via", n.via, "dev", n.dev];
-  if (n.onlink) w.push("onlink");
-  w.push("proto", String(validProto(proto)));
-  return make("ip", w);
+  const p = validProto(proto);
+  return line("ip", `nexthop replace id ${n.id} via ${n.via} dev ${n.dev}${n.onlink ? " onlink" : ""} proto ${p}`);
 }
 
 /** Deleting a nexthop also deletes every route through it (without route notifications): routes go first. */
@@ -82,7 +80,7 @@ export function nexthopDel(id: number): Command {
 
 export function neighReplace(neigh: Neigh): Command {
   const n = validNeigh(neigh);
-  return make("ip", ["neigh", "replace", n.ip, "lladdr", n.lladdr, "dev", n.dev, "nud", "permanent"]);
+  return line("ip", `neigh replace ${n.ip} lladdr ${n.lladdr} dev ${n.dev} nud permanent`);
 }
 
 export function neighDel(neigh: { dev: string; ip: string }): Command {
@@ -93,7 +91,7 @@ export function neighDel(neigh: { dev: string; ip: string }): Command {
 
 export function fdbReplace(fdb: Fdb): Command {
   const f = validFdb(fdb);
-  return make("bridge", ["fdb", "replace", f.mac, "dev", f.dev, "dst", f.dst, "self", "permanent"]);
+  return line("bridge", `fdb replace ${f.mac} dev ${f.dev} dst ${f.dst} self permanent`);
 }
 
 /** Adds a further remote for the MAC (vxlan keeps a list of remotes per MAC); idempotent for an equal entry. */
