@@ -13,7 +13,7 @@
 // Not available (null: the caller uses its consumer): servers before 2.11 or a stream without allow_direct (known at
 // open, connection.ts), a server that ignores the batch (its first reply lacks Nats-Num-Pending: noted once), more
 // than 1024 subjects under the filter (the server's limit for multi_last, status 413: noted for a while), no answer
-// within DIRECT_TIMEOUT_MS, or a batch behind our own writes. "empty": nothing under the filter (status 404, which
+// within DIRECT_TIMEOUT_MS (noted for a while too), or a batch behind our own writes. "empty": nothing under the filter (status 404, which
 // carries no sequence: records.ts says what revision that is).
 
 import { logger } from "../../src/log.ts";
@@ -25,11 +25,29 @@ const log = logger("nats");
 
 /** A replica that does not answer this fast is skipped for the leader path (which has its own timeout). */
 const DIRECT_TIMEOUT_MS = 2000;
-/** After a 413 (too many subjects) the filter is listed through the consumer for this long before trying again. */
-const TOO_MANY_RETRY_MS = 60_000;
+/** After a 413 (too many subjects) or no answer, lists go through the consumer for this long before trying again. */
+const RETRY_MS = 60_000;
+/** The status of a request nobody answered in time (not a server status). */
+const NO_ANSWER = -1;
 
-/** Filters that had more subjects than multi_last allows, and when they may be tried again (epoch ms). */
-const tooMany = new WeakMap<NatsBucket, Map<string, number>>();
+/**
+ * Filters that had more subjects than multi_last allows, and when they may be tried again (epoch ms); "" for the
+ * whole bucket after a direct get went unanswered (a hung replica, or credentials that do not allow the request:
+ * every list would otherwise wait DIRECT_TIMEOUT_MS first).
+ */
+const paused = new WeakMap<NatsBucket, Map<string, number>>();
+
+function pause(b: NatsBucket, filter: string): void {
+  let m = paused.get(b);
+  if (!m) paused.set(b, (m = new Map()));
+  m.set(filter, Date.now() + RETRY_MS);
+}
+
+function isPaused(b: NatsBucket, filter: string): boolean {
+  const m = paused.get(b);
+  const now = Date.now();
+  return (m?.get(filter) ?? 0) > now || (m?.get("") ?? 0) > now;
+}
 
 /** status: the end-of-batch or error code; 0 when the server sent one message without a pending count (no batches). */
 type Page = { msgs: Msg[]; status: number; upTo: number; pending: number };
@@ -43,7 +61,7 @@ function requestLast(b: NatsBucket, subject: string): Promise<Page> {
       sub.unsubscribe();
       resolve({ msgs, ...p });
     };
-    const timer = setTimeout(() => finish({ status: 408, upTo: 0, pending: 0 }), DIRECT_TIMEOUT_MS);
+    const timer = setTimeout(() => finish({ status: NO_ANSWER, upTo: 0, pending: 0 }), DIRECT_TIMEOUT_MS);
     const inbox = createInbox(); // this store sets no inbox prefix
     const sub = b.nc.subscribe(inbox, {
       callback: (err, m) => {
@@ -66,8 +84,7 @@ function requestLast(b: NatsBucket, subject: string): Promise<Page> {
 /** The last entry of every key under `filter` and the sequence it is exact at, or null (see the header). */
 export async function directSnapshot(b: NatsBucket, filter: string): Promise<{ entries: RawEntry[]; revision: number } | "empty" | null> {
   if (!b.directBatch) return null;
-  const retryAt = tooMany.get(b)?.get(filter);
-  if (retryAt !== undefined && Date.now() < retryAt) return null;
+  if (isPaused(b, filter)) return null;
   const p = await requestLast(b, b.subjectPrefix + filter);
   if (p.status === 0) {
     b.directBatch = false;
@@ -75,10 +92,13 @@ export async function directSnapshot(b: NatsBucket, filter: string): Promise<{ e
     return null;
   }
   if (p.status === 413) {
-    let m = tooMany.get(b);
-    if (!m) tooMany.set(b, (m = new Map()));
-    m.set(filter, Date.now() + TOO_MANY_RETRY_MS);
+    pause(b, filter);
     log.debug(`list ${filter}: more subjects than one direct get returns; listing through a consumer`);
+    return null;
+  }
+  if (p.status === NO_ANSWER) {
+    pause(b, "");
+    log.debug(`list ${filter}: no answer to a direct get within ${DIRECT_TIMEOUT_MS} ms; listing through a consumer for a while`);
     return null;
   }
   // pending > 0: the batch stopped at the server's byte limit (max_pending, 64 MB by default); not for leases.

@@ -181,6 +181,28 @@ describe("nats: lists in one batched direct get on nats-server >= 2.11 (a consum
       expect((await a.list("subnets/")).items.map((kv) => kv.key)).toEqual(["subnets/10.5.1.0-24"]);
       expect(lookA.consumers()).toBe(1);
 
+      // allow_direct turned off under a running client: no responder (the server says 503), the consumer lists.
+      const later = freshBucket("direct-off");
+      const c = await NatsStore.connect({ servers: [current!.url], bucket: later });
+      try {
+        const lookC = lookInside(c);
+        expect(lookC.b.directBatch).toBe(true);
+        await c.create("subnets/10.5.1.0-24", bytes("one"));
+        await withRawKv(
+          later,
+          async (_kv, nc) => {
+            const jsm = await jetstreamManager(nc);
+            const cfg = (await jsm.streams.info(`KV_${later}`)).config;
+            await jsm.streams.update(`KV_${later}`, { ...cfg, allow_direct: false });
+          },
+          current!.url,
+        );
+        expect((await c.list("subnets/")).items.map((kv) => kv.key)).toEqual(["subnets/10.5.1.0-24"]);
+        expect(lookC.consumers()).toBe(1);
+      } finally {
+        await c.close();
+      }
+
       const lookBig = lookInside(big);
       const n = 1030;
       for (let i = 0; i < n; i += 50) {
