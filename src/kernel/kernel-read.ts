@@ -118,20 +118,22 @@ export async function readLinksDetailed(netns?: string): Promise<KLink[]> {
 }
 
 /**
- * Link names, our routes (`proto`) and, with `nexthops`, every nexthop object: two processes (one `ip -batch` and
- * the IPv6 routes, which a batch line cannot ask for) instead of four.
+ * Links (with details and addresses, as `ip -d addr show`), our routes (`proto`) and, with `nexthops`, every nexthop
+ * object: two processes (one `ip -batch` and the IPv6 routes, which a batch line cannot ask for) instead of five.
  */
 export async function readLinksRoutesNexthops(
   proto: number,
   nexthops: boolean,
   netns?: string,
-): Promise<{ present: Set<string>; routes: KRoute[]; nexthops: KNexthop[] | undefined }> {
+): Promise<{ links: KLink[]; present: Set<string>; routes: KRoute[]; nexthops: KNexthop[] | undefined }> {
   const p = String(proto);
-  const cmds = [["link", "show"], ["route", "show", "table", "main", "proto", p], ...(nexthops ? [["nexthop", "show"]] : [])];
-  const [links, r4, nhs] = ipJsonBatch([], cmds, netns);
+  const cmds = [["addr", "show"], ["route", "show", "table", "main", "proto", p], ...(nexthops ? [["nexthop", "show"]] : [])];
+  const [links, r4, nhs] = ipJsonBatch(["-d"], cmds, netns);
   const [l, a, b, n] = await Promise.all([links, r4, ipJson(["-6", "route", "show", "table", "main", "proto", p], netns), nhs]);
+  const parsed = parseLinks(l);
   return {
-    present: new Set(parseLinks(l).map((x) => x.ifname)),
+    links: parsed,
+    present: new Set(parsed.map((x) => x.ifname)),
     routes: parseRoutes(a, b),
     nexthops: nexthops ? parseNexthops(n) : undefined,
   };

@@ -86,7 +86,7 @@ export class Reconciler {
   private readonly settleMs: number;
   private monitor: KernelMonitor | null = null;
   private readonly nexthopsOpt: boolean | undefined;
-  /** The first read's output, until used. */
+  /** A read of links to use instead of reading them (the start-up read; a full reconcile's own read), until used. */
   private firstLinks: Promise<unknown> | null;
   private firstNexthops: Promise<unknown> | null;
   /** Decided by the first drain or read: null until then. */
@@ -160,7 +160,11 @@ export class Reconciler {
       const t0 = performance.now();
       this.state.resetCounts();
       await this.loadActual();
-      await this.drain();
+      try {
+        await this.drain();
+      } finally {
+        this.firstLinks = null; // the full read's links serve this drain's device step only
+      }
       const c = this.state.resetCounts();
       this.totals.lastFullMs = performance.now() - t0;
       this.totals.fullRuns++;
@@ -341,7 +345,9 @@ export class Reconciler {
   /** Reads routes, nexthops, neighbours and FDB entries we may own and makes them the applied view. */
   private async loadActual(): Promise<void> {
     await this.decideNexthops();
-    const { present, routes, nexthops } = await readLinksRoutesNexthops(this.state.proto, this.nhMode === true, this.netns);
+    const { links, present, routes, nexthops } = await readLinksRoutesNexthops(this.state.proto, this.nhMode === true, this.netns);
+    // The device step of the drain that follows checks the addresses on these links instead of reading them again.
+    this.firstLinks = Promise.resolve(links);
     const { neighDevs, fdbDevs } = this.state.devicesToRead(this.owned(), present);
     const [neighs, fdbs] = await Promise.all([readNeighs(neighDevs, this.netns), readFdbs(fdbDevs, this.netns)]);
     this.state.adoptKernel({ present, routes, neighs, fdbs, nexthops }, this.owned());

@@ -62,6 +62,7 @@ describe("batched kernel reads", () => {
     const r = await readLinksRoutesNexthops(159, true, ns.name);
     expect(processesSpawned.count - n).toBe(2);
     expect(r.present.has("ul0")).toBe(true);
+    expect(r.links.find((l) => l.ifname === "ul0")?.addr_info?.length).toBeGreaterThan(0); // with its addresses
     expect(r.routes.map((x) => x.dst).sort()).toEqual(["10.100.1.0/24", "fd01::/64"]);
     expect(r.nexthops).toEqual([]);
   });
