@@ -319,7 +319,7 @@ export async function* usablePeerEvents(
   const sel = new UsablePeers(cfg, own);
   const emitted = new Map<string, Lease>();
   let initial = true;
-  let pending = new Set<string>();
+  const pending = new Set<string>();
   function* diff(keys: Iterable<string>): Generator<PeerEvent> {
     for (const key of keys) {
       const want = sel.isUsable(key) ? sel.get(key)! : null;
@@ -341,7 +341,7 @@ export async function* usablePeerEvents(
     } else if (ev.type === "synced") {
       if (initial) yield* diff(pending);
       initial = false;
-      pending = new Set(); // clear() would keep the storage of 10,000 keys
+      pending.clear(); // emptied, not replaced: the finished diff() generator's frame may still hold it
       yield { type: "synced", peers: emitted.size };
     } else yield ev;
   }

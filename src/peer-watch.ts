@@ -95,8 +95,13 @@ export async function* watchPeers(
       known.delete(key);
       yield { type: "removed", key, lease };
     }
+    // The engine may keep this finished generator's frame (the caller's yield* slot) until the next re-list: emptied
+    // now, `seen` holds no 10,000 keys meanwhile.
+    seen.clear();
+    const revision = snap.revision;
+    snap = undefined;
     yield { type: "synced", peers: known.size };
-    return snap.revision;
+    return revision;
   }
 
   const revision = yield* resync();
