@@ -19,7 +19,7 @@
 import { logger } from "../../src/log.ts";
 import { createInbox, type Msg } from "@nats-io/transport-node";
 import type { NatsBucket } from "./connection.ts";
-import { type RawEntry, toRawEntry } from "./records.ts";
+import { type RawEntry, toRawEntry } from "./entries.ts";
 
 const log = logger("nats");
 

@@ -3,7 +3,7 @@
 // Layout
 //   One KV bucket (default "flannel", stream "KV_flannel"), history 5, no server-side TTL: 2.9 has no per-key TTL
 //   and silently ignores one. The bucket is created on first connect if it is missing (connection.ts).
-//   Keys: keys.ts. Values: the record envelope { v, e, o } (records.ts); a value that does not decode is skipped
+//   Keys: keys.ts. Values: the record envelope { v, e, o } (decoded in entries.ts); a value that does not decode is skipped
 //   with a warning naming the key (never an exception out of get, list or watch); create() treats such a key as
 //   taken rather than overwrite what it cannot read.
 //

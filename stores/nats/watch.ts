@@ -13,7 +13,8 @@ import { storeHealth } from "../../src/store-health.ts";
 import { envelopeCreated, envelopeExpired } from "../record-envelope.ts";
 import type { NatsBucket } from "./connection.ts";
 import { natsPrefixFilter } from "./keys.ts";
-import { type Reaper, snapshot, toRawEntry } from "./records.ts";
+import { toRawEntry } from "./entries.ts";
+import { type Reaper, snapshot } from "./records.ts";
 
 const log = logger("nats");
 

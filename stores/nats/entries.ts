@@ -1,0 +1,47 @@
+// NATS stream messages decoded into bucket entries. Untrusted: a foreign key or an unreadable value is named (escaped)
+// in a warning and skipped, never an exception.
+
+import { logger } from "../../src/log.ts";
+import { escapeLogText, logText } from "../../src/log-text.ts";
+import { decodeEnvelope, type Envelope } from "../record-envelope.ts";
+import type { NatsBucket } from "./connection.ts";
+import { decodeNatsKey } from "./keys.ts";
+
+const log = logger("nats");
+
+/** One raw bucket entry as read from the stream. rec is null when the value could not be decoded. */
+export interface RawEntry {
+  key: string;
+  revision: number;
+  op: "PUT" | "DEL" | "PURGE";
+  rec: Envelope | null;
+}
+
+/** A stored message as a consumer (JsMsg) or a direct get (subject and sequence from its headers) delivers it. */
+export interface StoredRecord {
+  subject: string;
+  seq: number;
+  headers?: { get(k: string): string };
+  data: Uint8Array;
+}
+
+/** Decodes a stream message; null (warned) when its key is not one of ours. */
+export function toRawEntry(b: NatsBucket, m: StoredRecord): RawEntry | null {
+  const natsKey = m.subject.startsWith(b.subjectPrefix) ? m.subject.slice(b.subjectPrefix.length) : m.subject;
+  const key = decodeNatsKey(natsKey);
+  if (key === null) {
+    log.warn(`NATS bucket ${b.bucket}: skipping key ${logText(natsKey)}: not a key this store writes`);
+    return null;
+  }
+  // A server delete marker (2.11+: a per-message TTL ran out, or a purge): MaxAge and Purge read as PURGE, Remove as DEL.
+  const marker = m.headers?.get("Nats-Marker-Reason") ?? "";
+  const hop = marker === "Remove" ? "DEL" : marker !== "" ? "PURGE" : (m.headers?.get("KV-Operation") ?? "");
+  const op = hop === "DEL" || hop === "PURGE" ? hop : "PUT";
+  if (op !== "PUT") return { key, revision: m.seq, op, rec: null };
+  const rec = decodeEnvelope(m.data);
+  if (typeof rec === "string") {
+    log.warn(`NATS bucket ${b.bucket}: skipping key ${logText(key)} (${logText(natsKey)}) at revision ${m.seq}: ${escapeLogText(rec)}`);
+    return { key, revision: m.seq, op, rec: null };
+  }
+  return { key, revision: m.seq, op, rec };
+}
