@@ -6,7 +6,8 @@
 //                    (one `ip -n <host> monitor route` per host, started before the agents; no polling);
 //   agent CPU        user + system of the N agents, children (their iproute2 processes) included, read from
 //                    /proc/<pid>/stat at that moment;
-//   processes        iproute2 processes the agents started (their /metrics), and how many of them were batches;
+//   processes        iproute2 processes the agents started (their /metrics), how many of them were batches, and
+//                    the traffic rules' processes (iptables-save/-restore, nft, their monitor);
 //   server CPU       the etcd / nats-server process over the same time (SQLite has none).
 //   floor            one agent started alone on a one-host lab of the same store (no peers): its CPU from exec to
 //                    ready, times N; and the CPU of one `flannel-bin --version` (runtime start + module load).
@@ -39,6 +40,7 @@ export interface StormRow {
   serverCpuS: number;
   processes: number;
   batches: number;
+  rulesProcesses: number;
   /** CPU of one agent started alone on a fresh lab of one host (no peers), until ready: the per-agent floor. */
   aloneCpuS: number;
   error: string | null;
@@ -115,6 +117,7 @@ async function stormStore(kind: StormKind, hosts: number, binary: string, keep: 
     serverCpuS: Number.NaN,
     processes: Number.NaN,
     batches: Number.NaN,
+    rulesProcesses: Number.NaN,
     aloneCpuS: Number.NaN,
     error: null,
   };
@@ -166,10 +169,15 @@ async function stormStore(kind: StormKind, hosts: number, binary: string, keep: 
     row.agentCpuS = self + children;
     row.agentChildrenS = children;
     if (server !== undefined) row.serverCpuS = cpuSeconds(server) - server0;
-    const names = ["flannel_bin_kernel_processes_spawned_total", "flannel_bin_kernel_batches_total"];
+    const names = [
+      "flannel_bin_kernel_processes_spawned_total",
+      "flannel_bin_kernel_batches_total",
+      "flannel_bin_rules_processes_spawned_total",
+    ];
     const per = await Promise.all(s.hosts.map((h) => agentMetric(h.netns, names)));
     row.processes = per.reduce((a, m) => a + m[0]!, 0);
     row.batches = per.reduce((a, m) => a + m[1]!, 0);
+    row.rulesProcesses = per.reduce((a, m) => a + m[2]!, 0);
     console.error(`[storm ${kind}] all routes in ${row.allRoutesS.toFixed(2)} s, agent CPU ${row.agentCpuS.toFixed(2)} s`);
   } catch (e) {
     row.error = (e as Error).message;
@@ -243,6 +251,7 @@ export async function runStorm(
         "first host done",
         "agent CPU: total (children)",
         "iproute2 processes (batches)",
+        "rules processes",
         "server CPU",
         `floor: ${hosts} x one agent alone`,
         "before (issue 13)",
@@ -254,6 +263,7 @@ export async function runStorm(
         f2(r.firstHostS, "s"),
         `${f2(r.agentCpuS, "s")} (${f2(r.agentChildrenS, "s")})`,
         Number.isFinite(r.processes) ? `${r.processes} (${r.batches})` : "-",
+        Number.isFinite(r.rulesProcesses) ? String(r.rulesProcesses) : "-",
         f2(r.serverCpuS, "s"),
         `${f2(r.aloneCpuS * hosts, "s")} (${f2(r.aloneCpuS, "s")} each)`,
         BEFORE[r.kind],
