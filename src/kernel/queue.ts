@@ -248,6 +248,7 @@ export class CommandQueue {
     const items: Pending[] = [first];
     let results: LineResult[];
     let next: Pending | undefined;
+    let spawnError: string | null = null;
     try {
       const r = await this.streamBatch(tool, items, () => {
         if (items.length >= this.maxBatch || this.closed) return undefined;
@@ -259,9 +260,13 @@ export class CommandQueue {
       });
       results = r;
     } catch (e) {
-      const error = `could not run ${tool}: ${(e as Error).message}`;
+      spawnError = `could not run ${tool}: ${(e as Error).message}`;
+      const error = spawnError;
       results = items.map(() => ({ ok: false, error }));
     }
+    // When the process could not start, every line failed for that one reason: one warning for them all, not one per line.
+    let gaveUp = 0;
+    if (spawnError === null) this.repeats.forget(`spawn ${tool}`);
     for (let k = 0; k < items.length; k++) {
       const p = items[k]!;
       const r = results[k]!;
@@ -285,10 +290,16 @@ export class CommandQueue {
         this.counters.failed++;
         // A command retried again and again (a device the kernel refuses) is reported once per distinct error.
         const msg = `${tool} ${p.cmd.line}: ${r.error} (gave up after ${p.tries} tries)`;
-        if (this.repeats.isNew(p.cmd.line, r.error)) log.warn(msg);
+        if (spawnError === null && this.repeats.isNew(p.cmd.line, r.error)) log.warn(msg);
         else log.debug(msg);
+        if (spawnError !== null) gaveUp++;
         settle(p, { cmd: p.cmd, ok: false, error: r.error, tries: p.tries });
       }
+    }
+    if (gaveUp > 0) {
+      const msg = `${spawnError}: ${gaveUp} command${gaveUp === 1 ? "" : "s"} gave up after ${this.maxRetries} tries (more for this reason are logged at debug level until ${tool} starts again)`;
+      if (this.repeats.isNew(`spawn ${tool}`, spawnError!)) log.warn(msg);
+      else log.debug(msg);
     }
     return next;
   }

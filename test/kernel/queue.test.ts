@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { fdbReplace, linkAddVxlan, linkSetUp, neighDel, neighReplace, routeReplace } from "../../src/kernel/commands.ts";
 import { CommandQueue, bridgeJson, ipJson } from "../../src/kernel/queue.ts";
 import { makeNs, type TestNs } from "./netns.ts";
+import { consola } from "../../src/log.ts";
 import { vxlanDevice } from "../helpers/kernel-fixtures.ts";
 
 let ns: TestNs;
@@ -204,6 +205,28 @@ describe("CommandQueue", () => {
       q.close();
       ns.ip("route", "flush", "proto", "159");
     }
+  });
+
+  test("ip that cannot be started: every command fails with the reason, and one warning says it for all of them", async () => {
+    const logged: string[] = [];
+    const reporter = { log: (o: { args: unknown[]; type: string }) => void (o.type === "warn" && logged.push(o.args.join(" "))) };
+    const path = process.env.PATH;
+    consola.addReporter(reporter);
+    process.env.PATH = "/nonexistent-flannel-bin-test"; // the queue spawns `ip` through PATH
+    const q = new CommandQueue({ netns: ns.name, maxRetries: 2, retryBaseMs: 1 });
+    try {
+      const res = await q.runAll(Array.from({ length: 300 }, (_, i) => routeReplace(route(i), 159)));
+      expect(res.every((r) => !r.ok && r.tries === 2 && /could not run ip/.test(r.error ?? ""))).toBe(true);
+      // Not one line per command: one for the reason (the retries come back in batches of their own, each counted).
+      expect(logged.filter((l) => l.includes("could not run ip"))).toEqual([
+        expect.stringMatching(/could not run ip: .*gave up after 2 tries/),
+      ]);
+    } finally {
+      process.env.PATH = path;
+      consola.removeReporter(reporter);
+      q.close();
+    }
+    expect((await protoRoutes()).length).toBe(0);
   });
 
   test("ipJson reads and throws with ip's message", async () => {
