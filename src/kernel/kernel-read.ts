@@ -118,24 +118,50 @@ export async function readLinksDetailed(netns?: string): Promise<KLink[]> {
 }
 
 /**
- * Links (with details and addresses, as `ip -d addr show`), our routes (`proto`) and, with `nexthops`, every nexthop
- * object: two processes (one `ip -batch` and the IPv6 routes, which a batch line cannot ask for) instead of five.
+ * Links (with details and addresses, as `ip -d addr show`), our routes (`proto`), the neighbours of every device and,
+ * with `nexthops`, every nexthop object: two processes (one `ip -batch` and the IPv6 routes, which a batch line
+ * cannot ask for) instead of six.
  */
 export async function readLinksRoutesNexthops(
   proto: number,
   nexthops: boolean,
   netns?: string,
-): Promise<{ links: KLink[]; present: Set<string>; routes: KRoute[]; nexthops: KNexthop[] | undefined }> {
+): Promise<{
+  links: KLink[];
+  present: Set<string>;
+  routes: KRoute[];
+  nexthops: KNexthop[] | undefined;
+  /** Permanent neighbours of these devices (as `ip neigh show dev D` of each would give). */
+  neighsOf(devs: Iterable<string>): Map<string, Neigh[]>;
+}> {
   const p = String(proto);
-  const cmds = [["addr", "show"], ["route", "show", "table", "main", "proto", p], ...(nexthops ? [["nexthop", "show"]] : [])];
-  const [links, r4, nhs] = ipJsonBatch(["-d"], cmds, netns);
-  const [l, a, b, n] = await Promise.all([links, r4, ipJson(["-6", "route", "show", "table", "main", "proto", p], netns), nhs]);
+  const cmds = [
+    ["addr", "show"],
+    ["route", "show", "table", "main", "proto", p],
+    ["neigh", "show"],
+    ...(nexthops ? [["nexthop", "show"]] : []),
+  ];
+  const [links, r4, ns, nhs] = ipJsonBatch(["-d"], cmds, netns);
+  const [l, a, b, nb, n] = await Promise.all([links, r4, ipJson(["-6", "route", "show", "table", "main", "proto", p], netns), ns, nhs]);
   const parsed = parseLinks(l);
   return {
     links: parsed,
     present: new Set(parsed.map((x) => x.ifname)),
     routes: parseRoutes(a, b),
     nexthops: nexthops ? parseNexthops(n) : undefined,
+    neighsOf: (devs) =>
+      new Map(
+        [...devs].map(
+          (dev) =>
+            [
+              dev,
+              parseNeighs(
+                dev,
+                objects(nb).filter((x) => x.dev === dev),
+              ),
+            ] as const,
+        ),
+      ),
   };
 }
 
@@ -156,14 +182,6 @@ function parseRoutes(r4: unknown, r6: unknown): KRoute[] {
 /** Every nexthop object (`ip -json nexthop show`); throws where the kernel has none (Linux < 5.3). */
 export async function readNexthops(netns?: string): Promise<KNexthop[]> {
   return parseNexthops(await ipJson(["nexthop", "show"], netns));
-}
-
-/** Permanent neighbours per device. */
-export async function readNeighs(devs: Iterable<string>, netns?: string): Promise<Map<string, Neigh[]>> {
-  const lists = await Promise.all(
-    [...devs].map(async (dev) => [dev, parseNeighs(dev, await ipJson(["neigh", "show", "dev", dev], netns))] as const),
-  );
-  return new Map(lists);
 }
 
 /** Permanent FDB remotes per device. */

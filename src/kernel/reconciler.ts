@@ -7,15 +7,7 @@
 // process is started while nothing happens. Full path, the rare safety net: fullReconcile() reads what the kernel
 // really has, makes that the applied view and drains again.
 import { type DeviceWork, DesiredState, type ReconcileCounts } from "./diff.ts";
-import {
-  parseLinks,
-  parseNexthops,
-  readFdbs,
-  readLinksDetailed,
-  readLinksRoutesNexthops,
-  readNeighs,
-  readNexthops,
-} from "./kernel-read.ts";
+import { parseLinks, parseNexthops, readFdbs, readLinksDetailed, readLinksRoutesNexthops, readNexthops } from "./kernel-read.ts";
 import { KernelMonitor } from "./monitor.ts";
 import type { KernelEvent } from "./monitor-events.ts";
 import { type CommandQueue, processesSpawned } from "./queue.ts";
@@ -345,11 +337,15 @@ export class Reconciler {
   /** Reads routes, nexthops, neighbours and FDB entries we may own and makes them the applied view. */
   private async loadActual(): Promise<void> {
     await this.decideNexthops();
-    const { links, present, routes, nexthops } = await readLinksRoutesNexthops(this.state.proto, this.nhMode === true, this.netns);
+    const { links, present, routes, nexthops, neighsOf } = await readLinksRoutesNexthops(
+      this.state.proto,
+      this.nhMode === true,
+      this.netns,
+    );
     // The device step of the drain that follows checks the addresses on these links instead of reading them again.
     this.firstLinks = Promise.resolve(links);
     const { neighDevs, fdbDevs } = this.state.devicesToRead(this.owned(), present);
-    const [neighs, fdbs] = await Promise.all([readNeighs(neighDevs, this.netns), readFdbs(fdbDevs, this.netns)]);
+    const [neighs, fdbs] = [neighsOf(neighDevs), await readFdbs(fdbDevs, this.netns)];
     this.state.adoptKernel({ present, routes, neighs, fdbs, nexthops }, this.owned());
   }
 }

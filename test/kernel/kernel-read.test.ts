@@ -11,6 +11,7 @@ beforeAll(() => {
   ns.ip("route", "add", "10.100.1.0/24", "via", "192.168.77.2", "proto", "159");
   ns.ip("-6", "addr", "add", "fd00::1/64", "dev", "ul0", "nodad");
   ns.ip("-6", "route", "add", "fd01::/64", "via", "fd00::2", "proto", "159");
+  ns.ip("neigh", "replace", "192.168.77.9", "lladdr", "02:00:00:00:00:09", "dev", "ul0", "nud", "permanent");
 });
 afterAll(() => ns?.remove());
 
@@ -57,7 +58,7 @@ describe("batched kernel reads", () => {
     await refused;
   });
 
-  test("links, our routes of both families and nexthops in two processes", async () => {
+  test("links, our routes of both families, neighbours and nexthops in two processes", async () => {
     const n = processesSpawned.count;
     const r = await readLinksRoutesNexthops(159, true, ns.name);
     expect(processesSpawned.count - n).toBe(2);
@@ -65,6 +66,12 @@ describe("batched kernel reads", () => {
     expect(r.links.find((l) => l.ifname === "ul0")?.addr_info?.length).toBeGreaterThan(0); // with its addresses
     expect(r.routes.map((x) => x.dst).sort()).toEqual(["10.100.1.0/24", "fd01::/64"]);
     expect(r.nexthops).toEqual([]);
+    expect(r.neighsOf(["ul0", "nope0"])).toEqual(
+      new Map([
+        ["ul0", [{ dev: "ul0", ip: "192.168.77.9", lladdr: "02:00:00:00:00:09" }]],
+        ["nope0", []],
+      ]),
+    );
   });
 
   test("arguments that are not plain words are refused (the batch is one text)", async () => {
