@@ -12,7 +12,6 @@ import { listLeases } from "./lease-protocol.ts";
 import { CONFIG_KEY, type Store } from "./store.ts";
 import { openStore } from "./store-open.ts";
 import { runAgent } from "./agent.ts";
-import { labCommand } from "./lab/cli.ts";
 
 /** How the binary was invoked (main.ts sets it): a link named flanneld is flanneld, also in its defaults. */
 export const invokedAs = { flanneld: false };
@@ -159,5 +158,6 @@ export const main: CommandDef = defineCommand({
     version: VERSION,
     description: "flannel's job in one binary: subnet leases over etcd, NATS or SQLite; host-gw and vxlan",
   },
-  subCommands: { run, config, leases, lab: labCommand, version },
+  // The lab is loaded only when asked for (its modules and the Node built-ins they use are not an agent's start).
+  subCommands: { run, config, leases, lab: () => import("./lab/cli.ts").then((m) => m.labCommand), version },
 });
