@@ -8,7 +8,9 @@
 //   per period. Checks that repair something spend none (a real removal is never made to wait), and nor do the checks
 //   that events seen until GRACE_MS after our own fix cause (its own events, which may come in several batches and
 //   late on a loaded host, must not spend the tokens a later removal needs). Fixes happen only when something was
-//   really wrong, so a host that only churns never gets such a window.
+//   really wrong, so a host that only churns never gets such a window. A delete in our own chain or table is one of
+//   our rules removed (nobody else writes there): its check never waits for a token either, so on a loaded host, where
+//   our own fix's events can come after GRACE_MS and spend the tokens, a removal still does not wait a resync period.
 // - Polling every --iptables-resync while changes cannot be watched (iptables-legacy, the watcher down) or after a
 //   failed check; otherwise a safety-net check every safetyNetMs (--reconcile-interval).
 
@@ -42,6 +44,8 @@ export class CheckPolicy {
   private firstEventAt = 0;
   /** Every pending event is one our own write caused (or the watcher's start): the check costs no token. */
   private pendingFree = true;
+  /** A pending event removed one of our rules: the check runs without a token. */
+  private pendingRemoval = false;
   private freeUntil = Number.NEGATIVE_INFINITY;
   private lastCheckAt: number;
   private retrying = false;
@@ -60,8 +64,9 @@ export class CheckPolicy {
     this.lastCheckAt = now;
   }
 
-  /** A change that may concern our rules was seen. */
-  event(now: number): void {
+  /** A change that may concern our rules was seen; `removal`: it deleted one of them (our own chain or table). */
+  event(now: number, removal = false): void {
+    if (removal) this.pendingRemoval = true;
     const free = now <= this.freeUntil;
     if (this.dueAt === null) {
       this.firstEventAt = now;
@@ -82,7 +87,7 @@ export class CheckPolicy {
     let at = this.lastCheckAt + this.o.safetyNetMs;
     if (this.polling || this.retrying) at = Math.min(at, this.lastCheckAt + this.o.resyncMs);
     if (this.dueAt !== null) {
-      const tokenAt = this.pendingFree || this.tokens >= 1 ? now : now + (1 - this.tokens) * this.o.resyncMs;
+      const tokenAt = this.pendingFree || this.pendingRemoval || this.tokens >= 1 ? now : now + (1 - this.tokens) * this.o.resyncMs;
       at = Math.min(at, Math.max(this.dueAt, tokenAt));
     }
     return at;
@@ -91,7 +96,7 @@ export class CheckPolicy {
   /** A check starts: its read covers every event seen so far. */
   begin(now: number): void {
     const periodic = now >= this.lastCheckAt + (this.polling || this.retrying ? this.o.resyncMs : this.o.safetyNetMs);
-    this.charge = this.dueAt !== null && !this.pendingFree && !periodic;
+    this.charge = this.dueAt !== null && !this.pendingFree && !this.pendingRemoval && !periodic;
     this.covered();
   }
 
@@ -117,6 +122,7 @@ export class CheckPolicy {
   private covered(): void {
     this.dueAt = null;
     this.pendingFree = true;
+    this.pendingRemoval = false;
   }
 
   private refill(now: number): void {

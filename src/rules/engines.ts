@@ -124,7 +124,7 @@ export class IptablesEngine implements Engine {
     return iptablesSpecs(rs)
       .filter((s) => s.present)
       .flatMap(({ spec }) => [
-        { family: "ip", table: spec.table, chain: spec.chain },
+        { family: "ip", table: spec.table, chain: spec.chain, ours: true },
         { family: "ip", table: spec.table, chain: spec.hook, addsOnlyJumpingTo: spec.chain },
       ]);
   }
@@ -168,7 +168,7 @@ export class NftEngine implements Engine {
   }
 
   watchTargets(_rs: RuleSet): WatchTarget[] {
-    return [{ family: NFT_FAMILY, table: NFT_TABLE }];
+    return [{ family: NFT_FAMILY, table: NFT_TABLE, ours: true }];
   }
 
   async removeAll(): Promise<string[]> {

@@ -36,6 +36,8 @@ export interface WatchTarget {
   table: string;
   chain?: string;
   addsOnlyJumpingTo?: string;
+  /** Only we write here (our own chain or table): a delete is one of our rules gone, never another tool's churn. */
+  ours?: boolean;
 }
 
 export function nftEventMatters(ev: NftRuleEvent, targets: WatchTarget[]): boolean {
@@ -44,6 +46,16 @@ export function nftEventMatters(ev: NftRuleEvent, targets: WatchTarget[]): boole
     if (ev.op === "delete" || t.addsOnlyJumpingTo === undefined || ev.truncated) return true;
     return ev.rest.some((w, i) => (w === "jump" || w === "goto") && ev.rest[i + 1] === t.addsOnlyJumpingTo);
   });
+}
+
+/** A delete in a target only we write: one of our rules was removed (checked at once, never rate-limited). */
+export function nftEventRemovesOurs(ev: NftRuleEvent, targets: WatchTarget[]): boolean {
+  return (
+    ev.op === "delete" &&
+    targets.some(
+      (t) => t.ours === true && ev.family === t.family && ev.table === t.table && (t.chain === undefined || ev.chain === t.chain),
+    )
+  );
 }
 
 /** An `ip -4 -o monitor route` line about our subnet's prefix (the blackhole route deleted, or replaced by another). */

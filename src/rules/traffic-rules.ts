@@ -10,7 +10,14 @@ import type { ConsolaInstance } from "consola";
 import { type Engine, IptablesEngine, NftEngine, RulesError, detectIptables, leftoversOfIptables, makeIptablesEngine } from "./engines.ts";
 import { type CheckOutcome, CheckPolicy } from "./check-policy.ts";
 import { type Exec, have, makeExec, wrapArgv } from "./exec.ts";
-import { type MonitorLine, type WatchTarget, nftEventMatters, parseNftRuleEvent, routeLineMatters } from "./monitor-lines.ts";
+import {
+  type MonitorLine,
+  type WatchTarget,
+  nftEventMatters,
+  nftEventRemovesOurs,
+  parseNftRuleEvent,
+  routeLineMatters,
+} from "./monitor-lines.ts";
 import type { RuleSet } from "./types.ts";
 import { type ChangeWatcher, NETLINK_NETFILTER, NETLINK_ROUTE, Watcher, type WatcherOptions } from "./watcher.ts";
 import { escapeLogText } from "../log-text.ts";
@@ -301,8 +308,8 @@ export class TrafficRules implements TrafficRulesStep {
     });
   }
 
-  private changed(): void {
-    this.policy.event(Date.now());
+  private changed(removal = false): void {
+    this.policy.event(Date.now(), removal);
     this.wake?.();
   }
 
@@ -368,7 +375,7 @@ export class TrafficRules implements TrafficRulesStep {
     const ev = parseNftRuleEvent(line);
     if (!ev || !nftEventMatters(ev, targets)) return;
     this.o.log.debug(`traffic rules: change seen: ${escapeLogText(line.text)}`);
-    this.changed();
+    this.changed(nftEventRemovesOurs(ev, targets));
   }
 
   private async blackholeRoutes(): Promise<string[]> {

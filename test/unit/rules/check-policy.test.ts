@@ -113,6 +113,22 @@ describe("CheckPolicy", () => {
     expect(q.nextAt(1020 + GRACE_MS + 1)).toBeGreaterThan(1020 + GRACE_MS + 1 + DEBOUNCE_MS);
   });
 
+  test("a removal in our own chain or table is checked at once with every token spent (our own events came late)", () => {
+    const p = policy();
+    spendTokens(p);
+    p.event(1000);
+    expect(p.nextAt(1000)).toBeGreaterThan(1000 + RESYNC / 2); // an unknown event waits for a token
+    p.event(1010, true); // … one of our rules deleted: not any more
+    expect(p.nextAt(1010)).toBe(1010 + DEBOUNCE_MS);
+    // Checked, found nothing wrong (it was put back meanwhile): no token spent on it.
+    expect(drive(p, 1010, 1010 + DEBOUNCE_MS)).toEqual([1010 + DEBOUNCE_MS]);
+    p.event(1200, true);
+    expect(drive(p, 1200, 1200 + DEBOUNCE_MS)).toEqual([1200 + DEBOUNCE_MS]);
+    // The flag goes with the check that covered it: the next unknown event waits for a token again.
+    p.event(1400);
+    expect(p.nextAt(1400)).toBeGreaterThan(1400 + RESYNC / 2);
+  });
+
   test("events during a check's write and before its verify are covered by that check", () => {
     const p = policy();
     p.event(100);

@@ -6,6 +6,7 @@ import {
   type MonitorLine,
   type WatchTarget,
   nftEventMatters,
+  nftEventRemovesOurs,
   parseNftRuleEvent,
   routeLineMatters,
 } from "../../../src/rules/monitor-lines.ts";
@@ -39,12 +40,12 @@ describe("LineSplitter", () => {
 
 // iptables-nft's targets for masquerade and forward rules, as IptablesEngine.watchTargets builds them.
 const IPT: WatchTarget[] = [
-  { family: "ip", table: "nat", chain: "FLANNEL-POSTRTG" },
+  { family: "ip", table: "nat", chain: "FLANNEL-POSTRTG", ours: true },
   { family: "ip", table: "nat", chain: "POSTROUTING", addsOnlyJumpingTo: "FLANNEL-POSTRTG" },
-  { family: "ip", table: "filter", chain: "FLANNEL-FWD" },
+  { family: "ip", table: "filter", chain: "FLANNEL-FWD", ours: true },
   { family: "ip", table: "filter", chain: "FORWARD", addsOnlyJumpingTo: "FLANNEL-FWD" },
 ];
-const NFT: WatchTarget[] = [{ family: "ip", table: "flannel-ipv4" }];
+const NFT: WatchTarget[] = [{ family: "ip", table: "flannel-ipv4", ours: true }]; // as the engines give them
 const matters = (text: string, targets: WatchTarget[], truncated = false) => {
   const ev = parseNftRuleEvent({ text, truncated });
   return ev !== null && nftEventMatters(ev, targets);
@@ -89,6 +90,20 @@ describe("nft monitor rules lines", () => {
     expect(matters("delete rule ip filter INPUT handle 4", IPT)).toBe(false);
     // A line cut short could hide the jump: checked to be safe.
     expect(matters("add rule ip filter FORWARD ip saddr { 10.0.0.1, 10.0.0.2", IPT, true)).toBe(true);
+  });
+
+  test("a removal of ours: a delete in our own chain or table, not in the built-in chains others churn", () => {
+    const removes = (text: string, targets: WatchTarget[]) => {
+      const ev = parseNftRuleEvent(line(text));
+      return ev !== null && nftEventRemovesOurs(ev, targets);
+    };
+    expect(removes("delete rule ip filter FLANNEL-FWD handle 5", IPT)).toBe(true);
+    expect(removes("delete rule ip nat FLANNEL-POSTRTG handle 9", IPT)).toBe(true);
+    expect(removes("add rule ip filter FLANNEL-FWD counter packets 0 bytes 0 drop", IPT)).toBe(false);
+    expect(removes("delete rule ip filter FORWARD handle 4", IPT)).toBe(false); // Docker and kube-proxy delete there too
+    expect(removes("delete rule ip flannel-ipv4 forward handle 2", NFT)).toBe(true);
+    expect(removes("add rule ip flannel-ipv4 forward accept", NFT)).toBe(false);
+    expect(removes("delete rule ip filter forward handle 2", NFT)).toBe(false);
   });
 
   test("nftables mode: every rule event in table ip flannel-ipv4, nothing elsewhere", () => {
