@@ -18,6 +18,7 @@ import { readStartupKernel } from "./kernel/kernel-read.ts";
 import { DataPlane, enableIPForward } from "./agent/data-plane.ts";
 import { Lifecycle } from "./agent/lifecycle.ts";
 import { PeerSet, runPeerLoop } from "./agent/peer-loop.ts";
+import { collectStartupGarbage } from "./agent/startup-gc.ts";
 import { Readiness } from "./agent/readiness.ts";
 import { Backoff } from "./agent/retry.ts";
 import {
@@ -164,6 +165,7 @@ async function follow(d: FollowDeps): Promise<void> {
         target: d.dataPlane.reconciler,
         onOwn: (l) => d.keeper.notice(l),
         onChange: () => readiness.setSummary(summary()),
+        beforeFirstSync: () => collectStartupGarbage(peers.programmed.size),
         onFirstSync: (r) => {
           d.dataPlane.watch();
           readiness.started(summary());

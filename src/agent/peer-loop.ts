@@ -28,6 +28,8 @@ export interface PeerLoopDeps {
   onOwn(lease: Lease | null): void;
   /** The first sync is programmed: counts of the first full reconcile. */
   onFirstSync(counts: ReconcileCounts): void;
+  /** Awaited after the first sync is programmed, before onFirstSync (the start-up collection, startup-gc.ts). */
+  beforeFirstSync?(): Promise<unknown>;
   /** The peer count changed after the first sync. */
   onChange?(): void;
 }
@@ -93,6 +95,7 @@ export async function runPeerLoop(events: AsyncIterable<PeerEvent>, deps: PeerLo
           synced = true;
           const counts = await target.fullReconcile();
           target.start();
+          await deps.beforeFirstSync?.();
           deps.onFirstSync(counts);
         }
         break;

@@ -78,6 +78,23 @@ test("peers become desired state; first sync runs one full reconcile, starts the
   expect(changes).toBe(2); // one added, one removed after the first sync
 });
 
+test("the first sync's beforeFirstSync is awaited after the reconciler starts and before it is reported", async () => {
+  const target = new FakeReconciler();
+  const order: string[] = [];
+  await runPeerLoop(events([added("subnets/10.5.2.0-24", hg("10.5.2.0/24", "192.0.2.7")), { type: "synced", peers: 1 }]), {
+    backend: createBackend(ctx("host-gw")),
+    target,
+    onOwn: () => {},
+    beforeFirstSync: async () => {
+      order.push(`before (started ${target.started})`);
+      await new Promise((r) => setTimeout(r, 5));
+      order.push("before done");
+    },
+    onFirstSync: () => order.push("reported"),
+  });
+  expect(order).toEqual(["before (started true)", "before done", "reported"]);
+});
+
 test("a peer refused by the kernel layer's validation is ignored, and becomes programmed when it is fixed", async () => {
   const target = new FakeReconciler();
   const peers = new PeerSet();
