@@ -13,7 +13,7 @@ import { storeHealth } from "../../src/store-health.ts";
 import { envelopeCreated, envelopeExpired } from "../record-envelope.ts";
 import type { NatsBucket } from "./connection.ts";
 import { natsPrefixFilter } from "./keys.ts";
-import { toRawEntry } from "./entries.ts";
+import { type RawEntry, toRawEntry } from "./entries.ts";
 import { type Reaper, snapshot } from "./records.ts";
 
 const log = logger("nats");
@@ -76,6 +76,8 @@ export class NatsWatch {
     private readonly prefix: string,
     afterRevision: Revision,
     private readonly signal: AbortSignal,
+    /** The entries of a list at afterRevision (NatsStore.watch): the first start's snapshot, already taken. */
+    private seed: RawEntry[] | null = null,
   ) {
     this.inbox = new Inbox(signal);
     this.lastRev = Math.max(0, Math.floor(afterRevision));
@@ -176,7 +178,9 @@ export class NatsWatch {
   /**
    * (Re)creates the consumer at lastRev + 1. Returns true when history was lost (a relist is due); then the
    * watch continues from the stream's current end. On the first start and after a loss, the expiry tracking is
-   * seeded from a snapshot of the prefix, so keys written before the watch started still expire here.
+   * seeded from a snapshot of the prefix, so keys written before the watch started still expire here. With server
+   * TTLs (2.11+) nothing expires here: the first start takes no snapshot (at 10k leases it was a second list right
+   * after the agent's own, ~200 ms of CPU and a map of every key) and no key is tracked.
    */
   private async start(filter: string, first: boolean): Promise<boolean> {
     this.stopConsumer?.();
@@ -195,12 +199,14 @@ export class NatsWatch {
       );
       this.lastRev = state.last_seq;
     }
-    if (first || lost) {
-      const snap = await snapshot(this.b, filter);
+    if (lost || (first && !this.b.serverTtl)) {
+      const seed = this.seed;
+      this.seed = null;
+      const snap = seed && first && !lost ? { entries: seed, revision: this.lastRev } : await snapshot(this.b, filter);
       this.live.clear();
       this.expired.clear();
       for (const e of snap.entries) {
-        if (e.op === "PUT" && e.rec !== null && e.key.startsWith(this.prefix))
+        if (e.op === "PUT" && e.rec !== null && e.key.startsWith(this.prefix) && !this.b.serverTtl)
           this.live.set(e.key, { revision: e.revision, expiresAt: e.rec.e });
       }
       if (lost) this.lastRev = Math.max(this.lastRev, snap.revision);
@@ -260,7 +266,9 @@ export class NatsWatch {
       return;
     }
     this.expired.delete(e.key);
-    if (!known || known.revision <= e.revision) this.live.set(e.key, { revision: e.revision, expiresAt: e.rec.e });
+    // With server TTLs the key needs no tracking: messages come in revision order, so none is ever superseded by a
+    // record known here first (only a snapshot could know one, and none is taken then).
+    if (!this.b.serverTtl && (!known || known.revision <= e.revision)) this.live.set(e.key, { revision: e.revision, expiresAt: e.rec.e });
     // A new record can only bring the timer forward: no scan of every key per message (a backlog replay is O(N)).
     if (e.rec.e !== null && (this.timer === null || e.rec.e < this.timerAt)) this.armAt(e.rec.e);
     yield {

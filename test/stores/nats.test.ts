@@ -163,6 +163,45 @@ describe("nats: lists in one batched direct get on nats-server >= 2.11 (a consum
     }
   });
 
+  test("a watch from a list's revision does not list the prefix again: none needed with server TTLs, 2.9 seeds its expiry tracking from that list", async () => {
+    const s = await NatsStore.connect({ servers: [current!.url], bucket: freshBucket("watch-nolist") });
+    const old = await NatsStore.connect({ servers: [url()], bucket: freshBucket("watch-nolist-29") });
+    const spy = await connect({ servers: current!.url });
+    try {
+      let directGets = 0;
+      spy.subscribe("$JS.API.DIRECT.GET.>", {
+        callback: () => {
+          directGets++;
+        },
+      });
+      await spy.flush();
+      for (const st of [s, old]) for (let i = 1; i <= 3; i++) await st.create(`subnets/10.5.${i}.0-24`, bytes("lease"), { ttlMs: 600_000 });
+      const look = lookInside(s);
+      const lookOld = lookInside(old);
+      // biome-ignore lint/suspicious/noExplicitAny: as above
+      expect(((s as any).b as { serverTtl: boolean }).serverTtl).toBe(true);
+      const [l, lOld] = await Promise.all([s.list("subnets/"), old.list("subnets/")]);
+      expect(directGets).toBe(1); // the list itself
+      const ws = [new WatchCollector(s, "subnets/", l.revision), new WatchCollector(old, "subnets/", lOld.revision)];
+      try {
+        const [r, rOld] = await Promise.all([
+          s.create("subnets/10.5.9.0-24", bytes("new")),
+          old.create("subnets/10.5.9.0-24", bytes("new")),
+        ]);
+        await ws[0]!.until("the new put", () => ws[0]!.puts().some((kv) => kv.revision === r));
+        await ws[1]!.until("the new put (2.9)", () => ws[1]!.puts().some((kv) => kv.revision === rOld));
+        await spy.flush();
+        expect(directGets).toBe(1); // no second list for the watch
+        expect(look.consumers()).toBe(1); // the watch's own consumer only
+        expect(lookOld.consumers()).toBe(2); // the list and the watch: its expiry tracking is seeded from that list
+      } finally {
+        await Promise.allSettled(ws.map((w) => w.stop()));
+      }
+    } finally {
+      await Promise.allSettled([s.close(), old.close(), spy.close()]);
+    }
+  });
+
   test("a bucket without allow_direct, more keys than one direct get returns (1024), and a batch older than our own writes all list through a consumer", async () => {
     const noDirect = freshBucket("nodirect");
     await withRawKv(
