@@ -20,11 +20,27 @@ import { execIn, processAlive } from "../../src/lab/netns.ts";
 import { loadLabState, saveState, type LabState } from "../../src/lab/state.ts";
 import { putNetworkConfig, setupStore } from "../../src/lab/store-setup.ts";
 import { testName } from "../helpers/binary.ts";
+import { peerBinary } from "../helpers/peers.ts";
 
-export type StormKind = "sqlite" | "etcd" | "nats";
+/** "nats" on the current nats-server (scripts/setup.sh), "nats-2.9" on Debian's (as in scale.ts and stores.ts). */
+export type StormKind = "sqlite" | "etcd" | "nats" | "nats-2.9";
 
 /** The issue's measurements of the earlier build (50 agents, 2-core machine). */
-const BEFORE: Record<StormKind, string> = { sqlite: "5.8-11.0 s", etcd: "10.6-18.0 s, 1,787 batches", nats: "8.8-10.3 s" };
+const BEFORE: Record<StormKind, string> = {
+  sqlite: "5.8-11.0 s",
+  etcd: "10.6-18.0 s, 1,787 batches",
+  nats: "8.8-10.3 s (2.9)",
+  "nats-2.9": "8.8-10.3 s",
+};
+
+/** The lab for a store kind: its store, and the nats-server binary. */
+const labStore = (kind: StormKind) =>
+  kind === "nats-2.9"
+    ? { store: "nats" as const }
+    : kind === "nats"
+      ? { store: kind, natsServer: peerBinary("nats-server") }
+      : { store: kind };
+const short = (kind: StormKind) => (kind === "nats-2.9" ? "9" : kind[0]);
 const CONVERGE_TIMEOUT_MS = 120_000;
 
 export interface StormRow {
@@ -121,11 +137,11 @@ async function stormStore(kind: StormKind, hosts: number, binary: string, keep: 
     aloneCpuS: Number.NaN,
     error: null,
   };
-  const name = testName(`storm${kind[0]}`);
+  const name = testName(`storm${short(kind)}`);
   const counters: RouteCounter[] = [];
   try {
     await labDown({ name }); // a lab of ours left by an interrupted run
-    await labUp({ name, hosts, store: kind, binary, topologyOnly: true, noPings: true });
+    await labUp({ name, hosts, ...labStore(kind), binary, topologyOnly: true, noPings: true });
     const s: LabState = loadLabState({ name });
     await setupStore(s);
     await putNetworkConfig(s);
@@ -194,10 +210,10 @@ async function stormStore(kind: StormKind, hosts: number, binary: string, keep: 
 
 /** One agent alone on a one-host lab of this store: its CPU (children included) from exec to ready. */
 async function aloneCpu(kind: StormKind, binary: string): Promise<number> {
-  const name = testName(`alone${kind[0]}`);
+  const name = testName(`alone${short(kind)}`);
   try {
     await labDown({ name });
-    await labUp({ name, hosts: 1, store: kind, binary, topologyOnly: true, noPings: true });
+    await labUp({ name, hosts: 1, ...labStore(kind), binary, topologyOnly: true, noPings: true });
     const s = loadLabState({ name });
     await setupStore(s);
     await putNetworkConfig(s);
