@@ -65,8 +65,9 @@ export async function* watchPeers(
   /** Peers whose removal waits until removals are allowed (a re-list then decides). */
   const parked = new Set<string>();
 
-  // Diffs a full list against what we know: Added for new or changed peers, Removed for vanished ones.
-  async function* resync(): AsyncGenerator<PeerEvent, number> {
+  // Diffs a full list against what we know: Added for new or changed peers, Removed for vanished ones. `beforeSynced`
+  // gets the list's revision before "synced" is yielded.
+  async function* resync(beforeSynced?: (revision: number) => void): AsyncGenerator<PeerEvent, number> {
     let snap = opts.initial?.snapshot;
     if (snap)
       delete opts.initial?.snapshot; // used once: later re-lists ask the store
@@ -100,40 +101,66 @@ export async function* watchPeers(
     seen.clear();
     const revision = snap.revision;
     snap = undefined;
+    beforeSynced?.(revision);
     yield { type: "synced", peers: known.size };
     return revision;
   }
 
-  const revision = yield* resync();
   const sup = new WatchSupervisor(store, SUBNETS_PREFIX, health, opts, () => parked.size > 0);
-  for await (const ev of sup.run(revision, signal)) {
+  // Ends the supervisor (and its store watch) when this generator ends, even with a next() of it still outstanding.
+  const done = new AbortController();
+  let events: AsyncGenerator<WatchEvent> | undefined;
+  let pending: Promise<IteratorResult<WatchEvent>> | undefined;
+  try {
+    // The store watch starts before the first "synced" is yielded, so it is set up while the consumer programs the
+    // first sync (10k peers: ~0.4 s) and not after ready: a peer written right then was held back by the watch's own
+    // start (etcd: 50-110 ms).
+    yield* resync((revision) => {
+      events = sup.run(revision, AbortSignal.any([signal, done.signal]));
+      pending = events.next();
+    });
+    for (;;) {
+      const r = await (pending ?? events!.next());
+      pending = undefined;
+      if (r.done) return;
+      yield* peerEventsOf(r.value);
+    }
+  } finally {
+    done.abort();
+    if (pending)
+      pending.catch(() => {}); // settles now that the supervisor is aborted; its own finally cleans up
+    else await events?.return(undefined);
+  }
+
+  /** What one watch event means for the peers (a re-list on "relist"). */
+  async function* peerEventsOf(ev: WatchEvent): AsyncGenerator<PeerEvent> {
     if (ev.type === "relist") {
       sup.caughtUpTo(yield* resync());
-      continue;
+      return;
     }
-    if (ev.type === "progress") continue;
+    if (ev.type === "progress") return;
     if (ev.type === "delete") {
       if (ev.key === ownKey()) {
         yield { type: "own", lease: null };
-        continue;
+        return;
       }
       const old = known.get(ev.key);
-      if (!old) continue;
+      if (!old) return;
       if (!health.removalsAllowed()) {
         log.info(`${ev.key} is gone from the store, but the store was unreachable or behind just now: kept until a re-list confirms it`);
         parked.add(ev.key);
-        continue;
+        return;
       }
       known.delete(ev.key);
       yield { type: "removed", key: ev.key, lease: old };
-      continue;
+      return;
     }
     const lease = parseLeaseRecord(ev.kv);
     if (ev.kv.key === ownKey()) {
       if (lease) yield { type: "own", lease }; // a corrupt own record is repaired by the next renewal
-      continue;
+      return;
     }
-    if (!lease) continue; // logged by parseLeaseRecord; the peer keeps its last good state
+    if (!lease) return; // logged by parseLeaseRecord; the peer keeps its last good state
     parked.delete(ev.kv.key);
     const old = known.get(ev.kv.key);
     known.set(ev.kv.key, lease);

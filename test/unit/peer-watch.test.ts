@@ -76,3 +76,44 @@ test("the lease acquisition's list is the first sync: no second list, and nothin
     await s.close();
   }
 });
+
+test("the store watch starts before the first sync is reported, and ends with the peer watch even when left at that point", async () => {
+  const s = SqliteStore.open(join(dir, "pw-early.db"));
+  const ac = new AbortController();
+  const watchSignals: AbortSignal[] = [];
+  const spied = new Proxy(s, {
+    get(target, prop) {
+      const v = Reflect.get(target, prop, target);
+      if (prop === "watch")
+        return (prefix: string, rev: number, signal: AbortSignal) => {
+          watchSignals.push(signal);
+          return (v as typeof s.watch).call(target, prefix, rev, signal);
+        };
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+  try {
+    await s.create("subnets/10.5.2.0-24", val("192.0.2.2"), { ttlMs: 60_000 });
+    const it = watchPeers(spied, () => "subnets/10.5.1.0-24", ac.signal);
+    const first = await collect(it, (e) => e.some((x) => x.type === "synced"));
+    expect(first.map((e) => e.type)).toEqual(["added", "synced"]);
+    // The consumer has not asked for more yet (it is programming the first sync): the store watch is already up.
+    expect(watchSignals.length).toBe(1);
+    // A peer written meanwhile comes as the next event.
+    await s.create("subnets/10.5.3.0-24", val("192.0.2.3"), { ttlMs: 60_000 });
+    const next = await collect(it, (e) => e.length >= 1);
+    expect(next.map((e) => (e.type === "added" ? e.key : e.type))).toEqual(["subnets/10.5.3.0-24"]);
+
+    // Left right at its first sync (the consumer returns): the store watch it started is ended too.
+    const it2 = watchPeers(spied, () => "subnets/10.5.1.0-24", ac.signal);
+    await collect(it2, (e) => e.some((x) => x.type === "synced"));
+    expect(watchSignals.length).toBe(2);
+    expect(watchSignals[1]!.aborted).toBe(false);
+    await it2.return(undefined);
+    expect(watchSignals[1]!.aborted).toBe(true);
+    expect(ac.signal.aborted).toBe(false);
+  } finally {
+    ac.abort();
+    await s.close();
+  }
+});
