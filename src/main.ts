@@ -4,9 +4,8 @@
 // `flannel-bin <flags>` without a command is `flannel-bin run <flags>` too.
 // First: may re-execute the agent with its runtime settings before anything else loads.
 import "./runtime-env-first.ts";
-import { HELP, VERSION_FLAGS } from "./runtime-env.ts";
+import { classify } from "./runtime-env.ts";
 import { writeSync } from "node:fs";
-import { basename } from "node:path";
 import { type CommandDef, runCommand } from "citty";
 import { VERSION, invokedAs, main } from "./cli.ts";
 import { FlagError, specsOfArgs } from "./flags.ts";
@@ -56,24 +55,21 @@ async function help(argv: string[], prog: string): Promise<string> {
 
 async function entry(argv0: string, argv: string[]): Promise<void> {
   await setUpLogging();
-  const prog = basename(argv0 || "flannel-bin");
-  if (prog === "mk-docker-opts.sh" || prog === "mk-docker-opts") process.exit(mkDockerOpts(argv, argv0));
-  if (argv[0] === "mk-docker-opts") process.exit(mkDockerOpts(argv.slice(1), "flannel-bin mk-docker-opts"));
-  const asFlanneld = prog === "flanneld";
-  invokedAs.flanneld = asFlanneld;
-  if (argv.length === 1 && (VERSION_FLAGS.has(argv[0]!) || (!asFlanneld && argv[0] === "-v"))) {
+  // The one decision of what this command line is (runtime-env.ts: the re-exec asks the same).
+  const inv = classify(argv0, argv);
+  if (inv.kind === "mk-docker-opts") process.exit(mkDockerOpts(inv.args, inv.name));
+  if (inv.kind === "version") {
     writeSync(1, `${VERSION}\n`); // not process.stdout: making that stream costs more than the rest of --version
     return;
   }
-  // flanneld's command lines: flags without a command run the agent.
-  if (asFlanneld || (argv[0]?.startsWith("-") && !HELP.has(argv[0]))) argv = ["run", ...argv];
-  if (argv.length === 0 || argv.some((a) => HELP.has(a))) {
-    process.stdout.write(await help(argv, asFlanneld ? "flanneld" : "flannel-bin"));
-    if (argv.length === 0) process.exitCode = 2;
+  invokedAs.flanneld = inv.flanneld;
+  if (inv.kind === "help") {
+    process.stdout.write(await help(inv.args, inv.flanneld ? "flanneld" : "flannel-bin"));
+    if (inv.args.length === 0) process.exitCode = 2;
     return;
   }
   try {
-    await runCommand(main, { rawArgs: argv });
+    await runCommand(main, { rawArgs: inv.args });
   } catch (e) {
     const err = e as Error & { code?: string };
     const msg = err.message.replace(/\x1b\[[0-9;]*m/g, "");

@@ -14,14 +14,35 @@ import { basename } from "node:path";
 export const HELP = new Set(["--help", "-h", "-help"]);
 export const VERSION_FLAGS = new Set(["--version", "-version"]);
 
-/** True when args (after the program name) start the long-running agent, as src/main.ts decides it. */
-export function runsAgent(prog: string, args: string[]): boolean {
-  if (prog === "mk-docker-opts" || prog === "mk-docker-opts.sh") return false;
+/** What a command line asks for. src/main.ts acts on it; the re-exec below asks it whether this is the agent. */
+export type Invocation =
+  | { kind: "mk-docker-opts"; args: string[]; name: string }
+  | { kind: "version" }
+  | { kind: "help"; args: string[]; flanneld: boolean }
+  /** citty's argv; args[0] === "run" is the agent. */
+  | { kind: "command"; args: string[]; flanneld: boolean };
+
+/**
+ * argv0 as the process was started (a link named flanneld runs the agent with flanneld's flags, one named
+ * mk-docker-opts.sh is that script), args after it.
+ */
+export function classify(argv0: string, args: string[]): Invocation {
+  const prog = basename(argv0 || "flannel-bin");
+  if (prog === "mk-docker-opts.sh" || prog === "mk-docker-opts") return { kind: "mk-docker-opts", args, name: argv0 };
+  if (args[0] === "mk-docker-opts") return { kind: "mk-docker-opts", args: args.slice(1), name: "flannel-bin mk-docker-opts" };
   const flanneld = prog === "flanneld";
-  const first = args[0];
-  if (args.length === 1 && (VERSION_FLAGS.has(first!) || (!flanneld && first === "-v"))) return false;
-  if (args.some((a) => HELP.has(a))) return false;
-  return flanneld || first === "run" || first?.startsWith("-") === true;
+  // flanneld's -v is its log level, ours is --version.
+  if (args.length === 1 && (VERSION_FLAGS.has(args[0]!) || (!flanneld && args[0] === "-v"))) return { kind: "version" };
+  // flanneld's command lines: flags without a command run the agent.
+  const cmd = flanneld || (args[0]?.startsWith("-") && !HELP.has(args[0])) ? ["run", ...args] : args;
+  if (cmd.length === 0 || cmd.some((a) => HELP.has(a))) return { kind: "help", args: cmd, flanneld };
+  return { kind: "command", args: cmd, flanneld };
+}
+
+/** True when args (after the program name) start the long-running agent. */
+export function runsAgent(argv0: string, args: string[]): boolean {
+  const inv = classify(argv0, args);
+  return inv.kind === "command" && inv.args[0] === "run";
 }
 
 /** Re-executes this process in place with BUN_GC_TIMER_DISABLE=1 when it is the agent; returns when it is not. */
@@ -36,7 +57,7 @@ export function reexecWithoutIdleGcTimer(): void {
   } catch {
     return; // no /proc: run as we are
   }
-  if (argv.length === 0 || !runsAgent(basename(process.argv0 || argv[0]!), process.argv.slice(2))) return;
+  if (argv.length === 0 || !runsAgent(process.argv0 || argv[0]!, process.argv.slice(2))) return;
   try {
     execve.call(process, "/proc/self/exe", argv, { ...process.env, BUN_GC_TIMER_DISABLE: "1" });
   } catch {

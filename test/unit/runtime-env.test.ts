@@ -1,6 +1,6 @@
 // Which command lines are the long-running agent (re-executed once with Bun's idle GC timer off) and which are not.
 import { describe, expect, test } from "bun:test";
-import { runsAgent } from "../../src/runtime-env.ts";
+import { classify, runsAgent } from "../../src/runtime-env.ts";
 
 describe("runsAgent", () => {
   test("the agent: run, flags without a command, and flanneld with any flags", () => {
@@ -24,5 +24,29 @@ describe("runsAgent", () => {
     expect(runsAgent("flannel-bin", ["lab", "up"])).toBe(false);
     expect(runsAgent("flannel-bin", ["mk-docker-opts", "-d", "/tmp/x"])).toBe(false);
     expect(runsAgent("mk-docker-opts.sh", ["-d", "/tmp/x"])).toBe(false);
+  });
+});
+
+describe("classify: the one reading of a command line (main.ts acts on it, the re-exec asks runsAgent)", () => {
+  test("each kind, under each name", () => {
+    expect(classify("/usr/local/bin/mk-docker-opts.sh", ["-d", "/x"])).toEqual({
+      kind: "mk-docker-opts",
+      args: ["-d", "/x"],
+      name: "/usr/local/bin/mk-docker-opts.sh",
+    });
+    expect(classify("flannel-bin", ["mk-docker-opts", "-k", "X"])).toEqual({
+      kind: "mk-docker-opts",
+      args: ["-k", "X"],
+      name: "flannel-bin mk-docker-opts",
+    });
+    expect(classify("flannel-bin", ["-v"])).toEqual({ kind: "version" });
+    expect(classify("/usr/bin/flanneld", ["-version"])).toEqual({ kind: "version" });
+    expect(classify("/usr/bin/flanneld", ["-v", "2"])).toEqual({ kind: "command", args: ["run", "-v", "2"], flanneld: true });
+    expect(classify("flannel-bin", ["--iface", "eth0"])).toEqual({ kind: "command", args: ["run", "--iface", "eth0"], flanneld: false });
+    expect(classify("flannel-bin", ["leases"])).toEqual({ kind: "command", args: ["leases"], flanneld: false });
+    expect(classify("flannel-bin", [])).toEqual({ kind: "help", args: [], flanneld: false });
+    expect(classify("flannel-bin", ["--help"])).toEqual({ kind: "help", args: ["--help"], flanneld: false });
+    expect(classify("flanneld", ["-h"])).toEqual({ kind: "help", args: ["run", "-h"], flanneld: true });
+    expect(classify("", ["run"])).toEqual({ kind: "command", args: ["run"], flanneld: false });
   });
 });
