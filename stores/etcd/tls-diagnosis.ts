@@ -59,9 +59,19 @@ function handshakeAlert(u: URL, tls: TlsFiles | undefined, timeoutMs: number): P
       servername: /^[\d.]+$|:/.test(u.hostname) ? undefined : u.hostname,
     });
     const timer = setTimeout(() => finish(""), timeoutMs);
-    sock.on("secureConnect", () => sock.write(`GET /health HTTP/1.1\r\nHost: ${u.host}\r\nConnection: close\r\n\r\n`));
+    // A plain-HTTP server may also just reset or close the connection at our ClientHello (ECONNRESET, no TLS error
+    // text): that is told by the handshake never having finished.
+    let secured = false;
+    const early = () => (secured ? "" : " (closed before secure TLS connection)");
+    sock.on("secureConnect", () => {
+      secured = true;
+      sock.write(`GET /health HTTP/1.1\r\nHost: ${u.host}\r\nConnection: close\r\n\r\n`);
+    });
     sock.on("data", () => finish(""));
-    sock.on("error", (e) => finish(`${(e as { code?: string }).code ?? ""} ${e.message}`));
-    sock.on("close", () => finish(""));
+    sock.on("error", (e) => {
+      const code = (e as { code?: string }).code ?? "";
+      finish(`${code} ${e.message}${code === "ECONNRESET" || code === "EPIPE" ? early() : ""}`);
+    });
+    sock.on("close", () => finish(secured ? "" : early()));
   });
 }
