@@ -20,6 +20,8 @@ export interface NatsServerOptions {
   /** Require this user/password (both or neither). */
   user?: string;
   password?: string;
+  /** With user/password: subjects that user may not publish to (a request to them is never answered). */
+  denyPublish?: string[];
   /** Require this token. */
   token?: string;
   /** How long to wait for "Server is ready" (default 15 s). */
@@ -58,6 +60,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   if ((opts.user === undefined) !== (opts.password === undefined)) {
     throw new Error("startNatsServer: user and password must be given together");
   }
+  if (opts.denyPublish?.length && opts.user === undefined) throw new Error("startNatsServer: denyPublish needs user/password");
   if (opts.token !== undefined && opts.user !== undefined) {
     throw new Error("startNatsServer: give either user/password or token, not both");
   }
@@ -78,7 +81,12 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
 
   async function writeConfig(): Promise<void> {
     const lines = [`listen: ${q(`${urlHost}:${port}`)}`, `jetstream { store_dir: ${q(storeDir)} }`];
-    if (opts.user !== undefined && opts.password !== undefined) {
+    if (opts.user !== undefined && opts.password !== undefined && opts.denyPublish?.length) {
+      const deny = opts.denyPublish.map(q).join(", ");
+      lines.push(
+        `authorization { users: [ { user: ${q(opts.user)}, password: ${q(opts.password)}, permissions: { publish: { deny: [${deny}] } } } ] }`,
+      );
+    } else if (opts.user !== undefined && opts.password !== undefined) {
       lines.push(`authorization { user: ${q(opts.user)}, password: ${q(opts.password)} }`);
     } else if (opts.token !== undefined) {
       lines.push(`authorization { token: ${q(opts.token)} }`);

@@ -202,6 +202,45 @@ describe("nats: lists in one batched direct get on nats-server >= 2.11 (a consum
     }
   });
 
+  test("a direct get nobody answers (here: the user may not publish to it) costs one 2 s wait, then lists go through a consumer for a while", async () => {
+    const denied = await startNatsServer({
+      natsServerPath: peerBinary("nats-server"),
+      user: "agent",
+      password: "pw",
+      denyPublish: ["$JS.API.DIRECT.GET.>"],
+    });
+    let s: NatsStore | null = null;
+    try {
+      s = await NatsStore.connect({ servers: [denied.url], bucket: freshBucket("direct-denied"), user: "agent", password: "pw" });
+      const look = lookInside(s);
+      expect(look.b.directBatch).toBe(true); // the server has batches; only this user cannot ask for them
+      // biome-ignore lint/suspicious/noExplicitAny: the store's connection, looked at from its own test
+      const nc = (look.b as any).nc as NatsConnection;
+      let directGets = 0;
+      const publish = nc.publish.bind(nc);
+      nc.publish = (subject, ...rest) => {
+        if (subject.startsWith("$JS.API.DIRECT.GET.")) directGets++;
+        return publish(subject, ...rest);
+      };
+      await s.create("subnets/10.5.1.0-24", bytes("one"));
+      await s.create("subnets/10.5.2.0-24", bytes("two"));
+      const t0 = performance.now();
+      const first = await s.list("subnets/");
+      const firstMs = performance.now() - t0;
+      expect(first.items.map((kv) => kv.key)).toEqual(["subnets/10.5.1.0-24", "subnets/10.5.2.0-24"]);
+      expect(firstMs).toBeGreaterThanOrEqual(1900); // the direct get's timeout, then the consumer
+      expect(directGets).toBe(1);
+      expect(look.consumers()).toBe(1);
+      const second = await s.list("subnets/");
+      expect(second.items.length).toBe(2);
+      expect(directGets).toBe(1); // paused: straight to the consumer
+      expect(look.consumers()).toBe(2);
+    } finally {
+      await s?.close();
+      await denied.stop();
+    }
+  });
+
   test("a bucket without allow_direct, more keys than one direct get returns (1024), and a batch older than our own writes all list through a consumer", async () => {
     const noDirect = freshBucket("nodirect");
     await withRawKv(
