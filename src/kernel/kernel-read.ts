@@ -144,24 +144,20 @@ export async function readLinksRoutesNexthops(
   const [links, r4, ns, nhs] = ipJsonBatch(["-d"], cmds, netns);
   const [l, a, b, nb, n] = await Promise.all([links, r4, ipJson(["-6", "route", "show", "table", "main", "proto", p], netns), ns, nhs]);
   const parsed = parseLinks(l);
+  const neighs = objects(nb);
   return {
     links: parsed,
     present: new Set(parsed.map((x) => x.ifname)),
     routes: parseRoutes(a, b),
     nexthops: nexthops ? parseNexthops(n) : undefined,
-    neighsOf: (devs) =>
-      new Map(
-        [...devs].map(
-          (dev) =>
-            [
-              dev,
-              parseNeighs(
-                dev,
-                objects(nb).filter((x) => x.dev === dev),
-              ),
-            ] as const,
-        ),
-      ),
+    neighsOf: (devs) => {
+      const byDev = new Map<string, Neigh[]>();
+      for (const dev of devs) {
+        const own = neighs.filter((x) => x.dev === dev);
+        byDev.set(dev, parseNeighs(dev, own));
+      }
+      return byDev;
+    },
   };
 }
 
