@@ -4,9 +4,10 @@
 //
 // set()/delete() diff a fragment against the previous one for the same id and mark only the changed keys dirty;
 // planPeers() turns dirty keys into commands in dependency order:
-//   route dels -> fdb dels -> neigh dels -> neigh adds -> fdb adds -> (nexthop add ->) route adds -> nexthop dels
-// (a new peer gets neighbour -> FDB -> route as flannel does, a removed one route -> FDB -> neighbour; §5 of the compat
-// notes), after a separate device/address step (takeDeviceWork/planDevices), since entries need their device.
+//   route dels -> neigh dels -> fdb dels -> fdb adds -> neigh adds -> (nexthop add ->) route adds -> nexthop dels
+// (ip, bridge, ip: three processes at most. A new peer gets FDB -> neighbour -> route, a removed one route ->
+// neighbour -> FDB; flannel's neighbour -> FDB -> route (§5 of the compat notes) would take five, and only "route
+// last when added, first when removed" matters to traffic), after a separate device/address step (takeDeviceWork/planDevices), since entries need their device.
 //
 // adoptKernel() replaces the "applied" view with what the kernel really has and dirties everything, so entries
 // deleted by hand come back and entries we own that nobody desires (stale peers left by a previous run) go away. We
@@ -446,16 +447,19 @@ export class DesiredState {
       return c;
     };
     for (let i = 0; i < w.rDel.keys.length; i++) yield op(routeDel(w.rDel.values[i]!, this.proto), R, w.rDel.keys[i]!, undefined);
+    // ip, bridge, ip: a plan is at most three processes (two when it only adds or only removes), where flannel's
+    // neighbour -> FDB -> route would take five. Neither order is visible to traffic: the route is last for a new
+    // peer and first for a removed one, and nothing is sent to a peer without its route.
+    for (let i = 0; i < w.nDel.keys.length; i++) yield op(neighDel(w.nDel.values[i]!), N, w.nDel.keys[i]!, undefined);
     for (const f of w.stale) yield op(fdbDel(f), null, "", undefined);
     for (let i = 0; i < w.fDel.keys.length; i++) yield op(fdbDel(w.fDel.values[i]!), F, w.fDel.keys[i]!, undefined);
-    for (let i = 0; i < w.nDel.keys.length; i++) yield op(neighDel(w.nDel.values[i]!), N, w.nDel.keys[i]!, undefined);
-    for (let i = 0; i < w.nAdd.keys.length; i++) {
-      const v = w.nAdd.values[i]!;
-      yield op(neighReplace(v), N, w.nAdd.keys[i]!, v);
-    }
     for (let i = 0; i < w.fAdd.keys.length; i++) {
       const v = w.fAdd.values[i]!;
       yield op(fdbReplace(v), F, w.fAdd.keys[i]!, v);
+    }
+    for (let i = 0; i < w.nAdd.keys.length; i++) {
+      const v = w.nAdd.values[i]!;
+      yield op(neighReplace(v), N, w.nAdd.keys[i]!, v);
     }
     for (let i = 0; i < w.rAdd.keys.length; i++) {
       const k = w.rAdd.keys[i]!;

@@ -31,12 +31,12 @@ const vxlanLink = (over: Partial<KLink> = {}, data: Record<string, unknown> = {}
 const empty = (): KernelSnapshot => ({ present: new Set(["flannel.1"]), routes: [], neighs: new Map(), fdbs: new Map() });
 
 describe("DesiredState", () => {
-  test("a new peer: neighbour, FDB, then route; setting it again changes nothing", () => {
+  test("a new peer: FDB, neighbour, then route; setting it again changes nothing", () => {
     const s = new DesiredState(P);
     s.set("peer:a", peer(2));
     expect(lines(s)).toEqual([
-      "ip neigh replace 10.5.2.0 lladdr 02:00:00:00:00:12 dev flannel.1 nud permanent",
       "bridge fdb replace 02:00:00:00:00:12 dev flannel.1 dst 192.168.77.2 self permanent",
+      "ip neigh replace 10.5.2.0 lladdr 02:00:00:00:00:12 dev flannel.1 nud permanent",
       `ip route replace 10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink proto ${P}`,
     ]);
     s.set("peer:a", peer(2));
@@ -57,7 +57,7 @@ describe("DesiredState", () => {
     expect(lines(s)).toEqual([`ip route del 10.5.9.0/24 via 192.168.77.2 dev eth0 proto ${P}`]);
   });
 
-  test("a removed peer: route, FDB, then neighbour", () => {
+  test("a removed peer: route, neighbour, then FDB", () => {
     const s = new DesiredState(P);
     s.set("peer:a", peer(2));
     lines(s);
@@ -65,8 +65,8 @@ describe("DesiredState", () => {
     expect(s.delete("peer:a")).toBe(false);
     expect(lines(s)).toEqual([
       `ip route del 10.5.2.0/24 via 10.5.2.0 dev flannel.1 proto ${P}`,
-      "bridge fdb del 02:00:00:00:00:12 dev flannel.1 dst 192.168.77.2 self",
       "ip neigh del 10.5.2.0 dev flannel.1",
+      "bridge fdb del 02:00:00:00:00:12 dev flannel.1 dst 192.168.77.2 self",
     ]);
   });
 
@@ -94,7 +94,7 @@ describe("DesiredState", () => {
     s.set("peer:b", peer(3));
     const plan = s.streamPeers();
     const it = plan.commands[Symbol.iterator]();
-    expect(it.next().value!.line).toStartWith("neigh replace 10.5.2.0");
+    expect(it.next().value!.line).toStartWith("fdb replace 02:00:00:00:00:12");
     s.delete("peer:a"); // while the queue still pulls: the stream keeps the values it took
     s.set("peer:c", peer(4));
     const rest: string[] = [];
@@ -104,13 +104,29 @@ describe("DesiredState", () => {
     s.peersDone(plan, () => true);
     expect(lines(s)).toEqual([
       `ip route del 10.5.2.0/24 via 10.5.2.0 dev flannel.1 proto ${P}`,
-      "bridge fdb del 02:00:00:00:00:12 dev flannel.1 dst 192.168.77.2 self",
       "ip neigh del 10.5.2.0 dev flannel.1",
-      "ip neigh replace 10.5.4.0 lladdr 02:00:00:00:00:14 dev flannel.1 nud permanent",
+      "bridge fdb del 02:00:00:00:00:12 dev flannel.1 dst 192.168.77.2 self",
       "bridge fdb replace 02:00:00:00:00:14 dev flannel.1 dst 192.168.77.4 self permanent",
+      "ip neigh replace 10.5.4.0 lladdr 02:00:00:00:00:14 dev flannel.1 nud permanent",
       `ip route replace 10.5.4.0/24 via 10.5.4.0 dev flannel.1 onlink proto ${P}`,
     ]);
     expect(lines(s)).toEqual([]);
+  });
+
+  test("a plan is at most three processes: ip, bridge, ip (two when it only adds or only removes)", () => {
+    const s = new DesiredState(P);
+    // The tool of each line where it changes: the queue starts one process per run of same-tool lines.
+    const runs = (ls: string[]) => ls.map((l) => l.split(" ")[0]).filter((t, i, ts) => i === 0 || t !== ts[i - 1]);
+    s.set("peer:a", peer(2));
+    s.set("peer:b", peer(3));
+    expect(runs(lines(s))).toEqual(["bridge", "ip"]);
+    s.delete("peer:a");
+    s.set("peer:c", peer(4));
+    const mixed = lines(s);
+    expect(mixed.length).toBe(6);
+    expect(runs(mixed)).toEqual(["ip", "bridge", "ip"]);
+    s.delete("peer:b");
+    expect(runs(lines(s))).toEqual(["ip", "bridge"]);
   });
 
   test("invalid fragments throw and change nothing", () => {

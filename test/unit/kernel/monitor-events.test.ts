@@ -125,7 +125,7 @@ describe("repairs from events", () => {
     const plan = s.planDevices(w, [], ["flannel.1"]);
     expect(plan.cmds[0]!.line).toStartWith("link add flannel.1");
     s.devicesDone(w, plan, true);
-    expect(next(s)).toEqual(["neigh replace", "fdb replace", "route replace"]);
+    expect(next(s)).toEqual(["fdb replace", "neigh replace", "route replace"]);
   });
 
   test("the underlay coming back up re-applies entries on it and on the vxlan device riding on it", () => {
@@ -134,6 +134,6 @@ describe("repairs from events", () => {
     expect(s.noticeEvent({ kind: "link", deleted: false, dev: "eth0", up: false })).toBe(false);
     expect(s.noticeEvent({ kind: "link", deleted: false, dev: "eth0", up: true })).toBe(true);
     expect(s.hasDeviceWork()).toBe(true);
-    expect(next(s)).toEqual(["neigh replace", "fdb replace", "route replace"]);
+    expect(next(s)).toEqual(["fdb replace", "neigh replace", "route replace"]);
   });
 });

@@ -95,12 +95,12 @@ describe("commands", () => {
 });
 
 describe("DesiredState with nexthop objects", () => {
-  test("a new vxlan peer: neighbour, FDB, its nexthop, then the route through it; again changes nothing", () => {
+  test("a new vxlan peer: FDB, neighbour, its nexthop, then the route through it; again changes nothing", () => {
     const s = nhState();
     s.set("peer:a", vx(2));
     expect(lines(s)).toEqual([
-      `neigh replace 10.5.2.0 lladdr ${mac(2)} dev flannel.1 nud permanent`,
       `fdb replace ${mac(2)} dev flannel.1 dst 192.168.77.2 self permanent`,
+      `neigh replace 10.5.2.0 lladdr ${mac(2)} dev flannel.1 nud permanent`,
       `nexthop replace id ${B} via 10.5.2.0 dev flannel.1 onlink proto ${P}`,
       `route replace 10.5.2.0/24 nhid ${B} proto ${P}`,
     ]);
@@ -108,15 +108,15 @@ describe("DesiredState with nexthop objects", () => {
     expect(lines(s)).toEqual([]);
   });
 
-  test("a removed peer: route, FDB, neighbour, then its nexthop; the id is free again", () => {
+  test("a removed peer: route, neighbour, FDB, then its nexthop; the id is free again", () => {
     const s = nhState();
     s.set("peer:a", vx(2));
     lines(s);
     s.delete("peer:a");
     expect(lines(s)).toEqual([
       `route del 10.5.2.0/24 nhid ${B} proto ${P}`,
-      `fdb del ${mac(2)} dev flannel.1 dst 192.168.77.2 self`,
       "neigh del 10.5.2.0 dev flannel.1",
+      `fdb del ${mac(2)} dev flannel.1 dst 192.168.77.2 self`,
       `nexthop del id ${B}`,
     ]);
     expect(s.nexthops.entries.size).toBe(0);
