@@ -11,7 +11,7 @@
 // The floor is one `ip -batch` + `bridge -batch` of the same N neighbour, fdb and route lines; the "before" column
 // holds the figures the issue measured on the earlier build. Goals are printed, not asserted.
 // Everything runs in a namespace of its own (bench-netns.ts); kernel state is removed between stores.
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { consola } from "../../src/log.ts";
@@ -26,6 +26,7 @@ import { ensureBinary } from "../helpers/agents.ts";
 import { peerBinary } from "../helpers/peers.ts";
 import { MAX_HOSTS } from "../../src/lab/state.ts";
 import { runInBenchNamespace } from "./bench-netns.ts";
+import { cpuBetween, cpuReading } from "./proc-cpu.ts";
 import { runStorm } from "./storm.ts";
 
 // NATS twice, as in stores.ts: "nats" on the current nats-server scripts/setup.sh builds (server TTLs, lists in one
@@ -140,47 +141,6 @@ async function seed(s: Store, from: number, to: number): Promise<void> {
 function procStatus(pid: number, field: string): number {
   const m = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   return m ? Number(m[1]) / 1024 : Number.NaN;
-}
-
-/** cutime + cstime (waited-for children) in seconds: clock ticks of 1/100 s. */
-function childCpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[13]) + Number(f[14])) / 100;
-}
-
-/** CPU time per thread in seconds, in nanoseconds' precision (schedstat), keyed "tid name". The process's own
- * stat counts in 10 ms ticks, too coarse for an idle goal of 0.05 s. */
-function threadCpu(pid: number): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const ns = Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
-      out.set(`${tid} ${readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim()}`, ns / 1e9);
-    } catch {
-      // the thread ended between the listing and the read
-    }
-  }
-  return out;
-}
-
-/** One CPU reading of the agent: its threads (schedstat) and its children. */
-function cpuReading(pid: number): { threads: Map<string, number>; children: number } {
-  return { threads: threadCpu(pid), children: childCpuSeconds(pid) };
-}
-
-/** CPU between two readings, total and per thread name (threads that ended in between count from 0 to their last
- * reading; threads that started count from 0). */
-function cpuBetween(a: ReturnType<typeof cpuReading>, b: ReturnType<typeof cpuReading>) {
-  const byName = new Map<string, number>();
-  let total = b.children - a.children;
-  for (const [key, s] of b.threads) {
-    const d = s - (a.threads.get(key) ?? 0);
-    total += d;
-    const name = key.slice(key.indexOf(" ") + 1);
-    byName.set(name, (byName.get(name) ?? 0) + d);
-  }
-  return { total, byName };
 }
 
 async function metric(name: string): Promise<number> {

@@ -21,6 +21,7 @@ import { loadLabState, saveState, type LabState } from "../../src/lab/state.ts";
 import { putNetworkConfig, setupStore } from "../../src/lab/store-setup.ts";
 import { testName } from "../helpers/binary.ts";
 import { peerBinary } from "../helpers/peers.ts";
+import { cpuByThreadName } from "./proc-cpu.ts";
 
 /** "nats" on the current nats-server (scripts/setup.sh), "nats-2.9" on Debian's (as in scale.ts and stores.ts). */
 export type StormKind = "sqlite" | "etcd" | "nats" | "nats-2.9";
@@ -59,6 +60,8 @@ export interface StormRow {
   rulesProcesses: number;
   /** CPU of one agent started alone on a fresh lab of one host (no peers), until ready: the per-agent floor. */
   aloneCpuS: number;
+  /** The agents' own CPU (children not included) by thread name, summed over every agent. */
+  byThread: Map<string, number>;
   error: string | null;
 }
 
@@ -135,6 +138,7 @@ async function stormStore(kind: StormKind, hosts: number, binary: string, keep: 
     batches: Number.NaN,
     rulesProcesses: Number.NaN,
     aloneCpuS: Number.NaN,
+    byThread: new Map(),
     error: null,
   };
   const name = testName(`storm${short(kind)}`);
@@ -182,6 +186,7 @@ async function stormStore(kind: StormKind, hosts: number, binary: string, keep: 
       self += c.self;
       children += c.children;
     }
+    row.byThread = cpuByThreadName(s.hosts.map((h) => h.agentPid!));
     row.agentCpuS = self + children;
     row.agentChildrenS = children;
     if (server !== undefined) row.serverCpuS = cpuSeconds(server) - server0;
@@ -291,6 +296,10 @@ export async function runStorm(
       `\`flannel-bin --version\` alone costs ${f2(exec, "s")} of CPU (x ${hosts} = ${f2(exec * hosts, "s")})`,
   );
   console.log(`goals (issue 13): every host has all ${hosts - 1} routes <= 5 s; total agent CPU <= 5 s`);
+  for (const r of rows) {
+    const top = [...r.byThread].sort((a, b) => b[1] - a[1]).slice(0, 8);
+    if (top.length) console.log(`${r.kind}: agents' own CPU by thread: ${top.map(([n, v]) => `${n} ${v.toFixed(2)} s`).join(", ")}`);
+  }
   for (const r of rows) if (r.error) console.log(`${r.kind}: ERROR ${r.error}`);
   return rows.some((r) => r.error) ? 1 : 0;
 }
