@@ -1,6 +1,5 @@
 // vxlan backend (docs/flannel-compat.md §5): one flannel.<VNI> device; per peer a permanent neighbour (peer subnet address ->
 // peer VTEP MAC), an FDB entry (VTEP MAC -> peer public IP) and an onlink route via the peer subnet address.
-import { createHash } from "node:crypto";
 import { containsIP, formatIP, parseIP } from "../src/ipmath.ts";
 import { fieldFolded, foldKeys, type Lease, type LeaseAttrs } from "../src/lease.ts";
 import type { StateFragment, VxlanDevice } from "../src/kernel/types.ts";
@@ -58,7 +57,8 @@ export function parseVxlanOptions(options: Record<string, unknown>): VxlanOption
  * leaves stale neighbour/FDB entries on peers: flannel #1788, #1828, k3s#9957). Locally administered unicast.
  */
 export function vtepMac(publicIP: string, vni: number): string {
-  const h = createHash("sha256").update(`flannel-bin vtep ${publicIP} ${vni}`).digest();
+  // Bun's hasher, not node:crypto: loading that module cost each agent start ~1-4 ms (a storm's profile).
+  const h = new Bun.CryptoHasher("sha256").update(`flannel-bin vtep ${publicIP} ${vni}`).digest();
   const b = [...h.subarray(0, 6)];
   b[0] = (b[0]! & 0xfe) | 0x02; // clear multicast bit, set locally-administered bit
   return b.map((x) => x.toString(16).padStart(2, "0")).join(":");

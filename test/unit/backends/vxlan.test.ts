@@ -28,6 +28,11 @@ describe("vtepMac", () => {
     expect(vtepMac("192.0.2.3", 1)).not.toBe(a);
     expect(vtepMac("192.0.2.2", 2)).not.toBe(a);
   });
+
+  test("the same MACs as every earlier release (a changed MAC would leave stale entries on the peers)", () => {
+    expect(vtepMac("192.0.2.2", 1)).toBe("da:aa:ca:c4:da:68");
+    expect(vtepMac("10.0.0.1", 4096)).toBe("fe:71:30:24:58:9e");
+  });
 });
 
 describe("vxlan options", () => {
