@@ -67,16 +67,15 @@ function nexthopRouteLines(routes: Route[]): string[] {
   return out;
 }
 
-/** Lines grouped the way the agent sends them: ip (neigh) | bridge (fdb) | ip (route, or nexthop + route). */
+/** Lines grouped the way the agent sends them: bridge (fdb) | ip (neigh, then route or nexthop + route). */
 function rawGroups(frags: StateFragment[], nexthops: boolean): { tool: "ip" | "bridge"; lines: string[] }[] {
   const neigh = frags.flatMap((f) => (f.neighs ?? []).map((n) => neighReplace(n).line));
   const fdb = frags.flatMap((f) => (f.fdbs ?? []).map((x) => fdbReplace(x).line));
   const routes = frags.flatMap((f) => f.routes ?? []);
   const route = nexthops ? nexthopRouteLines(routes) : routes.map((r) => routeReplace(r, ROUTE_PROTO).line);
   return [
-    { tool: "ip" as const, lines: neigh },
     { tool: "bridge" as const, lines: fdb },
-    { tool: "ip" as const, lines: route },
+    { tool: "ip" as const, lines: [...neigh, ...route] },
   ].filter((g) => g.lines.length);
 }
 
