@@ -119,8 +119,9 @@ export async function readLinksDetailed(netns?: string): Promise<KLink[]> {
 
 /**
  * Links (with details and addresses, as `ip -d addr show`), our routes (`proto`), the neighbours of every device and,
- * with `nexthops`, every nexthop object: two processes (one `ip -batch` and the IPv6 routes, which a batch line
- * cannot ask for) instead of six.
+ * with `nexthops`, every nexthop object: one `ip -batch` process instead of six. The routes of both families come
+ * from one `route show table all proto P` line (a batch line cannot say -6; without a family and with a table, ip
+ * dumps IPv4 only), kept where they are in the main table.
  */
 export async function readLinksRoutesNexthops(
   proto: number,
@@ -137,18 +138,18 @@ export async function readLinksRoutesNexthops(
   const p = String(proto);
   const cmds = [
     ["addr", "show"],
-    ["route", "show", "table", "main", "proto", p],
+    ["route", "show", "table", "all", "proto", p],
     ["neigh", "show"],
     ...(nexthops ? [["nexthop", "show"]] : []),
   ];
-  const [links, r4, ns, nhs] = ipJsonBatch(["-d"], cmds, netns);
-  const [l, a, b, nb, n] = await Promise.all([links, r4, ipJson(["-6", "route", "show", "table", "main", "proto", p], netns), ns, nhs]);
+  const [links, rs, ns, nhs] = ipJsonBatch(["-d"], cmds, netns);
+  const [l, a, nb, n] = await Promise.all([links, rs, ns, nhs]);
   const parsed = parseLinks(l);
   const neighs = objects(nb);
   return {
     links: parsed,
     present: new Set(parsed.map((x) => x.ifname)),
-    routes: parseRoutes(a, b),
+    routes: parseMainRoutes(a),
     nexthops: nexthops ? parseNexthops(n) : undefined,
     neighsOf: (devs) => {
       const byDev = new Map<string, Neigh[]>();
@@ -161,15 +162,17 @@ export async function readLinksRoutesNexthops(
   };
 }
 
-/** `ip -json -4 route show` and `ip -json -6 route show` output as routes. */
-function parseRoutes(r4: unknown, r6: unknown): KRoute[] {
+/**
+ * `ip -json -d route show table all` output: the main table's routes of both families. -d names every route's table
+ * ("main" too); the family is the addresses' (a default route has no prefix to tell: its gateway, or IPv6's "pref").
+ */
+export function parseMainRoutes(x: unknown): KRoute[] {
   const out: KRoute[] = [];
-  for (const r of objects(r4)) {
-    const kr = parseRoute(r, 4);
-    if (kr) out.push(kr);
-  }
-  for (const r of objects(r6)) {
-    const kr = parseRoute(r, 6);
+  for (const r of objects(x)) {
+    if (r.table !== undefined && r.table !== "main") continue;
+    const v6 =
+      (typeof r.dst === "string" && r.dst.includes(":")) || (typeof r.gateway === "string" && r.gateway.includes(":")) || "pref" in r;
+    const kr = parseRoute(r, v6 ? 6 : 4);
     if (kr) out.push(kr);
   }
   return out;

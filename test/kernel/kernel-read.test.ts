@@ -11,6 +11,8 @@ beforeAll(() => {
   ns.ip("route", "add", "10.100.1.0/24", "via", "192.168.77.2", "proto", "159");
   ns.ip("-6", "addr", "add", "fd00::1/64", "dev", "ul0", "nodad");
   ns.ip("-6", "route", "add", "fd01::/64", "via", "fd00::2", "proto", "159");
+  ns.ip("-6", "route", "add", "default", "via", "fd00::3", "proto", "159");
+  ns.ip("route", "add", "10.100.7.0/24", "via", "192.168.77.2", "proto", "159", "table", "100"); // not the main table
   ns.ip("neigh", "replace", "192.168.77.9", "lladdr", "02:00:00:00:00:09", "dev", "ul0", "nud", "permanent");
 });
 afterAll(() => ns?.remove());
@@ -58,13 +60,13 @@ describe("batched kernel reads", () => {
     await refused;
   });
 
-  test("links, our routes of both families, neighbours and nexthops in two processes", async () => {
+  test("links, our main-table routes of both families, neighbours and nexthops in one process", async () => {
     const n = processesSpawned.count;
     const r = await readLinksRoutesNexthops(159, true, ns.name);
-    expect(processesSpawned.count - n).toBe(2);
+    expect(processesSpawned.count - n).toBe(1);
     expect(r.present.has("ul0")).toBe(true);
     expect(r.links.find((l) => l.ifname === "ul0")?.addr_info?.length).toBeGreaterThan(0); // with its addresses
-    expect(r.routes.map((x) => x.dst).sort()).toEqual(["10.100.1.0/24", "fd01::/64"]);
+    expect(r.routes.map((x) => `${x.dst} ${x.via}`).sort()).toEqual(["10.100.1.0/24 192.168.77.2", "::/0 fd00::3", "fd01::/64 fd00::2"]);
     expect(r.nexthops).toEqual([]);
     expect(r.neighsOf(["ul0", "nope0"])).toEqual(
       new Map([
