@@ -7,7 +7,8 @@
 //   route dels -> neigh dels -> fdb dels -> fdb adds -> neigh adds -> (nexthop add ->) route adds -> nexthop dels
 // (ip, bridge, ip: three processes at most. A new peer gets FDB -> neighbour -> route, a removed one route ->
 // neighbour -> FDB; flannel's neighbour -> FDB -> route (§5 of the compat notes) would take five, and only "route
-// last when added, first when removed" matters to traffic), after a separate device/address step (takeDeviceWork/planDevices), since entries need their device.
+// last when added, first when removed" matters to traffic), after a separate device/address step
+// (takeDeviceWork/planDevices), since entries need their device.
 //
 // adoptKernel() replaces the "applied" view with what the kernel really has and dirties everything, so entries
 // deleted by hand come back and entries we own that nobody desires (stale peers left by a previous run) go away. We
