@@ -448,9 +448,7 @@ export class DesiredState {
       return c;
     };
     for (let i = 0; i < w.rDel.keys.length; i++) yield op(routeDel(w.rDel.values[i]!, this.proto), R, w.rDel.keys[i]!, undefined);
-    // ip, bridge, ip: a plan is at most three processes (two when it only adds or only removes), where flannel's
-    // neighbour -> FDB -> route would take five. Neither order is visible to traffic: the route is last for a new
-    // peer and first for a removed one, and nothing is sent to a peer without its route.
+    // In the header's order: ip, bridge, ip (a new peer's route last, a removed one's first).
     for (let i = 0; i < w.nDel.keys.length; i++) yield op(neighDel(w.nDel.values[i]!), N, w.nDel.keys[i]!, undefined);
     for (const f of w.stale) yield op(fdbDel(f), null, "", undefined);
     for (let i = 0; i < w.fDel.keys.length; i++) yield op(fdbDel(w.fDel.values[i]!), F, w.fDel.keys[i]!, undefined);

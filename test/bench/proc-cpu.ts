@@ -1,11 +1,11 @@
 // CPU of a benchmarked process from /proc: per thread (schedstat, ns precision) and its waited-for children.
 import { readdirSync, readFileSync } from "node:fs";
 
-/** cutime + cstime (waited-for children) in seconds: clock ticks of 1/100 s. */
-export function childCpuSeconds(pid: number): number {
+/** CPU seconds from /proc/<pid>/stat (clock ticks of 1/100 s): own (utime + stime), waited-for children's (cutime + cstime). */
+export function statCpu(pid: number): { self: number; children: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[13]) + Number(f[14])) / 100;
+  return { self: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100 };
 }
 
 /** CPU time per thread in seconds, in nanoseconds' precision (schedstat), keyed "tid name". The process's own
@@ -25,31 +25,35 @@ export function threadCpu(pid: number): Map<string, number> {
 
 /** One CPU reading of the agent: its threads (schedstat) and its children. */
 export function cpuReading(pid: number): { threads: Map<string, number>; children: number } {
-  return { threads: threadCpu(pid), children: childCpuSeconds(pid) };
+  return { threads: threadCpu(pid), children: statCpu(pid).children };
+}
+
+/**
+ * Adds each thread's CPU in `now` since `before` (a thread not in `before` counts from 0) to `byName`, keyed by
+ * thread name; returns the sum.
+ */
+function addByName(byName: Map<string, number>, now: Map<string, number>, before?: Map<string, number>): number {
+  let total = 0;
+  for (const [key, s] of now) {
+    const d = s - (before?.get(key) ?? 0);
+    total += d;
+    const name = key.slice(key.indexOf(" ") + 1);
+    byName.set(name, (byName.get(name) ?? 0) + d);
+  }
+  return total;
 }
 
 /** CPU between two readings, total and per thread name (threads that ended in between count from 0 to their last
  * reading; threads that started count from 0). */
 export function cpuBetween(a: ReturnType<typeof cpuReading>, b: ReturnType<typeof cpuReading>) {
   const byName = new Map<string, number>();
-  let total = b.children - a.children;
-  for (const [key, s] of b.threads) {
-    const d = s - (a.threads.get(key) ?? 0);
-    total += d;
-    const name = key.slice(key.indexOf(" ") + 1);
-    byName.set(name, (byName.get(name) ?? 0) + d);
-  }
+  const total = b.children - a.children + addByName(byName, b.threads, a.threads);
   return { total, byName };
 }
 
 /** Per thread name, the CPU seconds of every process in `pids` so far (threads that ended are not counted). */
 export function cpuByThreadName(pids: number[]): Map<string, number> {
   const byName = new Map<string, number>();
-  for (const pid of pids) {
-    for (const [key, s] of threadCpu(pid)) {
-      const name = key.slice(key.indexOf(" ") + 1);
-      byName.set(name, (byName.get(name) ?? 0) + s);
-    }
-  }
+  for (const pid of pids) addByName(byName, threadCpu(pid));
   return byName;
 }

@@ -12,7 +12,6 @@
 //   floor            one agent started alone on a one-host lab of the same store (no peers): its CPU from exec to
 //                    ready, times N; and the CPU of one `flannel-bin --version` (runtime start + module load).
 // Goals (issue 13): all routes <= 5 s, agent CPU <= 5 s. Printed, never asserted.
-import { readFileSync } from "node:fs";
 import { consola } from "../../src/log.ts";
 import { labDown, labUp } from "../../src/lab/lab.ts";
 import { HEALTHZ_PORT, startAgent, waitAgentReady } from "../../src/lab/agents.ts";
@@ -21,7 +20,7 @@ import { loadLabState, saveState, type LabState } from "../../src/lab/state.ts";
 import { putNetworkConfig, setupStore } from "../../src/lab/store-setup.ts";
 import { testName } from "../helpers/binary.ts";
 import { peerBinary } from "../helpers/peers.ts";
-import { cpuByThreadName } from "./proc-cpu.ts";
+import { cpuByThreadName, statCpu } from "./proc-cpu.ts";
 
 /** "nats" on the current nats-server (scripts/setup.sh), "nats-2.9" on Debian's (as in scale.ts and stores.ts). */
 export type StormKind = "sqlite" | "etcd" | "nats" | "nats-2.9";
@@ -65,12 +64,10 @@ export interface StormRow {
   error: string | null;
 }
 
-/** CPU seconds (clock ticks of 1/100 s): own (utime + stime) and waited-for children's (cutime + cstime). */
+/** statCpu, or NaN for a process that is gone. */
 function cpuOf(pid: number): { self: number; children: number } {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return { self: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100 };
+    return statCpu(pid);
   } catch {
     return { self: Number.NaN, children: Number.NaN };
   }
