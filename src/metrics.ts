@@ -51,7 +51,7 @@ export function renderMetrics(m: MetricsSource): string {
     ["flannel_bin_kernel_commands_total", "counter", "iproute2 commands sent", q?.sent],
     ["flannel_bin_kernel_commands_failed_total", "counter", "iproute2 commands that failed after retries", q?.failed],
     ["flannel_bin_kernel_commands_retried_total", "counter", "iproute2 command retries", q?.retried],
-    ["flannel_bin_kernel_batches_total", "counter", "ip/bridge -batch processes run", q?.batches],
+    ["flannel_bin_kernel_batches_total", "counter", "ip/bridge batch runs (same-tool command runs, in kept or new processes)", q?.batches],
     ["flannel_bin_reconcile_runs_total", "counter", "full kernel reconciles", r?.fullRuns],
     ["flannel_bin_reconcile_repaired_total", "counter", "kernel entries found missing or changed and put back", r?.repaired],
     ["flannel_bin_reconcile_removed_total", "counter", "stale kernel entries we owned and removed", r?.removed],

@@ -1,6 +1,8 @@
 // The only place that runs iproute2. Commands queued within a short window are written to ONE `ip -force -batch -`
 // (or `bridge -force -batch -`) process per run of same-tool commands: starting a process costs ~100x the kernel work
-// of one route (field-notes §3.3), a batch costs ~10 µs per line.
+// of one route (field-notes §3.3), a batch costs ~10 µs per line. The process is kept for the next runs while they
+// come (keepAliveMs: a join storm's peers arrive 100-600 ms apart), each run ending in a marker line whose
+// `Command failed -:N` report on stderr (unbuffered) says every line before it is done; an idle agent keeps none.
 //
 // runAll() takes an iterable and pulls it lazily: the process is started with the first command and lines are
 // written to its stdin in chunks as they are produced, so the caller's planning (a generator) overlaps the kernel's
@@ -10,9 +12,12 @@
 // - with -force it keeps going past a failing line and prints the error text, then `Command failed -:N` (N = 1-based
 //   line number) on stderr; exit status 1 if anything failed;
 // - BUT `ip neigh` calls exit(2) when the kernel rejects the request (e.g. deleting an absent entry), and argument
-//   errors call exit(255): the rest of the batch is silently not run. We detect that from the exit status and re-run
-//   the unknown tail in "probe" mode, where a marker line (an unknown object, rejected in user space without touching
-//   the kernel) follows every command, so the marker reports tell exactly how far the process got.
+//   errors call exit(255): the rest of the batch is silently not run. We detect that from the process ending before
+//   the run's marker is reported, and re-run the unknown tail in "probe" mode, where a marker line (an unknown
+//   object, rejected in user space without touching the kernel) follows every command, so the marker reports tell
+//   exactly how far the process got;
+// - iproute2 caches device name -> index: a kept process is retired after a run with a `link` line or a failed line,
+//   and when a device is deleted (linksChanged()), so a recreated device is never addressed by its old index.
 import type { Command, Tool } from "./commands.ts";
 import { logger, RepeatFilter } from "../log.ts";
 
@@ -36,7 +41,7 @@ export interface QueueStats {
   failed: number;
   /** Retry attempts. */
   retried: number;
-  /** iproute2 processes started for batches. */
+  /** Batch runs: runs of same-tool commands, each in one process (a kept one or a new one). */
   batches: number;
 }
 
@@ -51,6 +56,8 @@ export interface QueueOptions {
   maxRetries?: number;
   /** First retry delay; doubles per retry. Default 100 ms. */
   retryBaseMs?: number;
+  /** How long a batch process is kept for the next run after one ends; 0 = a process per run. Default 2,000 ms. */
+  keepAliveMs?: number;
 }
 
 /** Results of one run()/runAll() call: a single promise however many commands (10,000 promises cost real time). */
@@ -99,6 +106,8 @@ const CHUNK_LINES = 256;
 // Rejected by ip/bridge in user space ("Object ... is unknown"); it is not a prefix of any object name.
 const MARKER = "fbt-marker";
 const FAILED = /^Command failed .*:(\d+)$/;
+// A kept process is retired after this many lines (a bound on whatever iproute2 keeps per command).
+const MAX_KEPT_LINES = 1_000_000;
 // What iproute2 prints when the thing to delete is already gone (ESRCH, ENOENT, EADDRNOTAVAIL, missing device or
 // nexthop: "Nexthop id does not exist").
 const ABSENT =
@@ -119,6 +128,11 @@ export class CommandQueue {
   private readonly maxBatch: number;
   private readonly maxRetries: number;
   private readonly retryBaseMs: number;
+  private readonly keepAliveMs: number;
+  /** The kept batch process of each tool, if any. */
+  private readonly kept: Partial<Record<Tool, BatchProcess>> = {};
+  /** Counts linksChanged() calls: a process taken for a run before one is not kept after it. */
+  private linkEpoch = 0;
   private pending: (Pending | Source)[] = [];
   private timer: ReturnType<typeof setTimeout> | null = null;
   private running: Promise<void> | null = null;
@@ -134,6 +148,20 @@ export class CommandQueue {
     this.maxBatch = Math.max(1, opts.maxBatch ?? 100_000);
     this.maxRetries = Math.max(1, opts.maxRetries ?? 5);
     this.retryBaseMs = opts.retryBaseMs ?? 100;
+    this.keepAliveMs = Math.max(0, opts.keepAliveMs ?? 2000);
+  }
+
+  /** A device was deleted: kept processes may hold its old index, so none is used again. */
+  linksChanged(): void {
+    this.linkEpoch++;
+    for (const t of ["ip", "bridge"] as const) this.retire(t);
+  }
+
+  private retire(tool: Tool): void {
+    const bp = this.kept[tool];
+    if (!bp) return;
+    delete this.kept[tool];
+    bp.retire(); // idle: a process in a run is not in `kept`
   }
 
   /** Queues one command; resolves with its own result (never rejects for a kernel error). */
@@ -177,6 +205,7 @@ export class CommandQueue {
   /** Stops timers; commands not yet sent resolve as failed. */
   close(): void {
     this.closed = true;
+    this.linksChanged();
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     for (const t of this.retryTimers) clearTimeout(t);
@@ -305,58 +334,65 @@ export class CommandQueue {
   }
 
   /**
-   * The first process for `items[0]` and the lines `more()` hands out (it pushes each onto `items`), streamed to its
-   * stdin; lines an aborted process left unknown are run again in probe processes. One result per item. Throws if
-   * the process cannot be started (after taking every line `more()` has, so they all fail with that error).
+   * One run: `items[0]` and the lines `more()` hands out (it pushes each onto `items`), streamed to the kept process
+   * of `tool` (or a new one), then a marker line; lines an aborted process left unknown are run again in probe
+   * processes. One result per item. Throws if a process cannot be started (after taking every line `more()` has, so
+   * they all fail with that error).
    */
   private async streamBatch(tool: Tool, items: Pending[], more: () => string | undefined): Promise<LineResult[]> {
     this.counters.batches++;
-    processesSpawned.count++;
-    let proc: Bun.Subprocess<"pipe", "ignore", "pipe">;
-    try {
-      proc = spawnBatchProcess(tool, this.ns, "pipe");
-    } catch (e) {
-      while (more() !== undefined);
-      throw e;
-    }
-    const stderrText = new Response(proc.stderr).text(); // read while writing: a full stderr pipe would block ip
-    let broken = false; // the process went away (aborted): nothing more is written or pulled
-    const write = async (text: string): Promise<void> => {
+    const epoch = this.linkEpoch;
+    // Taken for this run (nothing else writes to it meanwhile), or a new one.
+    let bp = this.kept[tool];
+    if (bp) delete this.kept[tool];
+    else {
       try {
-        const w = proc.stdin.write(text);
-        if (typeof w !== "number") await w; // backpressure: ip is behind, let it read
-      } catch {
-        broken = true;
+        bp = new BatchProcess(tool, this.ns);
+      } catch (e) {
+        while (more() !== undefined);
+        throw e;
       }
-    };
+    }
+    bp.busy();
+    const first = bp.lines + 1; // iproute2's line number of items[0]
     const chunk: string[] = [items[0]!.cmd.line];
     for (let line = more(); line !== undefined; line = more()) {
       chunk.push(line);
       if (chunk.length < CHUNK_LINES) continue;
-      await write(`${chunk.join("\n")}\n`);
+      await bp.write(chunk);
       chunk.length = 0;
-      if (broken) break;
+      if (bp.broken) break;
     }
-    if (chunk.length && !broken) await write(`${chunk.join("\n")}\n`);
-    try {
-      await proc.stdin.end();
-    } catch {
-      broken = true;
-    }
-    const r = parseBatch(tool, await stderrText, await proc.exited, items.length, false);
-    if (r.settled >= items.length) {
-      this.counters.sent += items.length;
-      return fill(r.results, items.length);
-    }
+    if (chunk.length && !bp.broken) await bp.write(chunk);
+    const reached = await bp.finish();
+    const r = bp.take(first, reached ? items.length : Math.min(Math.max(0, bp.reported - first + 1), items.length));
+    if (reached && this.mayKeep(tool, epoch, bp, r.failed, items)) {
+      this.kept[tool] = bp;
+      bp.idle(this.keepAliveMs, () => {
+        if (this.kept[tool] === bp) delete this.kept[tool];
+      });
+    } else bp.retire();
+    this.counters.sent += r.results.length;
+    if (reached) return r.results;
     // Aborted: the lines it got to are known; the rest go through probe runs.
-    const out = fill(r.results, r.settled);
-    this.counters.sent += r.settled;
+    const out = r.results;
     const tail = await this.probeBatch(
       tool,
-      items.slice(r.settled).map((p) => p.cmd.line),
+      items.slice(out.length).map((p) => p.cmd.line),
     );
     for (let k = 0; k < tail.length; k++) out.push(tail[k]!);
     return out;
+  }
+
+  /**
+   * Whether a process that finished a run is kept: not after a failed line or a `link` line (iproute2's cached device
+   * indexes may be stale), not after a device deletion during the run, and only while no other is kept.
+   */
+  private mayKeep(tool: Tool, epoch: number, bp: BatchProcess, failed: boolean, items: Pending[]): boolean {
+    if (this.closed || this.keepAliveMs === 0 || failed || epoch !== this.linkEpoch) return false;
+    if (this.kept[tool] || bp.lines >= MAX_KEPT_LINES) return false;
+    for (const p of items) if (p.cmd.line.startsWith("link ")) return false;
+    return true;
   }
 
   /** Lines an aborted process left unknown, each followed by a marker, until every one has a result. */
@@ -391,6 +427,149 @@ export class CommandQueue {
     const proc = spawnBatchProcess(tool, this.ns, Buffer.from(text));
     const stderr = await new Response(proc.stderr).text();
     return parseBatch(tool, stderr, await proc.exited, lines.length, probe);
+  }
+}
+
+/**
+ * A `tool -force -batch -` process fed run after run. Each run ends in a marker line; its `Command failed -:N` report
+ * (stderr is unbuffered, lines run in order) means every line before it has run, their failures reported before it.
+ */
+class BatchProcess {
+  private readonly proc: Bun.Subprocess<"pipe", "ignore", "pipe">;
+  /** Lines written so far (iproute2 numbers them from 1 for the process's life). */
+  lines = 0;
+  /** The highest line number reported failed: when the process aborts, the lines after it are unknown. */
+  reported = 0;
+  /** A write failed: the process is gone. */
+  broken = false;
+  private readonly failures = new Map<number, string>();
+  private msg: string[] = [];
+  private marker = 0;
+  private markerSeen = false;
+  private onMarker: ((reached: boolean) => void) | null = null;
+  private readonly stderrDone: Promise<void>;
+  private idleTimer: ReturnType<typeof setTimeout> | null = null;
+  private retired = false;
+
+  constructor(tool: Tool, ns: string[]) {
+    processesSpawned.count++;
+    this.proc = spawnBatchProcess(tool, ns, "pipe");
+    this.stderrDone = this.readStderr();
+  }
+
+  /** Writes lines (each counted) and flushes them to the process. */
+  async write(chunk: string[]): Promise<void> {
+    this.lines += chunk.length;
+    try {
+      this.proc.stdin.write(`${chunk.join("\n")}\n`);
+      const f = this.proc.stdin.flush();
+      if (typeof f !== "number") await f; // backpressure: ip is behind, let it read
+    } catch {
+      this.broken = true;
+    }
+  }
+
+  /** Ends the run with a marker: true once its report came, false if the process ended first. */
+  async finish(): Promise<boolean> {
+    if (!this.broken) {
+      this.marker = this.lines + 1;
+      this.markerSeen = false;
+      await this.write([MARKER]);
+    }
+    if (!this.broken && !this.markerSeen) {
+      const reached = await new Promise<boolean>((resolve) => (this.onMarker = resolve));
+      if (reached) return true;
+    }
+    if (this.markerSeen) return true;
+    await this.stderrDone; // every report the process made is read before its results are taken
+    return false;
+  }
+
+  /** Results of lines first..first+count-1 (a missing report means success); forgets the failures it had. */
+  take(first: number, count: number): { results: LineResult[]; failed: boolean } {
+    const results: LineResult[] = new Array(count);
+    let failed = false;
+    for (let k = 0; k < count; k++) {
+      const e = this.failures.size ? this.failures.get(first + k) : undefined;
+      if (e === undefined) results[k] = LINE_OK;
+      else {
+        results[k] = { ok: false, error: e };
+        failed = true;
+      }
+    }
+    this.failures.clear();
+    return { results, failed };
+  }
+
+  busy(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
+  }
+
+  /** Retires the process after `ms` without a run; `onIdle` first (the queue forgets it). */
+  idle(ms: number, onIdle: () => void): void {
+    this.busy();
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = null;
+      onIdle();
+      this.retire();
+    }, ms);
+  }
+
+  /** Ends its input: it exits once it has run what it got (and is reaped then). */
+  retire(): void {
+    this.busy();
+    if (this.retired) return;
+    this.retired = true;
+    try {
+      void this.proc.stdin.end();
+    } catch {
+      // already gone
+    }
+  }
+
+  private async readStderr(): Promise<void> {
+    const dec = new TextDecoder();
+    let buf = "";
+    try {
+      for await (const chunk of this.proc.stderr) {
+        buf += dec.decode(chunk, { stream: true });
+        let i = buf.indexOf("\n");
+        while (i >= 0) {
+          this.onLine(buf.slice(0, i));
+          buf = buf.slice(i + 1);
+          i = buf.indexOf("\n");
+        }
+      }
+    } catch {
+      // the pipe broke: the process is gone either way
+    }
+    if (buf) this.onLine(buf);
+    this.broken = true;
+    const f = this.onMarker;
+    this.onMarker = null;
+    f?.(false);
+  }
+
+  private onLine(l: string): void {
+    const m = FAILED.exec(l);
+    if (!m) {
+      const t = l.trim();
+      if (t) this.msg.push(t);
+      return;
+    }
+    const n = Number(m[1]);
+    const text = this.msg.join("; ") || "failed";
+    this.msg = [];
+    if (n > this.reported) this.reported = n;
+    if (n !== this.marker) {
+      this.failures.set(n, text);
+      return;
+    }
+    this.markerSeen = true;
+    const f = this.onMarker;
+    this.onMarker = null;
+    f?.(true);
   }
 }
 
@@ -438,13 +617,6 @@ function parseBatch(
   // lines 1..k ran; the next real line is the one that killed the process.
   const settled = probe ? Math.floor(lastReported / 2) : lastReported;
   return { results, settled: Math.min(settled, count), abortError };
-}
-
-/** The first `n` results, a missing one meaning success. */
-function fill(results: (LineResult | undefined)[], n: number): LineResult[] {
-  const out: LineResult[] = new Array(n);
-  for (let k = 0; k < n; k++) out[k] = results[k] ?? LINE_OK;
-  return out;
 }
 
 const closedResult = (cmd: Command, tries: number): CommandResult => ({ cmd, ok: false, error: "command queue closed", tries });

@@ -236,6 +236,8 @@ export class Reconciler {
   private onKernelEvents(evs: KernelEvent[]): void {
     let need = false;
     for (const ev of evs) {
+      // A kept iproute2 process may address a device by a cached index: after a deletion it must not be used again.
+      if (ev.kind === "link" && ev.deleted) this.queue.linksChanged();
       if (!this.state.noticeEvent(ev)) continue;
       need = true;
       this.totals.eventRepairs++;

@@ -8,6 +8,27 @@ export function statCpu(pid: number): { self: number; children: number } {
   return { self: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100 };
 }
 
+/**
+ * CPU seconds of the processes alive now whose parent is in `pids`, summed per parent: a child's CPU reaches its
+ * parent's cutime only when it is reaped, and an agent keeps some (kernel monitors, a kept batch process).
+ */
+export function liveChildrenCpu(pids: number[]): Map<number, number> {
+  const want = new Set(pids);
+  const out = new Map<number, number>();
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      const ppid = Number(f[1]);
+      if (want.has(ppid)) out.set(ppid, (out.get(ppid) ?? 0) + (Number(f[11]) + Number(f[12])) / 100);
+    } catch {
+      // the process ended between the listing and the read
+    }
+  }
+  return out;
+}
+
 /** CPU time per thread in seconds, in nanoseconds' precision (schedstat), keyed "tid name". The process's own
  * stat counts in 10 ms ticks, too coarse for an idle goal of 0.05 s. */
 export function threadCpu(pid: number): Map<string, number> {
@@ -23,9 +44,11 @@ export function threadCpu(pid: number): Map<string, number> {
   return out;
 }
 
-/** One CPU reading of the agent: its threads (schedstat) and its children. */
+/** One CPU reading of the agent: its threads (schedstat) and its children, reaped or alive (a child reaped between
+ * two readings moves from one to the other, so only what it used in between counts). */
 export function cpuReading(pid: number): { threads: Map<string, number>; children: number } {
-  return { threads: threadCpu(pid), children: statCpu(pid).children };
+  const live = liveChildrenCpu([pid]).get(pid) ?? 0; // first: one reaped meanwhile counts twice, never not at all
+  return { threads: threadCpu(pid), children: statCpu(pid).children + live };
 }
 
 /**

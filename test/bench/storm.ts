@@ -20,7 +20,7 @@ import { loadLabState, saveState, type LabState } from "../../src/lab/state.ts";
 import { putNetworkConfig, setupStore } from "../../src/lab/store-setup.ts";
 import { testName } from "../helpers/binary.ts";
 import { peerBinary } from "../helpers/peers.ts";
-import { cpuByThreadName, statCpu } from "./proc-cpu.ts";
+import { cpuByThreadName, liveChildrenCpu, statCpu } from "./proc-cpu.ts";
 
 /** "nats" on the current nats-server (scripts/setup.sh), "nats-2.9" on Debian's (as in scale.ts and stores.ts). */
 export type StormKind = "sqlite" | "etcd" | "nats" | "nats-2.9";
@@ -51,7 +51,7 @@ export interface StormRow {
   /** Slowest host's last route, fastest host's last route (s after the first spawn). */
   firstHostS: number;
   agentCpuS: number;
-  /** The part of agentCpuS spent in the agents' child processes (iproute2, iptables). */
+  /** The part of agentCpuS spent in the agents' child processes (iproute2, iptables), reaped or still alive. */
   agentChildrenS: number;
   serverCpuS: number;
   processes: number;
@@ -178,10 +178,11 @@ async function stormStore(kind: StormKind, hosts: number, binary: string, keep: 
     row.firstHostS = firstHost / 1000;
     let self = 0;
     let children = 0;
+    const live = liveChildrenCpu(s.hosts.map((h) => h.agentPid!));
     for (const h of s.hosts) {
       const c = cpuOf(h.agentPid!);
       self += c.self;
-      children += c.children;
+      children += c.children + (live.get(h.agentPid!) ?? 0);
     }
     row.byThread = cpuByThreadName(s.hosts.map((h) => h.agentPid!));
     row.agentCpuS = self + children;
@@ -222,7 +223,7 @@ async function aloneCpu(kind: StormKind, binary: string): Promise<number> {
     const h = s.hosts[0]!;
     startAgent(s, h);
     await waitAgentReady(h);
-    return cpuSeconds(h.agentPid!);
+    return cpuSeconds(h.agentPid!) + (liveChildrenCpu([h.agentPid!]).get(h.agentPid!) ?? 0);
   } finally {
     await labDown({ name }).catch(() => {});
   }

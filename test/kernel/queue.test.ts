@@ -1,7 +1,7 @@
 // Real iproute2 in a throw-away namespace.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { fdbReplace, linkAddVxlan, linkSetUp, neighDel, neighReplace, routeReplace } from "../../src/kernel/commands.ts";
-import { CommandQueue, bridgeJson, ipJson } from "../../src/kernel/queue.ts";
+import { CommandQueue, bridgeJson, ipJson, processesSpawned } from "../../src/kernel/queue.ts";
 import { makeNs, type TestNs } from "./netns.ts";
 import { consola } from "../../src/log.ts";
 import { vxlanDevice } from "../helpers/kernel-fixtures.ts";
@@ -243,5 +243,95 @@ describe("CommandQueue", () => {
     const r = await p;
     expect(r.ok).toBe(false);
     expect(r.error).toContain("closed");
+  });
+});
+
+describe("CommandQueue's kept batch process", () => {
+  // A bridge stands in for a device of ours (the dummy module is not always there); routes on it resolve.
+  const dev = (name: string) => {
+    ns.ip("link", "add", name, "type", "bridge");
+    ns.ip("addr", "add", "192.168.78.1/24", "dev", name);
+    ns.ip("link", "set", name, "up");
+  };
+  const onDev = (i: number, d: string) => routeReplace({ dst: `10.120.${i}.0/24`, via: "192.168.78.2", dev: d, onlink: false }, 159);
+
+  test("runs that follow each other share one process; it ends after keepAliveMs without a run", async () => {
+    const q = new CommandQueue({ netns: ns.name, keepAliveMs: 300 });
+    try {
+      const n0 = processesSpawned.count;
+      for (let i = 0; i < 5; i++) expect((await q.runAll([routeReplace(route(i), 159)]))[0]!.ok).toBe(true);
+      expect(processesSpawned.count - n0).toBe(1);
+      expect(q.stats()).toEqual({ sent: 5, failed: 0, retried: 0, batches: 5 });
+      await Bun.sleep(500); // past keepAliveMs: the next run starts a new process
+      expect((await q.runAll([routeReplace(route(9), 159)]))[0]!.ok).toBe(true);
+      expect(processesSpawned.count - n0).toBe(2);
+      expect((await protoRoutes()).length).toBe(6);
+    } finally {
+      q.close();
+      ns.ip("route", "flush", "proto", "159");
+    }
+  });
+
+  test("a run with a failed line is the process's last: the next run starts a new one", async () => {
+    const q = new CommandQueue({ netns: ns.name, maxRetries: 1 });
+    try {
+      const n0 = processesSpawned.count;
+      const r = await q.runAll([routeReplace(route(1), 159), routeReplace(route(2, "1.2.3.4"), 159), routeReplace(route(3), 159)]);
+      expect(r.map((x) => x.ok)).toEqual([true, false, true]);
+      expect(r[1]!.error).toContain("invalid gateway");
+      expect((await q.runAll([routeReplace(route(4), 159)]))[0]!.ok).toBe(true);
+      expect(processesSpawned.count - n0).toBe(2);
+    } finally {
+      q.close();
+      ns.ip("route", "flush", "proto", "159");
+    }
+  });
+
+  test("a device deleted and made again: after linksChanged() the next run is not sent to a process that knew the old one", async () => {
+    const q = new CommandQueue({ netns: ns.name, maxRetries: 1 });
+    try {
+      dev("kq0");
+      expect((await q.runAll([onDev(1, "kq0")]))[0]!.ok).toBe(true);
+      ns.ip("link", "del", "kq0");
+      dev("kq0");
+      // Why it matters: the kept process looks kq0 up in its own cache and sends the deleted device's index.
+      const stale = await q.runAll([onDev(2, "kq0")]);
+      expect(stale[0]!.ok).toBe(false);
+      // The failure retired that process; a deletion seen by the monitor retires it before any run.
+      expect((await q.runAll([onDev(3, "kq0")]))[0]!.ok).toBe(true);
+      ns.ip("link", "del", "kq0");
+      dev("kq0");
+      q.linksChanged();
+      expect((await q.runAll([onDev(4, "kq0")]))[0]!.ok).toBe(true);
+    } finally {
+      q.close();
+      Bun.spawnSync(["ip", "-n", ns.name, "link", "del", "kq0"]);
+    }
+  });
+
+  test("a run with a link line is the process's last (its device index cache may change)", async () => {
+    const q = new CommandQueue({ netns: ns.name });
+    try {
+      const n0 = processesSpawned.count;
+      expect((await q.runAll([linkSetUp("ul0"), routeReplace(route(1), 159)])).every((r) => r.ok)).toBe(true);
+      expect((await q.runAll([routeReplace(route(2), 159)]))[0]!.ok).toBe(true);
+      expect((await q.runAll([routeReplace(route(3), 159)]))[0]!.ok).toBe(true);
+      expect(processesSpawned.count - n0).toBe(2);
+    } finally {
+      q.close();
+      ns.ip("route", "flush", "proto", "159");
+    }
+  });
+
+  test("keepAliveMs 0: a process per run", async () => {
+    const q = new CommandQueue({ netns: ns.name, keepAliveMs: 0 });
+    try {
+      const n0 = processesSpawned.count;
+      for (let i = 0; i < 3; i++) expect((await q.runAll([routeReplace(route(i), 159)]))[0]!.ok).toBe(true);
+      expect(processesSpawned.count - n0).toBe(3);
+    } finally {
+      q.close();
+      ns.ip("route", "flush", "proto", "159");
+    }
   });
 });
