@@ -111,6 +111,11 @@ export class CheckPolicy {
     this.covered();
   }
 
+  /** A read starts outside begin()/written() (the first install's read-back): it covers every event seen so far. */
+  reading(): void {
+    this.covered();
+  }
+
   end(now: number, outcome: CheckOutcome): void {
     this.refill(now);
     if (this.charge && outcome !== "repaired") this.tokens = Math.max(0, this.tokens - 1);

@@ -76,6 +76,8 @@ export interface TrafficRulesStep {
 const BLACKHOLE_METRIC = "4294967295";
 
 const DEFAULT_SAFETY_NET_MS = 5 * 60_000;
+/** How long the first install waits for its watchers before reading back (later, their subscription costs a check). */
+const WATCH_WAIT_MS = 1000;
 const UNSETTLED_MAX = 5;
 
 export class TrafficRules implements TrafficRulesStep {
@@ -87,6 +89,8 @@ export class TrafficRules implements TrafficRulesStep {
   private watchStarted = false;
   private readonly stopper = new AbortController();
   private wake: (() => void) | null = null;
+  /** Called when a watcher subscribes or stops watching (watchersSubscribed waits on it). */
+  private watchState: (() => void) | null = null;
   /** Checks in a row whose fix was still not in place when read back. */
   private unsettled = 0;
   private engine: Engine | null = null;
@@ -204,6 +208,14 @@ export class TrafficRules implements TrafficRulesStep {
         } finally {
           this.policy.written(Date.now());
         }
+        // The first fix starts the watchers before it is read back, so that one read both verifies the fix and
+        // covers everything the watchers could not see (a separate read after they subscribe is not needed). Not
+        // before the fix: they would report our own write, and that costs another check.
+        if (!this.watchStarted) {
+          this.startWatching(this.stopper.signal);
+          await this.watchersSubscribed(WATCH_WAIT_MS);
+          this.policy.reading();
+        }
         // Read again. What is still wrong may be a change made meanwhile (firewalld reloading right then, a script
         // deleting rule after rule): checked again shortly, like any change. Only a fix that keeps not taking,
         // UNSETTLED_MAX checks in a row, is a failure (retried every --iptables-resync).
@@ -281,6 +293,7 @@ export class TrafficRules implements TrafficRulesStep {
   stop(): void {
     this.stopper.abort();
     for (const w of this.watchers) w.stop();
+    this.watchState?.();
   }
 
   /** PIDs of the running watchers (tests, and anyone asking what this step runs). */
@@ -295,15 +308,10 @@ export class TrafficRules implements TrafficRulesStep {
   /** Sleeps up to `ms` (24 h at most per turn), or until woken. */
   private sleep(ms: number, signal: AbortSignal): Promise<void> {
     if (signal.aborted) return Promise.resolve();
-    return new Promise((resolve) => {
-      const t = setTimeout(done, Math.min(ms, 86_400_000));
-      function done() {
-        clearTimeout(t);
-        resolve();
-      }
+    return wakeable(Math.min(ms, 86_400_000), (wake) => {
       this.wake = () => {
         this.wake = null;
-        done();
+        wake();
       };
     });
   }
@@ -341,6 +349,7 @@ export class TrafficRules implements TrafficRulesStep {
         );
       }
       this.wake?.();
+      this.watchState?.();
     };
     const make = o.watcher ?? (o.exec ? null : (w: WatcherOptions) => new Watcher(w));
     if (!make) return;
@@ -369,6 +378,19 @@ export class TrafficRules implements TrafficRulesStep {
       );
     if (signal.aborted) return;
     for (const w of this.watchers) w.start();
+  }
+
+  /** Until every watcher has subscribed, or `ms` passed, or stop(). */
+  private async watchersSubscribed(ms: number): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (!this.watchers.every((w) => w.alive) && Date.now() < deadline && !this.stopper.signal.aborted)
+      await wakeable(deadline - Date.now(), (wake) => {
+        this.watchState = () => {
+          this.watchState = null;
+          wake();
+        };
+      });
+    this.watchState = null;
   }
 
   private nftLine(line: MonitorLine, targets: WatchTarget[]): void {
@@ -403,6 +425,18 @@ export class TrafficRules implements TrafficRulesStep {
       this.o.log.warn(`could not remove the previous blackhole route ${subnet}: ${(e as Error).message}`);
     }
   }
+}
+
+/** Resolves after `ms`, or sooner when the function handed to `onWake` is called. */
+function wakeable(ms: number, onWake: (wake: () => void) => void): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      resolve();
+    }
+    onWake(done);
+  });
 }
 
 function describe(rs: RuleSet, blackhole: boolean): string {

@@ -38,6 +38,8 @@ export interface ChangeWatcher {
 export const NETLINK_ROUTE = 0;
 export const NETLINK_NETFILTER = 12;
 const STABLE_MS = 60_000;
+// Polled often at first: the first install waits for the subscription before it reads its fix back.
+const SUBSCRIBE_FIRST_POLL_MS = 2;
 const SUBSCRIBE_POLL_MS = 25;
 /** A watcher that has not subscribed by then is taken as watching anyway (the safety net remains). */
 const SUBSCRIBE_WAIT_MS = 5_000;
@@ -94,8 +96,11 @@ export class Watcher implements ChangeWatcher {
 
   private async awaitSubscription(proc: ReturnType<typeof Bun.spawn>): Promise<void> {
     const deadline = Date.now() + SUBSCRIBE_WAIT_MS;
-    while (this.p.proc === proc && proc.exitCode === null && !subscribed(proc.pid, this.o.netlinkProtocol) && Date.now() < deadline)
-      await Bun.sleep(SUBSCRIBE_POLL_MS);
+    let poll = SUBSCRIBE_FIRST_POLL_MS;
+    while (this.p.proc === proc && proc.exitCode === null && !subscribed(proc.pid, this.o.netlinkProtocol) && Date.now() < deadline) {
+      await Bun.sleep(poll);
+      poll = Math.min(poll * 2, SUBSCRIBE_POLL_MS);
+    }
     if (this.p.proc !== proc || proc.exitCode !== null) return;
     if (this.down) this.o.log.info(`traffic rules: ${this.o.name} is running again; changes are watched`);
     this.down = false;
