@@ -1,6 +1,6 @@
 // The two ways to install the rules: iptables (legacy or nft flavour, whichever the host already uses: never both)
 // and nftables (our own table). Each engine reads its state in one go, says what is wrong, and fixes it with one
-// process per table (iptables-restore --noflush) or one transaction (nft -f -).
+// process (iptables-restore --noflush, every table in one input) or one transaction (nft -f -).
 
 import type { Exec } from "./exec.ts";
 import { realpathSync } from "node:fs";
@@ -104,13 +104,15 @@ export class IptablesEngine implements Engine {
     return out;
   }
 
+  /**
+   * One process for every table that needs a change: each table is still committed whole at its COMMIT (iptables-nft
+   * commits them all in one batch), and a table that fails stops the ones after it, as separate processes would.
+   */
   private async applyPlans(plans: { table: IptTable; plan: IptPlan }[]): Promise<void> {
-    for (const { table, plan } of plans) {
-      const payload = restorePayload(table, plan.lines);
-      if (!payload) continue;
-      this.restore ??= restoreArgv(binOf(this.flavour), await iptVersion(this.exec, binOf(this.flavour)));
-      await must(this.exec, this.restore, payload);
-    }
+    const payload = plans.map(({ table, plan }) => restorePayload(table, plan.lines) ?? "").join("");
+    if (!payload) return;
+    this.restore ??= restoreArgv(binOf(this.flavour), await iptVersion(this.exec, binOf(this.flavour)));
+    await must(this.exec, this.restore, payload);
   }
 
   async inspect(rs: RuleSet, includeAbsent: boolean): Promise<Inspection> {
