@@ -14,7 +14,8 @@ import {
   jetstreamManager,
 } from "@nats-io/jetstream";
 import { Kvm, type KV as NatsKV } from "@nats-io/kv";
-import { type ConnectionOptions, connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
+import { type ConnectionOptions, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
+import { connectNats } from "./bun-transport.ts";
 import { StoreUnavailableError } from "../../src/store.ts";
 import { storeHealth } from "../../src/store-health.ts";
 
@@ -200,7 +201,7 @@ export async function openBucket(opts: NatsStoreOptions): Promise<NatsBucket> {
 
   let nc: NatsConnection;
   try {
-    nc = await connect(co);
+    nc = await connectNats(co);
   } catch (err) {
     const msg = (err as Error).message ?? String(err);
     if (/authori[sz]ation|authentication|permissions/i.test(msg) || (err as Error).name === "AuthorizationError") {

@@ -9,6 +9,7 @@ import { StoreUnavailableError, type Store } from "../../src/store.ts";
 import { makeTestCerts, type TestCerts } from "../harness/certs.ts";
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
 import { peerBinary } from "../helpers/peers.ts";
+import { BunTransport, connectNats } from "../../stores/nats/bun-transport.ts";
 import { NatsStore, decodeNatsKey, encodeNatsKey, natsPrefixFilter } from "../../stores/nats/store.ts";
 import { runStoreConformance, WatchCollector, waitFor } from "./conformance.ts";
 
@@ -570,6 +571,26 @@ describe("nats TLS", () => {
       await w.stop();
     }
   }
+
+  test("plain connections run on Bun's sockets; TLS (asked for, or required by the server) on nats.js's Node transport", async () => {
+    const transportOf = (nc: NatsConnection) => (nc as unknown as { protocol: { transport: BunTransport } }).protocol.transport;
+    const plain = await connectNats({ servers: url() });
+    const tls = await connectNats({ servers: serverTls!.url, tls: { caFile: certs!.caFile } });
+    try {
+      expect(transportOf(plain)).toBeInstanceOf(BunTransport);
+      expect(transportOf(plain).isEncrypted()).toBe(false);
+      expect(transportOf(tls).isEncrypted()).toBe(true);
+      // Both carry requests both ways.
+      expect((await plain.rtt()) >= 0).toBe(true);
+      expect((await tls.rtt()) >= 0).toBe(true);
+    } finally {
+      await Promise.allSettled([plain.close(), tls.close()]);
+    }
+    // The server requires TLS and the client gave no TLS options: the INFO says so, the Node transport takes over
+    // (and rejects the test CA's certificate, which the system does not trust).
+    const err = await connectNats({ servers: serverTls!.url, timeout: 3000 }).catch((e: Error) => e);
+    expect(String(err)).toMatch(/certificate|self.signed|unable to verify/i);
+  });
 
   test("cafile: server-only TLS works for create/get/watch", async () => {
     const s = await NatsStore.connect({ servers: [serverTls!.url], bucket: freshBucket("tls"), cafile: certs!.caFile });
