@@ -19,7 +19,7 @@
 import { logger } from "../../src/log.ts";
 import { createInbox, type Msg } from "@nats-io/transport-node";
 import type { NatsBucket } from "./connection.ts";
-import { type RawEntry, toRawEntry } from "./entries.ts";
+import { LatestEntries, type RawEntry } from "./entries.ts";
 
 const log = logger("nats");
 
@@ -49,17 +49,32 @@ function isPaused(b: NatsBucket, filter: string): boolean {
   return (m?.get(filter) ?? 0) > now || (m?.get("") ?? 0) > now;
 }
 
-/** status: the end-of-batch or error code; 0 when the server sent one message without a pending count (no batches). */
-type Page = { msgs: Msg[]; status: number; upTo: number; pending: number };
+/**
+ * status: the end-of-batch or error code; 0 when the server sent one message without a pending count (no batches).
+ * maxSeq: the highest sequence among the messages, or NaN when one was not what a direct get sends.
+ */
+type Page = { latest: LatestEntries; maxSeq: number; status: number; upTo: number; pending: number };
 
-/** One multi_last request for `subject`: its messages and the end-of-batch (or error) status. */
+/** One multi_last request for `subject`: its entries, decoded as they arrive, and the end-of-batch (or error) status. */
 function requestLast(b: NatsBucket, subject: string): Promise<Page> {
   return new Promise<Page>((resolve) => {
-    const msgs: Msg[] = [];
-    const finish = (p: Omit<Page, "msgs">) => {
+    const latest = new LatestEntries(b);
+    let maxSeq = 0;
+    // Decoded on arrival, so no message outlives its callback (entries.ts).
+    const add = (m: Msg) => {
+      const seq = Number(m.headers?.get("Nats-Sequence") ?? "");
+      const subject = m.headers?.get("Nats-Subject") ?? "";
+      // NaN: not what a direct get sends (the batch is not used).
+      if (!Number.isSafeInteger(seq) || seq <= 0 || subject === "") maxSeq = Number.NaN;
+      else if (!Number.isNaN(maxSeq)) {
+        maxSeq = Math.max(maxSeq, seq);
+        latest.add({ subject, seq, headers: m.headers, data: m.data });
+      }
+    };
+    const finish = (p: Omit<Page, "latest" | "maxSeq">) => {
       clearTimeout(timer);
       sub.unsubscribe();
-      resolve({ msgs, ...p });
+      resolve({ latest, maxSeq, ...p });
     };
     const timer = setTimeout(() => finish({ status: NO_ANSWER, upTo: 0, pending: 0 }), DIRECT_TIMEOUT_MS);
     const inbox = createInbox(); // this store sets no inbox prefix
@@ -74,7 +89,7 @@ function requestLast(b: NatsBucket, subject: string): Promise<Page> {
         }
         // A server without batches answers with one message and no pending count.
         if (!h?.get("Nats-Num-Pending")) return finish({ status: 0, upTo: 0, pending: 0 });
-        msgs.push(m);
+        add(m);
       },
     });
     b.nc.publish(`$JS.API.DIRECT.GET.${b.stream}`, JSON.stringify({ multi_last: [subject] }), { reply: inbox });
@@ -109,13 +124,6 @@ export async function directSnapshot(b: NatsBucket, filter: string): Promise<{ e
   }
   // A replica behind this client's own writes would hide them: read through the leader instead.
   if (p.upTo < b.written) return null;
-  const latest = new Map<string, RawEntry>();
-  for (const m of p.msgs) {
-    const seq = Number(m.headers?.get("Nats-Sequence") ?? "");
-    const subject = m.headers?.get("Nats-Subject") ?? "";
-    if (!Number.isSafeInteger(seq) || seq <= 0 || seq > p.upTo || subject === "") return null; // not what a direct get sends
-    const e = toRawEntry(b, { subject, seq, headers: m.headers, data: m.data });
-    if (e) latest.set(e.key, e);
-  }
-  return { entries: [...latest.values()], revision: p.upTo };
+  if (!(p.maxSeq <= p.upTo)) return null; // a message past the batch's own sequence, or not shaped as a direct get's (NaN)
+  return { entries: p.latest.entries(), revision: p.upTo };
 }

@@ -45,3 +45,25 @@ export function toRawEntry(b: NatsBucket, m: StoredRecord): RawEntry | null {
   }
   return { key, revision: m.seq, op, rec };
 }
+
+/**
+ * The newest entry per key of a listing, decoded as each message arrives so that no raw message is kept: held until
+ * the end, 10k JsMsg (views into the client's read buffers) took ~50 MB of RssAnon at 10k leases, ~25 MB decoded.
+ */
+export class LatestEntries {
+  private readonly latest = new Map<string, RawEntry>();
+  constructor(private readonly b: NatsBucket) {}
+
+  add(m: StoredRecord): void {
+    const e = toRawEntry(this.b, m);
+    if (e === null) return;
+    // Writes that land while a consumer reads add later messages for keys already seen: the newest per key wins, so
+    // an old PUT never stands beside the DEL that followed it.
+    const seen = this.latest.get(e.key);
+    if (!seen || seen.revision < e.revision) this.latest.set(e.key, e);
+  }
+
+  entries(): RawEntry[] {
+    return [...this.latest.values()];
+  }
+}

@@ -5,13 +5,13 @@
 // 2.9/2.10. Revisions are stream sequence numbers; update/delete are CAS on them (Nats-Expected-Last-Subject-Sequence).
 
 import { logger } from "../../src/log.ts";
-import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError, type JsMsg } from "@nats-io/jetstream";
+import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
 import { headers } from "@nats-io/transport-node";
 import { StoreUnavailableError } from "../../src/store.ts";
 import type { NatsBucket } from "./connection.ts";
 import { encodeNatsKey } from "./keys.ts";
 import { directSnapshot } from "./direct-list.ts";
-import { type RawEntry, toRawEntry } from "./entries.ts";
+import { LatestEntries, type RawEntry } from "./entries.ts";
 
 const log = logger("nats");
 
@@ -134,7 +134,8 @@ async function consumerSnapshot(b: NatsBucket, filter: string): Promise<{ entrie
     filter_subjects: b.subjectPrefix + filter,
     deliver_policy: DeliverPolicy.LastPerSubject,
   });
-  const msgs: JsMsg[] = [];
+  let revision = before;
+  const latest = new LatestEntries(b);
   try {
     const info = await oc.info(true);
     if (info.num_pending > 0) {
@@ -147,7 +148,8 @@ async function consumerSnapshot(b: NatsBucket, filter: string): Promise<{ entrie
           );
           oc.consume({
             callback: (m) => {
-              msgs.push(m);
+              revision = Math.max(revision, m.seq);
+              latest.add(m);
               // pending counts what is still to come, including writes that land while we read.
               if (m.info.pending === 0) {
                 clearTimeout(timer);
@@ -169,15 +171,5 @@ async function consumerSnapshot(b: NatsBucket, filter: string): Promise<{ entrie
   } finally {
     await oc.delete().catch(() => {});
   }
-  // Writes that land while we read add later messages for keys already seen: the newest per key wins, so an
-  // old PUT never stands beside the DEL that followed it.
-  let revision = before;
-  const latest = new Map<string, RawEntry>();
-  for (const m of msgs) {
-    revision = Math.max(revision, m.seq);
-    const e = toRawEntry(b, m);
-    const seen = e && latest.get(e.key);
-    if (e && (!seen || seen.revision < e.revision)) latest.set(e.key, e);
-  }
-  return { entries: [...latest.values()], revision };
+  return { entries: latest.entries(), revision };
 }
