@@ -366,12 +366,8 @@ export class CommandQueue {
     if (chunk.length && !bp.broken) await bp.write(chunk);
     const reached = await bp.finish();
     const r = bp.take(first, reached ? items.length : Math.min(Math.max(0, bp.reported - first + 1), items.length));
-    if (reached && this.mayKeep(tool, epoch, bp, r.failed, items)) {
-      this.kept[tool] = bp;
-      bp.idle(this.keepAliveMs, () => {
-        if (this.kept[tool] === bp) delete this.kept[tool];
-      });
-    } else bp.retire();
+    if (reached && this.mayKeep(tool, epoch, bp, r.failed, items)) this.keep(tool, bp);
+    else bp.retire();
     this.counters.sent += r.results.length;
     if (reached) return r.results;
     // Aborted: the lines it got to are known; the rest go through probe runs.
@@ -382,6 +378,18 @@ export class CommandQueue {
     );
     for (let k = 0; k < tail.length; k++) out.push(tail[k]!);
     return out;
+  }
+
+  /**
+   * Keeps `bp` for the next run until it has been idle keepAliveMs. Not inline in streamBatch: a closure made in an
+   * async function keeps that function's whole frame (the run's items and results, ~15 MB at 10k peers) reachable,
+   * and an idle agent does not collect again after the timer lets go of it.
+   */
+  private keep(tool: Tool, bp: BatchProcess): void {
+    this.kept[tool] = bp;
+    bp.idle(this.keepAliveMs, () => {
+      if (this.kept[tool] === bp) delete this.kept[tool];
+    });
   }
 
   /**

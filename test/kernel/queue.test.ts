@@ -323,6 +323,29 @@ describe("CommandQueue's kept batch process", () => {
     }
   });
 
+  test("a kept process does not keep the run's commands and results reachable", async () => {
+    const q = new CommandQueue({ netns: ns.name, keepAliveMs: 60_000 });
+    try {
+      // Made and run in a function of its own: nothing on this frame refers to them afterwards.
+      const run = async (): Promise<WeakRef<object>> => {
+        const cmds = Array.from({ length: 500 }, (_, i) => routeReplace(route(i), 159));
+        const res = await q.runAll(cmds);
+        expect(res.every((r) => r.ok)).toBe(true);
+        return new WeakRef(cmds[250]!);
+      };
+      const ref = await run();
+      for (let i = 0; i < 3; i++) {
+        await new Promise((r) => setTimeout(r, 0));
+        await new Promise((r) => setImmediate(r));
+      }
+      Bun.gc(true);
+      expect(ref.deref()).toBeUndefined();
+    } finally {
+      q.close();
+      ns.ip("route", "flush", "proto", "159");
+    }
+  });
+
   test("keepAliveMs 0: a process per run", async () => {
     const q = new CommandQueue({ netns: ns.name, keepAliveMs: 0 });
     try {
