@@ -410,7 +410,7 @@ export class CommandQueue {
     // Bounded: each probe run settles at least one more line (the one that aborted it fails).
     while (start < lines.length) {
       const part = start === 0 ? lines : lines.slice(start);
-      const r = await this.spawnBatch(tool, part, true);
+      const r = await this.spawnProbe(tool, part);
       for (let k = 0; k < r.settled; k++) out[start + k] = r.results[k] ?? LINE_OK;
       if (r.settled >= part.length) break;
       out[start + r.settled] = { ok: false, error: r.abortError || `${tool} exited early` };
@@ -420,21 +420,14 @@ export class CommandQueue {
     return out;
   }
 
-  /**
-   * One process. `settled` = how many leading lines have a known outcome (failures in `results`, the rest succeeded).
-   * If the process aborted, lines from `settled` on are unknown; in probe mode line `settled` is the one that aborted.
-   */
-  private async spawnBatch(
-    tool: Tool,
-    lines: string[],
-    probe: boolean,
-  ): Promise<{ results: (LineResult | undefined)[]; settled: number; abortError: string }> {
-    const text = probe ? lines.map((l) => `${l}\n${MARKER}\n`).join("") : `${lines.join("\n")}\n`;
+  /** One probe process: each line followed by a marker (parseProbe). */
+  private async spawnProbe(tool: Tool, lines: string[]): Promise<ReturnType<typeof parseProbe>> {
+    const text = lines.map((l) => `${l}\n${MARKER}\n`).join("");
     this.counters.batches++;
     processesSpawned.count++;
     const proc = spawnBatchProcess(tool, this.ns, Buffer.from(text));
     const stderr = await new Response(proc.stderr).text();
-    return parseBatch(tool, stderr, await proc.exited, lines.length, probe);
+    return parseProbe(tool, stderr, await proc.exited, lines.length);
   }
 }
 
@@ -451,7 +444,7 @@ class BatchProcess {
   /** A write failed: the process is gone. */
   broken = false;
   private readonly failures = new Map<number, string>();
-  private msg: string[] = [];
+  private readonly reports = new FailureReports((n, error) => this.onReport(n, error));
   private marker = 0;
   private markerSeen = false;
   private onMarker: ((reached: boolean) => void) | null = null;
@@ -484,11 +477,8 @@ class BatchProcess {
       this.markerSeen = false;
       await this.write([MARKER]);
     }
-    if (!this.broken && !this.markerSeen) {
-      const reached = await new Promise<boolean>((resolve) => (this.onMarker = resolve));
-      if (reached) return true;
-    }
     if (this.markerSeen) return true;
+    if (!this.broken && (await new Promise<boolean>((resolve) => (this.onMarker = resolve)))) return true;
     await this.stderrDone; // every report the process made is read before its results are taken
     return false;
   }
@@ -544,7 +534,7 @@ class BatchProcess {
         buf += dec.decode(chunk, { stream: true });
         let i = buf.indexOf("\n");
         while (i >= 0) {
-          this.onLine(buf.slice(0, i));
+          this.reports.line(buf.slice(0, i));
           buf = buf.slice(i + 1);
           i = buf.indexOf("\n");
         }
@@ -552,26 +542,17 @@ class BatchProcess {
     } catch {
       // the pipe broke: the process is gone either way
     }
-    if (buf) this.onLine(buf);
+    if (buf) this.reports.line(buf);
     this.broken = true;
     const f = this.onMarker;
     this.onMarker = null;
     f?.(false);
   }
 
-  private onLine(l: string): void {
-    const m = FAILED.exec(l);
-    if (!m) {
-      const t = l.trim();
-      if (t) this.msg.push(t);
-      return;
-    }
-    const n = Number(m[1]);
-    const text = this.msg.join("; ") || "failed";
-    this.msg = [];
+  private onReport(n: number, error: string): void {
     if (n > this.reported) this.reported = n;
     if (n !== this.marker) {
-      this.failures.set(n, text);
+      this.failures.set(n, error);
       return;
     }
     this.markerSeen = true;
@@ -592,39 +573,50 @@ function spawnBatchProcess<In extends "pipe" | Buffer>(tool: Tool, ns: string[],
 }
 
 /**
- * A batch process's outcome from its stderr and exit status, for `count` lines sent (probe: each followed by a marker).
+ * A probe process's outcome from its stderr and exit status, for `count` lines sent, each followed by a marker.
  * `settled` = how many leading lines have a known outcome (failures in `results`, the rest succeeded). If the process
- * aborted, lines from `settled` on are unknown; in probe mode line `settled` is the one that aborted.
+ * aborted, line `settled` is the one that aborted it.
  */
-function parseBatch(
+function parseProbe(
   tool: Tool,
   stderr: string,
   code: number,
   count: number,
-  probe: boolean,
 ): { results: (LineResult | undefined)[]; settled: number; abortError: string } {
-  const aborted = code !== 0 && code !== 1;
   const results: (LineResult | undefined)[] = [];
-  let msg: string[] = [];
   let lastReported = 0; // 1-based line number in the text sent
-  for (const l of stderr.split("\n")) {
+  const reports = new FailureReports((n, error) => {
+    lastReported = Math.max(lastReported, n);
+    if (n % 2 === 1) results[(n - 1) / 2] = { ok: false, error }; // even numbers are markers
+  });
+  for (const l of stderr.split("\n")) reports.line(l);
+  const abortError = reports.rest() || `${tool} exited with status ${code}`;
+  if (code === 0 || code === 1) return { results, settled: count, abortError };
+  // Aborted: a reported marker 2k means lines 1..k ran; the next line is the one that killed the process.
+  return { results, settled: Math.min(Math.floor(lastReported / 2), count), abortError };
+}
+
+/** iproute2's batch stderr, line by line: each `Command failed -:N` handed over with N and the error text before it. */
+class FailureReports {
+  private msg: string[] = [];
+  constructor(private readonly onReport: (n: number, error: string) => void) {}
+
+  line(l: string): void {
     const m = FAILED.exec(l);
     if (!m) {
-      if (l.trim()) msg.push(l.trim());
-      continue;
+      const t = l.trim();
+      if (t) this.msg.push(t);
+      return;
     }
-    const n = Number(m[1]);
-    lastReported = Math.max(lastReported, n);
-    if (!probe) results[n - 1] = { ok: false, error: msg.join("; ") || "failed" };
-    else if (n % 2 === 1) results[(n - 1) / 2] = { ok: false, error: msg.join("; ") || "failed" };
-    msg = [];
+    const error = this.msg.join("; ") || "failed";
+    this.msg = [];
+    this.onReport(Number(m[1]), error);
   }
-  const abortError = msg.join("; ") || `${tool} exited with status ${code}`;
-  if (!aborted) return { results, settled: count, abortError };
-  // Aborted: everything up to the last reported line was run. In probe mode a reported marker 2k means real
-  // lines 1..k ran; the next real line is the one that killed the process.
-  const settled = probe ? Math.floor(lastReported / 2) : lastReported;
-  return { results, settled: Math.min(settled, count), abortError };
+
+  /** Text after the last report (an aborting process's last words), or "". */
+  rest(): string {
+    return this.msg.join("; ");
+  }
 }
 
 const closedResult = (cmd: Command, tries: number): CommandResult => ({ cmd, ok: false, error: "command queue closed", tries });

@@ -32,7 +32,7 @@ function wantsTls(info: ServerInfo, opts: ConnectionOptions): boolean {
 export class BunTransport implements Transport {
   readonly lang = "nats.js";
   readonly version = version;
-  private own: { closeError?: Error } = {};
+  private ownCloseError: Error | undefined;
   private sock: Sock | null = null;
   private yields: Uint8Array[] = [];
   private signal: Deferred<void> = deferred<void>();
@@ -54,7 +54,7 @@ export class BunTransport implements Transport {
   }
 
   get closeError(): Error | undefined {
-    return this.tls ? this.tls.closeError : this.own.closeError;
+    return this.tls ? this.tls.closeError : this.ownCloseError;
   }
 
   async connect(hp: Server, opts: ConnectionOptions): Promise<void> {
@@ -225,7 +225,7 @@ export class BunTransport implements Transport {
       this.sock?.terminate();
       return;
     }
-    this.own.closeError = err;
+    this.ownCloseError = err;
     this.done = true;
     this.onClose = null;
     const s = this.sock;
@@ -244,6 +244,7 @@ export class BunTransport implements Transport {
 
 /** nats.js's connect() with this transport (and the Node one's DNS resolution). */
 export function connectNats(opts: ConnectionOptions): Promise<NatsConnection> {
+  // Set at each call, as transport-node's connect() does: another caller in this process may have set its own.
   setTransportFactory({ factory: () => new BunTransport(), dnsResolveFn: nodeResolveHost });
   return NatsConnectionImpl.connect(opts);
 }

@@ -1,11 +1,18 @@
 // CPU of a benchmarked process from /proc: per thread (schedstat, ns precision) and its waited-for children.
 import { readdirSync, readFileSync } from "node:fs";
 
-/** CPU seconds from /proc/<pid>/stat (clock ticks of 1/100 s): own (utime + stime), waited-for children's (cutime + cstime). */
-export function statCpu(pid: number): { self: number; children: number } {
+/** /proc/<pid>/stat: its parent and CPU seconds (clock ticks of 1/100 s): own (utime + stime), waited-for
+ * children's (cutime + cstime). Fields are counted after the ")" closing the command name, which may hold spaces. */
+function readStat(pid: number | string): { ppid: number; self: number; children: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return { self: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100 };
+  return { ppid: Number(f[1]), self: (Number(f[11]) + Number(f[12])) / 100, children: (Number(f[13]) + Number(f[14])) / 100 };
+}
+
+/** CPU seconds from /proc/<pid>/stat: own (utime + stime), waited-for children's (cutime + cstime). */
+export function statCpu(pid: number): { self: number; children: number } {
+  const { self, children } = readStat(pid);
+  return { self, children };
 }
 
 /**
@@ -18,10 +25,8 @@ export function liveChildrenCpu(pids: number[]): Map<number, number> {
   for (const name of readdirSync("/proc")) {
     if (!/^\d+$/.test(name)) continue;
     try {
-      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
-      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      const ppid = Number(f[1]);
-      if (want.has(ppid)) out.set(ppid, (out.get(ppid) ?? 0) + (Number(f[11]) + Number(f[12])) / 100);
+      const { ppid, self } = readStat(name);
+      if (want.has(ppid)) out.set(ppid, (out.get(ppid) ?? 0) + self);
     } catch {
       // the process ended between the listing and the read
     }
