@@ -1,5 +1,5 @@
 // Imported first by src/main.ts: runs before any other module of the binary is loaded, so a re-exec costs only the
 // runtime's own start (see runtime-env.ts).
-import { reexecWithoutIdleGcTimer } from "./runtime-env.ts";
+import { reexecWithAgentRuntimeEnv } from "./runtime-env.ts";
 
-reexecWithoutIdleGcTimer();
+reexecWithAgentRuntimeEnv();

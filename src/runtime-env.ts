@@ -1,13 +1,18 @@
-// The agent's runtime settings (src/runtime-env-first.ts applies them before any other module is loaded).
+// The agent's runtime settings (src/runtime-env-first.ts applies them before any other module is loaded). Both are read
+// from the environment only when the runtime starts, so the agent re-executes itself once, in place (same PID, so
+// systemd, PID files and supervisors see no change), with them set. It costs one runtime start (~5 ms of CPU) and is
+// skipped for every short-lived command. A setting already in the environment (an operator's, say `0` for the timer)
+// is kept as it is; with both set there is no re-exec.
 //
-// Bun's idle GC controller wakes a parked process every second (and runs a sequence of full collections in its
-// first minutes of quiet). For the agent, a long-lived process that allocates almost nothing once its peers are
-// programmed, that was most of its idle CPU (measured: 0.16 -> 0.09 s per idle minute at 10k peers, 0.13 -> 0.03 s at
-// 100 peers on etcd, RssAnon unchanged: JSC's own allocation-paced collections still run). The controller reads its
-// switch from the environment only when the runtime starts, so the agent re-executes itself once, in place (same PID,
-// so systemd, PID files and supervisors see no change), with BUN_GC_TIMER_DISABLE=1. It costs one runtime start
-// (~5 ms of CPU) and is skipped for every short-lived command. Setting BUN_GC_TIMER_DISABLE yourself (to 0 or 1) keeps
-// that choice and skips the re-exec.
+// BUN_GC_TIMER_DISABLE=1: Bun's idle GC controller wakes a parked process every second (and runs a sequence of full
+// collections in its first minutes of quiet). For the agent, a long-lived process that allocates almost nothing once
+// its peers are programmed, that was most of its idle CPU (measured: 0.16 -> 0.09 s per idle minute at 10k peers,
+// 0.13 -> 0.03 s at 100 peers on etcd, RssAnon unchanged: JSC's own allocation-paced collections still run).
+//
+// MIMALLOC_PURGE_DELAY=0: the runtime's allocator (mimalloc) hands freed memory back to the kernel 100 ms after it is
+// freed, and only at its next call after that, so what the start-up collection frees (agent/startup-gc.ts) stayed
+// resident past ready and, in an idle agent, until the next piece of work (10k peers: RssAnon at ready 45-51 MB with
+// the delay, 41-44 MB without; settled 37-41 MB either way).
 import { readFileSync } from "node:fs";
 import { basename } from "node:path";
 
@@ -45,9 +50,20 @@ export function runsAgent(argv0: string, args: string[]): boolean {
   return inv.kind === "command" && inv.args[0] === "run";
 }
 
-/** Re-executes this process in place with BUN_GC_TIMER_DISABLE=1 when it is the agent; returns when it is not. */
-export function reexecWithoutIdleGcTimer(): void {
-  if (process.env.BUN_GC_TIMER_DISABLE !== undefined) return;
+/** The agent's runtime settings (see the top of this file). */
+export const AGENT_RUNTIME_ENV: Readonly<Record<string, string>> = { BUN_GC_TIMER_DISABLE: "1", MIMALLOC_PURGE_DELAY: "0" };
+
+/** The settings of AGENT_RUNTIME_ENV that `env` does not have yet (an operator's own value is kept). */
+export function missingRuntimeEnv(env: Record<string, string | undefined>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(AGENT_RUNTIME_ENV)) if (env[k] === undefined) out[k] = v;
+  return out;
+}
+
+/** Re-executes this process in place with the agent's runtime settings when it is the agent; returns when it is not. */
+export function reexecWithAgentRuntimeEnv(): void {
+  const missing = missingRuntimeEnv(process.env);
+  if (Object.keys(missing).length === 0) return;
   const execve = (process as { execve?: (file: string, args: string[], env: Record<string, string | undefined>) => never }).execve;
   if (typeof execve !== "function") return;
   let argv: string[];
@@ -59,8 +75,8 @@ export function reexecWithoutIdleGcTimer(): void {
   }
   if (argv.length === 0 || !runsAgent(process.argv0 || argv[0]!, process.argv.slice(2))) return;
   try {
-    execve.call(process, "/proc/self/exe", argv, { ...process.env, BUN_GC_TIMER_DISABLE: "1" });
+    execve.call(process, "/proc/self/exe", argv, { ...process.env, ...missing });
   } catch {
-    // execve refused (e.g. a seccomp profile): the agent works the same, only with the runtime's idle timer.
+    // execve refused (e.g. a seccomp profile): the agent works the same, only with the runtime's defaults.
   }
 }

@@ -64,12 +64,13 @@ describe("agent processes", () => {
     expect(lab.subnetOf(h)).toBe(subnet);
   });
 
-  test("the agent re-executes itself in place once, with Bun's idle GC timer off; an operator's own setting is kept", async () => {
+  test("the agent re-executes itself in place once, with Bun's idle GC timer off and mimalloc's purge delay 0; an operator's own setting is kept", async () => {
     const environ = (pid: number) => readFileSync(`/proc/${pid}/environ`, "latin1").split("\0");
     const cmdline = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, "latin1").split("\0").slice(0, -1);
     const h = await readyAgent();
     const pid = h.proc!.pid; // \`ip netns exec\` execs the agent: this PID is the agent's
     expect(environ(pid)).toContain("BUN_GC_TIMER_DISABLE=1");
+    expect(environ(pid)).toContain("MIMALLOC_PURGE_DELAY=0");
     expect(cmdline(pid)).toEqual([
       BINARY,
       "run",
@@ -85,6 +86,7 @@ describe("agent processes", () => {
     lab.start(h, ["--subnet-lease-ttl", "6s"], { BUN_GC_TIMER_DISABLE: "0" });
     expect(await until(() => lab.health(h, "/readyz") === 200, 15_000)).toBe(true);
     expect(environ(h.proc!.pid)).toContain("BUN_GC_TIMER_DISABLE=0");
+    expect(environ(h.proc!.pid)).toContain("MIMALLOC_PURGE_DELAY=0"); // the other setting is still added
   });
 
   test("a lease left to expire is freed and taken by the next host", async () => {

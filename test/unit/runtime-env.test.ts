@@ -1,6 +1,6 @@
-// Which command lines are the long-running agent (re-executed once with Bun's idle GC timer off) and which are not.
+// Which command lines are the long-running agent (re-executed once with its runtime settings) and which are not.
 import { describe, expect, test } from "bun:test";
-import { classify, runsAgent } from "../../src/runtime-env.ts";
+import { classify, missingRuntimeEnv, runsAgent } from "../../src/runtime-env.ts";
 
 describe("runsAgent", () => {
   test("the agent: run, flags without a command, and flanneld with any flags", () => {
@@ -48,5 +48,14 @@ describe("classify: the one reading of a command line (main.ts acts on it, the r
     expect(classify("flannel-bin", ["--help"])).toEqual({ kind: "help", args: ["--help"], flanneld: false });
     expect(classify("flanneld", ["-h"])).toEqual({ kind: "help", args: ["run", "-h"], flanneld: true });
     expect(classify("", ["run"])).toEqual({ kind: "command", args: ["run"], flanneld: false });
+  });
+});
+
+describe("missingRuntimeEnv: what the re-exec adds", () => {
+  test("both settings when neither is set; an operator's own value of either is kept; nothing when both are set", () => {
+    expect(missingRuntimeEnv({ PATH: "/bin" })).toEqual({ BUN_GC_TIMER_DISABLE: "1", MIMALLOC_PURGE_DELAY: "0" });
+    expect(missingRuntimeEnv({ BUN_GC_TIMER_DISABLE: "0" })).toEqual({ MIMALLOC_PURGE_DELAY: "0" });
+    expect(missingRuntimeEnv({ MIMALLOC_PURGE_DELAY: "100" })).toEqual({ BUN_GC_TIMER_DISABLE: "1" });
+    expect(missingRuntimeEnv({ BUN_GC_TIMER_DISABLE: "", MIMALLOC_PURGE_DELAY: "10" })).toEqual({});
   });
 });
