@@ -19,8 +19,12 @@ import {
   checkOptions,
   errors,
 } from "@nats-io/nats-core/internal";
-import { NodeTransport, nodeResolveHost } from "@nats-io/transport-node/lib/node_transport";
+// Only the version constant statically: nats.js's Node transport (node:net, node:tls, node:dns: ~5 ms of CPU to load,
+// twice that for each of 50 agents started at once) is imported when a connection wants TLS or a server name needs
+// DNS, and a plain-TCP agent on server addresses never loads it.
 import { version } from "@nats-io/transport-node/lib/version";
+
+const nodeTransport = () => import("@nats-io/transport-node/lib/node_transport");
 
 type Sock = Bun.Socket<undefined>;
 
@@ -82,6 +86,8 @@ export class BunTransport implements Transport {
   }
 
   private async handToTls(hp: Server, opts: ConnectionOptions): Promise<void> {
+    const { NodeTransport } = await nodeTransport();
+    if (this.done) throw new errors.ConnectionError("connection closed while connecting");
     const t = new NodeTransport();
     this.tls = t;
     await t.connect(hp, opts);
@@ -245,6 +251,9 @@ export class BunTransport implements Transport {
 /** nats.js's connect() with this transport (and the Node one's DNS resolution). */
 export function connectNats(opts: ConnectionOptions): Promise<NatsConnection> {
   // Set at each call, as transport-node's connect() does: another caller in this process may have set its own.
-  setTransportFactory({ factory: () => new BunTransport(), dnsResolveFn: nodeResolveHost });
+  setTransportFactory({
+    factory: () => new BunTransport(),
+    dnsResolveFn: async (host: string) => (await nodeTransport()).nodeResolveHost(host),
+  });
   return NatsConnectionImpl.connect(opts);
 }

@@ -14,7 +14,7 @@ import {
   jetstreamManager,
 } from "@nats-io/jetstream";
 import { Kvm, type KV as NatsKV } from "@nats-io/kv";
-import { type ConnectionOptions, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
+import { type ConnectionOptions, credsAuthenticator, type NatsConnection } from "@nats-io/nats-core";
 import { connectNats } from "./bun-transport.ts";
 import { StoreUnavailableError } from "../../src/store.ts";
 import { storeHealth } from "../../src/store-health.ts";

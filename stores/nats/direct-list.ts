@@ -17,7 +17,7 @@
 // carries no sequence: records.ts says what revision that is).
 
 import { logger } from "../../src/log.ts";
-import { createInbox, type Msg } from "@nats-io/transport-node";
+import { createInbox, type Msg } from "@nats-io/nats-core";
 import type { NatsBucket } from "./connection.ts";
 import { LatestEntries, type RawEntry } from "./entries.ts";
 

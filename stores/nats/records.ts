@@ -6,7 +6,7 @@
 
 import { logger } from "../../src/log.ts";
 import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
-import { headers } from "@nats-io/transport-node";
+import { headers } from "@nats-io/nats-core";
 import { StoreUnavailableError } from "../../src/store.ts";
 import type { NatsBucket } from "./connection.ts";
 import { encodeNatsKey } from "./keys.ts";
