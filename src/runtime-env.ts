@@ -1,4 +1,4 @@
-// The agent's runtime settings (src/runtime-env-first.ts applies them before any other module is loaded). Both are read
+// The agent's runtime settings (src/main.ts applies them before any other module is loaded). Both are read
 // from the environment only when the runtime starts, so the agent re-executes itself once, in place (same PID, so
 // systemd, PID files and supervisors see no change), with them set. It costs one runtime start (~5 ms of CPU) and is
 // skipped for every short-lived command. A setting already in the environment (an operator's, say `0` for the timer)
