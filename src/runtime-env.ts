@@ -1,6 +1,6 @@
 // The agent's runtime settings (src/main.ts applies them before any other module is loaded). Both are read
 // from the environment only when the runtime starts, so the agent re-executes itself once, in place (same PID, so
-// systemd, PID files and supervisors see no change), with them set. It costs one runtime start (~5 ms of CPU) and is
+// systemd, PID files and supervisors see no change), with them set. It costs one runtime start (5-8 ms of CPU) and is
 // skipped for every short-lived command. A setting already in the environment (an operator's, say `0` for the timer)
 // is kept as it is; with both set there is no re-exec.
 //
@@ -9,10 +9,11 @@
 // its peers are programmed, that was most of its idle CPU (measured: 0.16 -> 0.09 s per idle minute at 10k peers,
 // 0.13 -> 0.03 s at 100 peers on etcd, RssAnon unchanged: JSC's own allocation-paced collections still run).
 //
-// MIMALLOC_PURGE_DELAY=0: the runtime's allocator (mimalloc) hands freed memory back to the kernel 100 ms after it is
-// freed, and only at its next call after that, so what the start-up collection frees (agent/startup-gc.ts) stayed
-// resident past ready and, in an idle agent, until the next piece of work (10k peers: RssAnon at ready 45-51 MB with
-// the delay, 41-44 MB without; settled 37-41 MB either way).
+// MIMALLOC_PURGE_DELAY=0: the runtime's allocator (mimalloc) hands freed pages back to the kernel 100 ms after they
+// are freed, and only at its next call after that, so much of what the start-up collection frees (agent/startup-gc.ts)
+// stayed resident past ready. Partly used pages are still purged by mimalloc's own background thread within ~200 ms
+// (10k peers, RssAnon at ready: 54-61 MB before, 41-62 MB with this and the shrink done first; settled 34-42 MB). In a
+// 50-agent start its scavenger thread no longer runs (agent CPU 7.2-7.6 -> 6.5-6.8 s on NATS).
 import { readFileSync } from "node:fs";
 import { basename } from "node:path";
 
@@ -51,7 +52,7 @@ export function runsAgent(argv0: string, args: string[]): boolean {
 }
 
 /** The agent's runtime settings (see the top of this file). */
-export const AGENT_RUNTIME_ENV: Readonly<Record<string, string>> = { BUN_GC_TIMER_DISABLE: "1", MIMALLOC_PURGE_DELAY: "0" };
+const AGENT_RUNTIME_ENV: Readonly<Record<string, string>> = { BUN_GC_TIMER_DISABLE: "1", MIMALLOC_PURGE_DELAY: "0" };
 
 /** The settings of AGENT_RUNTIME_ENV that `env` does not have yet (an operator's own value is kept). */
 export function missingRuntimeEnv(env: Record<string, string | undefined>): Record<string, string> {

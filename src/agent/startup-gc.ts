@@ -2,7 +2,8 @@
 // only when allocation asks for it, and the agent's idle GC timer is off (runtime-env.ts), so the dead list, the first
 // plan and its command results (~20-40 MB at 10k peers) would stay until the agent's next burst of work, which may be
 // the full reconcile minutes later. One full collection costs ~15 ms at 10k peers; a small start skips it.
-// (The pages it frees go back to the kernel at once only with the agent's MIMALLOC_PURGE_DELAY=0, runtime-env.ts.)
+// (Most pages it frees go back to the kernel at once with the agent's MIMALLOC_PURGE_DELAY=0, runtime-env.ts; the rest,
+// in partly used pages, within ~200 ms through the allocator's background purge.)
 import { BULK_WORK } from "../jit-policy.ts";
 
 const TURNS = 3;
@@ -24,7 +25,7 @@ export async function collectStartupGarbage(peers: number): Promise<boolean> {
   if (typeof Bun.shrink === "function") {
     Bun.shrink();
     // It runs "when JSC is idle": one more turn, so it is done before ready is reported (10k peers: heap 27.7 ->
-    // 23.2 MB, RssAnon a further 5-8 MB down, in ~3 ms).
+    // 23.2 MB, RssAnon a further 1-16 MB down, in ~3 ms).
     await new Promise((r) => setImmediate(r));
   }
   return true;
