@@ -111,6 +111,8 @@ flannel_bin_install() {
   # Hardening: only the capabilities a network agent needs; the file system is read-only except what it writes.
   # No MemoryDenyWriteExecute (Bun's JIT needs writable+executable memory) and no RuntimeDirectory= for /run/flannel
   # (systemd would delete subnet.env on every stop, under the feet of docker and CNI).
+  # Environment=: the runtime settings the agent would otherwise re-execute itself to get (README: systemd), so a start
+  # or restart under this unit is one runtime start; the env file, read after it, can still override them.
   systemd_unit() {
     cat <<EOF
 # Written by flannel-bin install.sh; rerun the installer to change it.
@@ -124,6 +126,7 @@ Before=docker.service
 [Service]
 Type=notify
 NotifyAccess=main
+Environment=BUN_GC_TIMER_DISABLE=1 MIMALLOC_PURGE_DELAY=0
 EnvironmentFile=-$ENV_FILE
 ExecStart=$BINARY run$SYSTEMD_ARGS
 $DOCKER_OPTS_LINE
