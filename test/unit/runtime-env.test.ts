@@ -1,5 +1,6 @@
 // Which command lines are the long-running agent (re-executed once with its runtime settings) and which are not.
 import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { classify, missingRuntimeEnv, runsAgent } from "../../src/runtime-env.ts";
 
 describe("runsAgent", () => {
@@ -57,5 +58,20 @@ describe("missingRuntimeEnv: what the re-exec adds", () => {
     expect(missingRuntimeEnv({ BUN_GC_TIMER_DISABLE: "0" })).toEqual({ MIMALLOC_PURGE_DELAY: "0" });
     expect(missingRuntimeEnv({ MIMALLOC_PURGE_DELAY: "100" })).toEqual({ BUN_GC_TIMER_DISABLE: "1" });
     expect(missingRuntimeEnv({ BUN_GC_TIMER_DISABLE: "", MIMALLOC_PURGE_DELAY: "10" })).toEqual({});
+  });
+});
+
+describe("the installer's unit", () => {
+  test("sets exactly the agent's runtime settings (install.sh's Environment= line and runtime-env.ts cannot drift)", () => {
+    const lines = readFileSync(new URL("../../install.sh", import.meta.url), "utf8").split("\n");
+    const env = lines.filter((l) => l.startsWith("Environment="));
+    expect(env).toHaveLength(1);
+    const pairs = Object.fromEntries(
+      env[0]!
+        .slice("Environment=".length)
+        .split(" ")
+        .map((kv) => kv.split("=")),
+    );
+    expect(pairs).toEqual(missingRuntimeEnv({}));
   });
 });
