@@ -156,7 +156,7 @@ async function follow(d: FollowDeps): Promise<void> {
   const { lease, peers, readiness, life } = d;
   const ownKey = subnetKey(lease.subnet, lease.ipv6Subnet);
   const summary = () =>
-    `lease ${formatCIDR(lease.subnet)}, ${peers.programmed.size} peers${peers.ignored.size ? `, ${peers.ignored.size} ignored` : ""}`;
+    `lease ${formatCIDR(lease.subnet)}, ${peers.programmed} peers${peers.ignored.size ? `, ${peers.ignored.size} ignored` : ""}`;
   try {
     await runPeerLoop(
       watchPeers(d.store, () => ownKey, life.signal, { config: d.config, own: () => d.keeper.lease }, { initial: d.initial }),
@@ -165,7 +165,7 @@ async function follow(d: FollowDeps): Promise<void> {
         target: d.dataPlane.reconciler,
         onOwn: (l) => d.keeper.notice(l),
         onChange: () => readiness.setSummary(summary()),
-        beforeFirstSync: () => collectStartupGarbage(peers.programmed.size),
+        beforeFirstSync: () => collectStartupGarbage(peers.programmed),
         onFirstSync: (r) => {
           d.dataPlane.watch();
           readiness.started(summary());
@@ -173,7 +173,7 @@ async function follow(d: FollowDeps): Promise<void> {
           // every liveness check registered with readiness (e.g. the store watch) passes.
           d.notifier.startWatchdog(() => !life.signal.aborted && readiness.alive());
           log.success(
-            `${readiness.ready ? "ready" : "started (not ready)"}: ${peers.programmed.size} peers programmed${peers.ignored.size ? `, ${peers.ignored.size} ignored` : ""}; ` +
+            `${readiness.ready ? "ready" : "started (not ready)"}: ${peers.programmed} peers programmed${peers.ignored.size ? `, ${peers.ignored.size} ignored` : ""}; ` +
               `kernel in sync (added ${r.added}, repaired ${r.repaired}, removed ${r.removed} stale)`,
           );
         },
@@ -198,7 +198,7 @@ function metricsOf(
     renderMetrics({
       ready: () => readiness.ready,
       leaseExpiresAt: () => keeper.lease.expiresAt,
-      peers: () => peers.programmed.size,
+      peers: () => peers.programmed,
       ignoredPeers: () => peers.ignored.size,
       leaseRenewals: () => keeper.renewals,
       storeErrors: () => storeHealth.errors,

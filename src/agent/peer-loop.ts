@@ -16,6 +16,8 @@ const log = logger("agent");
 /** What the loop needs of the reconciler. */
 export interface PeerTarget {
   set(id: string, fragment: StateFragment): void;
+  /** Whether `id` desires anything now. */
+  has(id: string): boolean;
   delete(id: string): void;
   fullReconcile(): Promise<ReconcileCounts>;
   start(): void;
@@ -34,9 +36,12 @@ export interface PeerLoopDeps {
   onChange?(): void;
 }
 
-/** Programmed and ignored peers by store key, for /metrics and STATUS=. */
+/**
+ * How many peers are programmed, and the ignored ones by store key, for /metrics and STATUS=. The programmed keys
+ * themselves are the reconciler's fragment ids (target.has): no second set of 10,000 keys.
+ */
 export class PeerSet {
-  readonly programmed = new Set<string>();
+  programmed = 0;
   readonly ignored = new Set<string>();
 }
 
@@ -49,11 +54,18 @@ export async function runPeerLoop(events: AsyncIterable<PeerEvent>, deps: PeerLo
   const { backend, target } = deps;
   let synced = false;
   let named = 0;
+  // A peer's fragment id is its store key ("subnets/10.5.7.0-24"; the only other id is the reconciler's "local"): the
+  // string the peer maps already hold, not a new one per peer.
+  const unprogram = (key: string): boolean => {
+    const had = target.has(key);
+    target.delete(key);
+    if (had) peers.programmed--;
+    return had;
+  };
   const ignore = (key: string, why: string) => {
     if (!peers.ignored.has(key)) log.warn(`ignoring peer ${key}: ${why}`);
     peers.ignored.add(key);
-    peers.programmed.delete(key);
-    target.delete(`peer:${key}`);
+    unprogram(key);
   };
   for await (const ev of events) {
     switch (ev.type) {
@@ -63,15 +75,15 @@ export async function runPeerLoop(events: AsyncIterable<PeerEvent>, deps: PeerLo
           ignore(ev.key, ps.ignored);
           break;
         }
+        const isNew = !target.has(ev.key);
         try {
-          target.set(`peer:${ev.key}`, ps.state);
+          target.set(ev.key, ps.state);
         } catch (e) {
           ignore(ev.key, (e as Error).message); // the kernel layer's validation is the last line of defence
           break;
         }
         peers.ignored.delete(ev.key);
-        const isNew = !peers.programmed.has(ev.key);
-        peers.programmed.add(ev.key);
+        if (isNew) peers.programmed++;
         // The initial sync names the first few peers; a 10,000-peer start is one summary line, not 10,000 (debug has
         // them: the line is built only if it is logged).
         if (synced || ++named <= NAMED_AT_START) log.info(peerLine(ev.lease, isNew));
@@ -81,9 +93,8 @@ export async function runPeerLoop(events: AsyncIterable<PeerEvent>, deps: PeerLo
       }
       case "removed": {
         log.info(`peer ${formatCIDR(ev.lease.subnet)} at ${ev.lease.attrs.publicIP} removed`);
-        const had = peers.programmed.delete(ev.key);
+        const had = unprogram(ev.key);
         peers.ignored.delete(ev.key);
-        target.delete(`peer:${ev.key}`);
         if (synced && had) deps.onChange?.();
         break;
       }

@@ -1,4 +1,4 @@
-// The reconciler's pure part: desired state (fragments keyed by id: "local", "peer:10.5.7.0/24", ...) against what
+// The reconciler's pure part: desired state (fragments keyed by id: "local", a peer's store key "subnets/10.5.7.0-24", ...) against what
 // we believe the kernel has, turned into commands. It never reads the kernel or runs anything: kernel-read.ts reads,
 // reconciler.ts schedules and runs. So every decision here is unit-tested without root (test/unit/kernel).
 //
@@ -243,6 +243,10 @@ export class DesiredState {
       }
     }
     this.fragments.set(id, next);
+  }
+
+  has(id: string): boolean {
+    return this.fragments.has(id);
   }
 
   /** Stops desiring what `id` desired; entries nobody else desires become deletes. False if `id` desired nothing. */

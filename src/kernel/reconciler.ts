@@ -129,6 +129,11 @@ export class Reconciler {
     this.scheduleDrain(this.changeDelay());
   }
 
+  /** Whether `id` desires anything. */
+  has(id: string): boolean {
+    return this.state.has(id);
+  }
+
   /** Stops desiring what `id` desired; entries nobody else desires are removed from the kernel. */
   delete(id: string): void {
     if (this.state.delete(id)) this.scheduleDrain(this.changeDelay());

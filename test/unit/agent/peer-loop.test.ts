@@ -17,6 +17,9 @@ class FakeReconciler {
     this.desired.set(id, f);
     this.calls.push(`set ${id}`);
   }
+  has(id: string): boolean {
+    return this.desired.has(id);
+  }
   delete(id: string): void {
     this.desired.delete(id);
     this.calls.push(`delete ${id}`);
@@ -64,15 +67,16 @@ test("peers become desired state; first sync runs one full reconcile, starts the
     peers,
   );
   expect(target.calls).toEqual([
-    "set peer:subnets/10.5.2.0-24",
-    "delete peer:subnets/10.5.3.0-24",
+    "set subnets/10.5.2.0-24",
+    "delete subnets/10.5.3.0-24",
     "full",
-    "set peer:subnets/10.5.4.0-24",
-    "delete peer:subnets/10.5.2.0-24",
+    "set subnets/10.5.4.0-24",
+    "delete subnets/10.5.2.0-24",
   ]);
   expect(target.started).toBe(true);
   expect(firstSyncs).toEqual([{ added: 1, removed: 0, repaired: 0 }]);
-  expect([...peers.programmed]).toEqual(["subnets/10.5.4.0-24"]);
+  expect([...target.desired.keys()]).toEqual(["subnets/10.5.4.0-24"]);
+  expect(peers.programmed).toBe(1);
   expect([...peers.ignored]).toEqual(["subnets/10.5.3.0-24"]);
   expect(own).toEqual([null]);
   expect(changes).toBe(2); // one added, one removed after the first sync
@@ -108,8 +112,9 @@ test("a peer refused by the kernel layer's validation is ignored, and becomes pr
     { backend, target, onOwn: () => {}, onFirstSync: () => {} },
     peers,
   );
-  expect(target.calls).toEqual(["delete peer:subnets/10.5.2.0-24", "full", "set peer:subnets/10.5.2.0-24"]);
-  expect([...peers.programmed]).toEqual(["subnets/10.5.2.0-24"]);
+  expect(target.calls).toEqual(["delete subnets/10.5.2.0-24", "full", "set subnets/10.5.2.0-24"]);
+  expect([...target.desired.keys()]).toEqual(["subnets/10.5.2.0-24"]);
+  expect(peers.programmed).toBe(1);
   expect(peers.ignored.size).toBe(0);
 });
 
