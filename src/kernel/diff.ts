@@ -57,16 +57,29 @@ export interface ReconcileCounts {
 /** A desired entry: the validated value, naming the fragment that desires it (validate.ts with an id). */
 type Owned<T> = T & { readonly id: string };
 
+/** "The kernel has nothing under this key" (Table.appliedDiff: a desired key not applied yet). */
+const ABSENT = Symbol("absent");
+
 /** One kind of entry: who desires which value under a key, and what we believe the kernel has. */
 export class Table<T extends object, K extends Key = Key> {
   /** The effective entry per key: of the fragment that set it most recently. */
   readonly desired = new Map<K, Owned<T>>();
   /** Keys several fragments desire (rare): the other fragments' entries, the most recent last. */
   private readonly shadowed = new Map<K, Owned<T>[]>();
-  readonly applied = new Map<K, T>();
+  /**
+   * What we believe the kernel has, only where that is not the desired entry itself: ABSENT for a desired key the
+   * kernel lacks, the value the kernel has for a key whose desire changed since or that nobody desires. A kernel in
+   * sync leaves it empty, so 10k peers keep one map per kind instead of two (three maps of 10,000 entries, ~2 MB).
+   */
+  private readonly appliedDiff = new Map<K, T | typeof ABSENT>();
   readonly dirty = new Set<K>();
   /** Called when the effective value under a key changes (routes: the nexthop reference counts). */
   onChange: ((before: T | undefined, after: T | undefined) => void) | null = null;
+  /**
+   * What an applied entry stands for once it is no longer the desired one (routes through nexthop objects: the entry
+   * plus the nexthop id it went through); null: the entry itself.
+   */
+  asApplied: ((v: T) => T) | null = null;
 
   effective(key: K): T | undefined {
     return this.desired.get(key);
@@ -75,6 +88,59 @@ export class Table<T extends object, K extends Key = Key> {
   /** Every desired key with its effective value. */
   wanted(): MapIterator<[K, T]> {
     return this.desired.entries();
+  }
+
+  /** What we believe the kernel has under `key`. */
+  appliedGet(key: K): T | undefined {
+    const d = this.appliedDiff.get(key);
+    if (d !== undefined) return d === ABSENT ? undefined : d;
+    return this.desired.get(key);
+  }
+
+  appliedHas(key: K): boolean {
+    return this.appliedGet(key) !== undefined;
+  }
+
+  /** How many keys the applied view keeps a value or ABSENT for (0 when the kernel has exactly what is desired). */
+  get appliedKept(): number {
+    return this.appliedDiff.size;
+  }
+
+  /** The kernel has `v` under `key` now (a command that sent it succeeded). */
+  setApplied(key: K, v: T): void {
+    if (v === this.desired.get(key)) this.appliedDiff.delete(key);
+    else this.appliedDiff.set(key, this.asApplied ? this.asApplied(v) : v);
+  }
+
+  /** The kernel has nothing under `key` now. */
+  unapply(key: K): void {
+    if (this.desired.has(key)) this.appliedDiff.set(key, ABSENT);
+    else this.appliedDiff.delete(key);
+  }
+
+  /** Every key the kernel has something under, with the value (unapply() of the current key is safe meanwhile). */
+  *appliedEntries(): Generator<[K, T]> {
+    for (const [k, v] of this.desired) if (!this.appliedDiff.has(k)) yield [k, v];
+    for (const [k, v] of this.appliedDiff) if (v !== ABSENT) yield [k, v];
+  }
+
+  /**
+   * `actual` (what the kernel has, by key) becomes the applied view. An entry equal to the desired one (`eq(wanted,
+   * actual)`) is recorded as the desired entry itself: nothing is kept for it.
+   */
+  adoptApplied(actual: Map<K, T>, eq: (want: T, have: T) => boolean): void {
+    this.appliedDiff.clear();
+    for (const [k, want] of this.desired) {
+      const a = actual.get(k);
+      if (a === undefined) this.appliedDiff.set(k, ABSENT);
+      else if (!eq(want, a)) this.appliedDiff.set(k, a);
+    }
+    for (const [k, a] of actual) if (!this.desired.has(k)) this.appliedDiff.set(k, a);
+  }
+
+  /** Applied desired entries stop standing for themselves: each is kept as `copy` of it (a mode switch, useNexthops). */
+  detachApplied(copy: (v: T) => T): void {
+    for (const [k, v] of this.desired) if (!this.appliedDiff.has(k)) this.appliedDiff.set(k, copy(v));
   }
 
   /** What `id` desires under `key`, if anything. */
@@ -95,7 +161,9 @@ export class Table<T extends object, K extends Key = Key> {
         list.push(before);
       } else this.shadowed.set(key, [before]);
     }
+    this.keepApplied(key, before);
     this.desired.set(key, entry);
+    this.settleApplied(key, entry);
     this.dirty.add(key);
     if (this.onChange) this.onChange(before, entry);
   }
@@ -106,8 +174,10 @@ export class Table<T extends object, K extends Key = Key> {
     const list = this.shadowed.get(key);
     if (before.id === id) {
       const next = list?.pop();
+      this.keepApplied(key, before);
       if (next) this.desired.set(key, next);
       else this.desired.delete(key);
+      this.settleApplied(key, next);
       if (list?.length === 0) this.shadowed.delete(key);
       if (this.onChange) this.onChange(before, next);
     } else {
@@ -117,6 +187,18 @@ export class Table<T extends object, K extends Key = Key> {
       if (list!.length === 0) this.shadowed.delete(key);
     }
     this.dirty.add(key);
+  }
+
+  /** The effective entry under `key` is about to change from `before`: what the kernel has there is kept as it is. */
+  private keepApplied(key: K, before: Owned<T> | undefined): void {
+    if (this.appliedDiff.has(key)) return;
+    this.appliedDiff.set(key, before === undefined ? ABSENT : this.asApplied ? this.asApplied(before) : before);
+  }
+
+  /** After the change: an applied value that is the new effective entry itself needs no record. */
+  private settleApplied(key: K, after: Owned<T> | undefined): void {
+    const d = this.appliedDiff.get(key);
+    if (after === undefined ? d === ABSENT : d === after) this.appliedDiff.delete(key);
   }
 }
 
@@ -197,9 +279,13 @@ export class DesiredState {
 
   /** Routes go through nexthop objects from now on; `existing` (the kernel's) are adopted, never deleted here. */
   useNexthops(existing: KNexthop[]): void {
+    const nh = this.nexthops;
+    // A route applied as desired stands for itself through its nexthop's current id (routeOk), or before the switch
+    // for a plain gateway route: the applied ones are kept as copies that say which, before the nexthops change.
+    this.routes.detachApplied(this.routes.asApplied ?? ((r) => ({ ...r })));
     if (!this.nhMode) {
       this.nhMode = true;
-      const nh = this.nexthops;
+      this.routes.asApplied = (r) => ({ ...r, nhid: nh.of(r as Route)?.nh.id });
       for (const [, r] of this.routes.wanted()) nh.ref(r as Route, 1);
       this.routes.onChange = (before, after) => {
         if (before) nh.ref(before as Route, -1);
@@ -216,6 +302,8 @@ export class DesiredState {
 
   /** A route in the kernel is right when it has the wanted gateway/device/onlink, through our nexthop if we use them. */
   private readonly routeOk = (want: KRoute, have: KRoute): boolean => {
+    // The desired entry itself: applied as it is, through its nexthop's id (Table.appliedDiff).
+    if (have === want) return !this.nhMode || this.nexthops.of(want as Route)?.applied === true;
     if (!routeEq(want, have)) return false;
     if (!this.nhMode) return have.nhid === undefined;
     const e = this.nexthops.of(want as Route);
@@ -336,7 +424,7 @@ export class DesiredState {
           cmds.push(linkDel(name));
           this.counts.removed++;
         }
-        this.devices.applied.delete(name);
+        this.devices.unapply(name);
         this.forgetEntriesOn(name, false);
         continue;
       }
@@ -348,7 +436,7 @@ export class DesiredState {
         cmds.push(linkAddVxlan(want));
         upCmds.push(linkSetUp(name));
         fresh.add(name);
-        if (this.devices.applied.has(name) || have) this.counts.repaired++;
+        if (this.devices.appliedHas(name) || have) this.counts.repaired++;
         else this.counts.added++;
         continue;
       }
@@ -379,10 +467,10 @@ export class DesiredState {
       for (const cidr of wanted) {
         if (actual.has(cidr)) continue;
         cmds.push(addrReplace({ dev, cidr }));
-        if (!fresh.has(dev) && this.addresses.applied.has(devKey(dev, cidr))) this.counts.repaired++;
+        if (!fresh.has(dev) && this.addresses.appliedHas(devKey(dev, cidr))) this.counts.repaired++;
         else if (!fresh.has(dev)) this.counts.added++;
       }
-      for (const cidr of wanted) this.addresses.applied.set(devKey(dev, cidr), { dev, cidr });
+      for (const cidr of wanted) this.addresses.setApplied(devKey(dev, cidr), { dev, cidr });
     }
     cmds.push(...upCmds);
     return { cmds, fresh, notes };
@@ -398,7 +486,7 @@ export class DesiredState {
     }
     for (const name of w.devs) {
       const want = this.devices.effective(name);
-      if (want) this.devices.applied.set(name, want);
+      if (want) this.devices.setApplied(name, want);
     }
   }
 
@@ -477,7 +565,7 @@ export class DesiredState {
         e.applied = true;
         yield op(nexthopReplace(e.nh, this.proto), NH, e.key, e.nh.id);
       }
-      yield op(routeReplaceNh(v, e.nh.id, this.proto), R, k, { ...v, nhid: e.nh.id });
+      yield op(routeReplaceNh(v, e.nh.id, this.proto), R, k, v); // recorded as the entry itself: through e's id
     }
     // Nexthops nobody wants, after the routes that used them were deleted or moved to another one.
     for (const key of w.nhDirty) {
@@ -502,8 +590,8 @@ export class DesiredState {
       }
       if (!t || !ok(i)) continue;
       const v = plan.values[i];
-      if (v === undefined) t.applied.delete(plan.keys[i]!);
-      else (t as Table<object>).applied.set(plan.keys[i]!, v as object);
+      if (v === undefined) t.unapply(plan.keys[i]!);
+      else (t as Table<object>).setApplied(plan.keys[i]!, v as object);
     }
   }
 
@@ -524,9 +612,12 @@ export class DesiredState {
   private unapplyLostRoutes(): void {
     const lost = this.lostNexthops;
     if (lost.size === 0) return;
-    for (const [k, v] of this.routes.applied) {
-      if (v.nhid === undefined || !lost.has(v.nhid)) continue;
-      this.routes.applied.delete(k);
+    const R = this.routes;
+    for (const [k, v] of R.appliedEntries()) {
+      // The desired entry itself went through its nexthop's id; any other value names the id it went through.
+      const nhid = v === R.desired.get(k) ? this.nexthops.of(v as Route)?.nh.id : v.nhid;
+      if (nhid === undefined || !lost.has(nhid)) continue;
+      R.unapply(k);
       if (this.routes.desired.has(k)) this.routes.dirty.add(k);
     }
     lost.clear();
@@ -636,11 +727,10 @@ export class DesiredState {
     }
     for (const key of this.fdbs.desired.keys()) {
       if (actualFdbs.has(key)) continue;
-      if (this.fdbs.applied.has(key)) this.counts.repaired++;
+      if (this.fdbs.appliedHas(key)) this.counts.repaired++;
       else this.counts.added++;
     }
-    this.fdbs.applied.clear();
-    for (const [key, v] of actualFdbs) this.fdbs.applied.set(key, v);
+    this.fdbs.adoptApplied(actualFdbs, fdbEq);
     for (const key of this.fdbs.desired.keys()) this.fdbs.dirty.add(key);
   }
 
@@ -649,23 +739,20 @@ export class DesiredState {
     for (const [k, want] of t.wanted()) {
       const a = actual.get(k);
       if (a !== undefined && eq(want, a)) continue;
-      if (a === undefined && !t.applied.has(k)) this.counts.added++;
+      if (a === undefined && !t.appliedHas(k)) this.counts.added++;
       else this.counts.repaired++;
     }
     for (const k of actual.keys()) if (!t.desired.has(k)) this.counts.removed++;
-    t.applied.clear();
-    for (const [k, v] of actual) {
-      t.applied.set(k, v);
-      t.dirty.add(k);
-    }
+    t.adoptApplied(actual, eq);
+    for (const k of actual.keys()) t.dirty.add(k);
     for (const k of t.desired.keys()) t.dirty.add(k);
   }
 
   /** An applied entry the kernel no longer has: unapplied, and dirty if still desired. True if it needs a drain. */
   private lost<T extends object>(t: Table<T>, key: Key, matches: (v: T) => boolean): boolean {
-    const v = t.applied.get(key);
+    const v = t.appliedGet(key);
     if (v === undefined || !matches(v)) return false;
-    t.applied.delete(key);
+    t.unapply(key);
     if (!t.desired.has(key)) return false;
     t.dirty.add(key);
     return true;
@@ -683,7 +770,7 @@ export class DesiredState {
   private forgetEntriesOn(dev: string, readd: boolean): boolean {
     let any = false;
     const forget = <T extends { dev?: string }>(t: Table<T>) => {
-      for (const [k, v] of t.applied) if (v.dev === dev) t.applied.delete(k);
+      for (const [k, v] of t.appliedEntries()) if (v.dev === dev) t.unapply(k);
       if (!readd) return;
       for (const [k, v] of t.wanted()) {
         if (v.dev !== dev) continue;
@@ -728,7 +815,7 @@ interface PeerWork {
 function split<T extends object>(t: Table<T>, eq: (a: T, b: T) => boolean, add: Work<T>, del: Work<T>): void {
   for (const k of t.dirty) {
     const want = t.effective(k);
-    const have = t.applied.get(k);
+    const have = t.appliedGet(k);
     if (want !== undefined) {
       if (have === undefined || !eq(want, have)) add.push(k, want);
     } else if (have !== undefined) del.push(k, have);

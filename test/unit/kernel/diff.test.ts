@@ -160,6 +160,49 @@ describe("DesiredState", () => {
     expect(s.resetCounts()).toEqual({ added: 0, removed: 2, repaired: 1 });
   });
 
+  test("in sync, the applied view is the desired entries themselves; only what differs is kept, until applied", () => {
+    const s = new DesiredState(P);
+    const kept = () => [s.routes.appliedKept, s.neighs.appliedKept, s.fdbs.appliedKept];
+    for (let i = 2; i <= 101; i++) s.set(`peer:${i}`, peer(i));
+    expect(kept()).toEqual([100, 100, 100]); // desired, not applied yet
+    expect(lines(s)).toHaveLength(300);
+    expect(kept()).toEqual([0, 0, 0]);
+    // A peer's VTEP moves: the old FDB entry is what the kernel has until the replace succeeds.
+    s.set("peer:5", { ...peer(5), fdbs: [{ dev: "flannel.1", mac: "02:00:00:00:00:15", dst: "192.168.77.250" }] });
+    expect(kept()).toEqual([0, 0, 1]);
+    const k5 = [...s.fdbs.desired.keys()][3]!; // peers 2, 3, 4, 5
+    const failed = s.planPeers();
+    s.peersDone(failed, () => false);
+    expect(s.fdbs.appliedGet(k5)?.dst).toBe("192.168.77.5");
+    s.fdbs.dirty.add(k5); // as the next full reconcile would
+    expect(lines(s)).toEqual(["bridge fdb replace 02:00:00:00:00:15 dev flannel.1 dst 192.168.77.250 self permanent"]);
+    expect(kept()).toEqual([0, 0, 0]);
+    // A removed peer: its entries are deleted with the values the kernel has, then nothing is kept for them.
+    s.delete("peer:6");
+    expect(kept()).toEqual([1, 1, 1]);
+    expect(lines(s)).toEqual([
+      `ip route del 10.5.6.0/24 via 10.5.6.0 dev flannel.1 proto ${P}`,
+      "ip neigh del 10.5.6.0 dev flannel.1",
+      "bridge fdb del 02:00:00:00:00:16 dev flannel.1 dst 192.168.77.6 self",
+    ]);
+    expect(kept()).toEqual([0, 0, 0]);
+    // A full read that finds everything in place keeps nothing; one route missing is kept as missing and re-added.
+    const all = [...s.routes.desired.values()].map((r) => ({ dst: r.dst, via: r.via, dev: r.dev, onlink: r.onlink }));
+    const snap = (routes: typeof all): KernelSnapshot => ({
+      ...empty(),
+      routes,
+      neighs: new Map([["flannel.1", [...s.neighs.desired.values()]]]),
+      fdbs: new Map([["flannel.1", [...s.fdbs.desired.values()]]]),
+    });
+    s.adoptKernel(snap(all), ["flannel.1"]);
+    expect(kept()).toEqual([0, 0, 0]);
+    expect(lines(s)).toEqual([]);
+    s.adoptKernel(snap(all.filter((r) => r.dst !== "10.5.7.0/24")), ["flannel.1"]);
+    expect(kept()).toEqual([1, 0, 0]);
+    expect(lines(s)).toEqual([`ip route replace 10.5.7.0/24 via 10.5.7.0 dev flannel.1 onlink proto ${P}`]);
+    expect(kept()).toEqual([0, 0, 0]);
+  });
+
   test("devicesToRead: owned devices and devices of desired keys that exist", () => {
     const s = new DesiredState(P);
     s.set("peer:a", { neighs: [{ dev: "eth1", ip: "10.0.0.1", lladdr: "02:00:00:00:00:aa" }] });

@@ -257,6 +257,25 @@ describe("DesiredState with nexthop objects", () => {
     expect(lines(s)).toEqual([`route replace 10.5.2.0/24 nhid ${B} proto ${P}`]);
   });
 
+  test("in sync, routes through nexthops keep nothing beside the desired ones; a moved or lost one is kept until redone", () => {
+    const s = nhState();
+    for (let i = 1; i <= 20; i++) s.set(`peer:${i}`, hg(i));
+    lines(s);
+    expect(s.routes.appliedKept).toBe(0);
+    // A gateway change: until the route is moved, the kernel's route is the old one, through the old nexthop.
+    s.set("peer:3", hg(3, "192.168.77.99"));
+    expect(s.routes.appliedKept).toBe(1);
+    expect(lines(s).filter((l) => l.startsWith("route"))).toEqual([`route replace 10.5.3.0/24 nhid ${B + 20} proto ${P}`]);
+    expect(s.routes.appliedKept).toBe(0);
+    // Its new nexthop deleted by hand: the route went with it and is redone through it.
+    expect(s.noticeEvent({ kind: "nexthop", deleted: true, id: B + 20 })).toBe(true);
+    expect(lines(s)).toEqual([
+      `nexthop replace id ${B + 20} via 192.168.77.99 dev eth0 proto ${P}`,
+      `route replace 10.5.3.0/24 nhid ${B + 20} proto ${P}`,
+    ]);
+    expect(s.routes.appliedKept).toBe(0);
+  });
+
   test("a link going down takes its nexthops silently: when it comes up, nexthops and routes are sent again", () => {
     const s = nhState();
     s.set("peer:a", hg(1));
