@@ -143,6 +143,12 @@ export class UsablePeers {
 
   private ownHeld: { lease: Lease | null; held: Map<Resource, string> } | null = null;
 
+  /**
+   * Called before the usable lease under a key changes (its record, or whether it is usable), with the usable lease
+   * until then (null: none). Every key it is called for is among the keys set() or delete() then returns.
+   */
+  onChange: ((key: string, had: Lease | null) => void) | null = null;
+
   constructor(
     private readonly cfg: NetworkConfig,
     /** Our own lease (null before we hold one). */
@@ -150,7 +156,7 @@ export class UsablePeers {
   ) {}
 
   /** Records a new or changed record; returns the keys whose usability or lease changed (to diff against). */
-  set(key: string, lease: Lease): Set<string> {
+  set(key: string, lease: Lease): Iterable<string> {
     const old = this.records.get(key);
     if (!old) {
       // A new record nobody else claims anything of (every record of an initial sync but a conflict): decided alone,
@@ -162,14 +168,16 @@ export class UsablePeers {
         if (c !== undefined && c !== key) alone = false;
       }
       if (alone) {
+        this.touch(key);
         this.records.set(key, lease);
         for (const r of rs) this.claims.set(r, key);
         this.decide(key, lease, rs, this.ownHolder());
-        return new Set([key]);
+        return [key]; // not a Set: one per record of a 10k-peer sync
       }
     }
     const group = new Set<string>([key]);
     if (old) this.unclaim(key, old, group);
+    this.touch(key);
     this.records.set(key, lease);
     for (const r of this.resources(lease)) {
       const c = this.claims.get(r);
@@ -186,11 +194,12 @@ export class UsablePeers {
   }
 
   /** Forgets a record; returns the keys whose usability changed. */
-  delete(key: string): Set<string> {
+  delete(key: string): Iterable<string> {
     const old = this.records.get(key);
-    if (!old) return new Set();
+    if (!old) return [];
     const group = new Set<string>([key]);
     this.unclaim(key, old, group);
+    this.touch(key);
     this.records.delete(key);
     this.unusable.delete(key);
     this.logged.delete(key);
@@ -207,6 +216,14 @@ export class UsablePeers {
 
   get ignoredCount(): number {
     return this.unusable.size;
+  }
+
+  get usableCount(): number {
+    return this.records.size - this.unusable.size;
+  }
+
+  private touch(k: string): void {
+    if (this.onChange) this.onChange(k, this.isUsable(k) ? this.records.get(k)! : null);
   }
 
   /** What a lease claims: its IPv4 subnet (the address as a number: no string per lease), IPv6 subnet, VTEP MACs. */
@@ -285,11 +302,13 @@ export class UsablePeers {
       }
     }
     if (why) {
+      if (!this.unusable.has(k)) this.touch(k);
       this.unusable.add(k);
       if (this.logged.get(k) !== why) log.warn(`ignoring lease ${k}: ${why}`);
       this.logged.set(k, why);
       return false;
     }
+    if (this.unusable.has(k)) this.touch(k);
     this.unusable.delete(k);
     this.logged.delete(k);
     return true;
@@ -321,20 +340,21 @@ export async function* usablePeerEvents(
   own: () => Lease | null,
 ): AsyncGenerator<PeerEvent> {
   const sel = new UsablePeers(cfg, own);
-  const emitted = new Map<string, Lease>();
   let initial = true;
   const pending = new Set<string>();
+  // What was passed on is the usable lease of each key, except for the keys changed since (before the next diff): for
+  // those, what was passed on before. No map of every key passed on (10k peers: 0.65 MB).
+  const before = new Map<string, Lease | null>();
+  sel.onChange = (key, had) => {
+    if (!initial && !before.has(key)) before.set(key, had);
+  };
   function* diff(keys: Iterable<string>): Generator<PeerEvent> {
     for (const key of keys) {
       const want = sel.isUsable(key) ? sel.get(key)! : null;
-      const had = emitted.get(key);
-      if (want && had !== want) {
-        emitted.set(key, want);
-        yield { type: "added", key, lease: want };
-      } else if (!want && had) {
-        emitted.delete(key);
-        yield { type: "removed", key, lease: had };
-      }
+      const had = initial ? null : before.has(key) ? before.get(key)! : want;
+      before.delete(key);
+      if (want && had !== want) yield { type: "added", key, lease: want };
+      else if (!want && had) yield { type: "removed", key, lease: had };
     }
   }
   for await (const ev of events) {
@@ -346,7 +366,7 @@ export async function* usablePeerEvents(
       if (initial) yield* diff(pending);
       initial = false;
       pending.clear(); // emptied, not replaced: the finished diff() generator's frame may still hold it
-      yield { type: "synced", peers: emitted.size };
+      yield { type: "synced", peers: sel.usableCount };
     } else yield ev;
   }
 }
