@@ -7,8 +7,8 @@ import { parseNetworkConfig } from "../../src/config.ts";
 import { formatCIDR } from "../../src/ipmath.ts";
 import { type Lease, encodeLeaseAttrs, leaseFromKV } from "../../src/lease.ts";
 import { acquireLease } from "../../src/lease-protocol.ts";
-import { UsablePeers, keyShapeProblem, leaseProblem } from "../../src/lease-validity.ts";
-import { watchPeers } from "../../src/peer-watch.ts";
+import { UsablePeers, keyShapeProblem, leaseProblem, usablePeerEvents } from "../../src/lease-validity.ts";
+import { type PeerEvent, watchPeers } from "../../src/peer-watch.ts";
 import { collect } from "../helpers/events.ts";
 import { SqliteStore } from "../../stores/sqlite.ts";
 
@@ -119,6 +119,32 @@ describe("conflicts: the record created first wins", () => {
     u.set("subnets/10.0.4.0-24", lease("subnets/10.0.4.0-24", vx("192.0.2.4", "02:00:00:00:00:01"), 0));
     expect(u.isUsable("subnets/10.0.1.0-24&fc00::-64")).toBe(false);
     expect(u.isUsable("subnets/10.0.4.0-24")).toBe(false);
+  });
+
+  test("as events: each change passes on what the peer becomes, a removal the lease that was passed on", async () => {
+    const a = lease("subnets/10.0.2.0-24", vx("192.0.2.2", "02:00:00:00:00:02"), 10);
+    const b = lease("subnets/10.0.3.0-24", vx("192.0.2.3", "02:00:00:00:00:02"), 20);
+    const b2 = lease("subnets/10.0.3.0-24", vx("192.0.2.33", "02:00:00:00:00:02"), 20);
+    const c = lease("subnets/10.0.4.0-24", vx("192.0.2.4", "02:00:00:00:00:02"), 5); // older than all: it wins
+    const add = (l: Lease): PeerEvent => ({ type: "added", key: `subnets/${formatCIDR(l.subnet).replace("/", "-")}`, lease: l });
+    const del = (l: Lease): PeerEvent => ({ type: "removed", key: `subnets/${formatCIDR(l.subnet).replace("/", "-")}`, lease: l });
+    async function* raw(): AsyncGenerator<PeerEvent> {
+      yield* [add(b), add(a), { type: "synced", peers: 2 }, del(a), add(b2), add(c), del(c), add(b2)];
+    }
+    const out: string[] = [];
+    for await (const ev of usablePeerEvents(raw(), CFG, () => own))
+      out.push(ev.type === "synced" ? `synced ${ev.peers}` : ev.type === "own" ? "own" : `${ev.type} ${ev.key} ${ev.lease.attrs.publicIP}`);
+    expect(out).toEqual([
+      "added subnets/10.0.2.0-24 192.0.2.2", // the initial sync as a whole: b never shows
+      "synced 1",
+      "removed subnets/10.0.2.0-24 192.0.2.2",
+      "added subnets/10.0.3.0-24 192.0.2.3", // its rival left
+      "added subnets/10.0.3.0-24 192.0.2.33", // changed
+      "added subnets/10.0.4.0-24 192.0.2.4", // an older record takes the MAC: the lease passed on goes
+      "removed subnets/10.0.3.0-24 192.0.2.33",
+      "removed subnets/10.0.4.0-24 192.0.2.4",
+      "added subnets/10.0.3.0-24 192.0.2.33", // usable again; the same lease once more changes nothing
+    ]);
   });
 
   test("the reason is logged once per record", () => {
