@@ -26,9 +26,43 @@ export interface NhEntry {
   want: number;
 }
 
+/**
+ * Entries by nexthop id. Ours are handed out one after another from NEXTHOP_ID_BASE, so they index an array (8 bytes
+ * each) instead of a map (10k peers: one nexthop each, 0.65 MB); an id outside our range (adopted from the kernel)
+ * goes to a map.
+ */
+class IdIndex {
+  private readonly dense: (NhEntry | undefined)[] = [];
+  private readonly other = new Map<number, NhEntry>();
+
+  get(id: number): NhEntry | undefined {
+    const i = id - NEXTHOP_ID_BASE;
+    return i >= 0 && i < NEXTHOP_ID_RANGE ? this.dense[i] : this.other.get(id);
+  }
+
+  has(id: number): boolean {
+    return this.get(id) !== undefined;
+  }
+
+  set(id: number, e: NhEntry): void {
+    const i = id - NEXTHOP_ID_BASE;
+    if (i >= 0 && i < NEXTHOP_ID_RANGE) this.dense[i] = e;
+    else this.other.set(id, e);
+  }
+
+  delete(id: number): void {
+    const i = id - NEXTHOP_ID_BASE;
+    if (i < 0 || i >= NEXTHOP_ID_RANGE) this.other.delete(id);
+    else if (i === this.dense.length - 1) {
+      this.dense.pop();
+      while (this.dense.length > 0 && this.dense[this.dense.length - 1] === undefined) this.dense.pop();
+    } else this.dense[i] = undefined;
+  }
+}
+
 export class Nexthops {
   entries = new Map<Key, NhEntry>();
-  byId = new Map<number, NhEntry>();
+  byId = new IdIndex();
   /** Ids of nexthops that are not ours, or ours but stale: never handed out. */
   taken = new Set<number>();
   /** Keys whose want count dropped to 0: the next plan deletes (or forgets) them. */
@@ -73,7 +107,7 @@ export class Nexthops {
   adopt(list: KNexthop[], proto: number, dropStale: boolean): number {
     const old = this.entries;
     this.entries = new Map();
-    this.byId = new Map();
+    this.byId = new IdIndex();
     this.taken = new Set();
     this.stale = [];
     this.dirty.clear();

@@ -178,6 +178,27 @@ describe("DesiredState with nexthop objects", () => {
     ]);
   });
 
+  test("ids far apart and outside our range (ours by protocol) are found again by the kernel's events", () => {
+    const low = ourNh(77, "192.168.77.11"); // our protocol, an id below our range: adopted as it is
+    const far = ourNh(B + 5_000_000, "192.168.77.12");
+    const s = nhState([low, far]);
+    s.set("peer:a", hg(1));
+    s.set("peer:b", hg(2));
+    s.set("peer:c", hg(3)); // a new one: the first free id of our range
+    expect(lines(s).filter((l) => l.startsWith("nexthop"))).toEqual([`nexthop replace id ${B} via 192.168.77.13 dev eth0 proto ${P}`]);
+    for (const [id, via] of [
+      [77, "192.168.77.11"],
+      [B + 5_000_000, "192.168.77.12"],
+      [B, "192.168.77.13"],
+    ] as const) {
+      expect(s.noticeEvent({ kind: "nexthop", deleted: true, id })).toBe(true);
+      expect(lines(s)[0]).toBe(`nexthop replace id ${id} via ${via} dev eth0 proto ${P}`);
+    }
+    s.delete("peer:c");
+    expect(lines(s)).toContain(`nexthop del id ${B}`);
+    expect(s.noticeEvent({ kind: "nexthop", deleted: true, id: B })).toBe(false); // forgotten with its last route
+  });
+
   test("start-up adopts but never deletes; the full reconcile removes ours that nobody wants, keeps others'", () => {
     const other: KNexthop = { id: B + 7, proto: 3, via: "192.168.77.40", dev: "eth0", onlink: false, special: false };
     const blackhole: KNexthop = { id: B + 8, proto: P, onlink: false, special: true };
