@@ -126,7 +126,9 @@ const createdAt = (l: Lease): number => l.createRevision ?? l.revision;
  */
 export class UsablePeers {
   /** Every record seen, usable or not, by key. */
-  private readonly records = new Map<string, Lease>();
+  private readonly byKey = new Map<string, Lease>();
+  /** The same, read-only: the peer watch diffs its lists against it (PeerWatchOptions.known). */
+  readonly records: ReadonlyMap<string, Lease> = this.byKey;
   /**
    * Keys of records that are not usable now (every other record is): the rare case kept, not the common one (a set
    * of 10,000 usable keys was 0.5 MB at 10k peers).
@@ -169,7 +171,7 @@ export class UsablePeers {
       }
       if (alone) {
         this.touch(key);
-        this.records.set(key, lease);
+        this.byKey.set(key, lease);
         for (const r of rs) this.claims.set(r, key);
         this.decide(key, lease, rs, this.ownHolder());
         return [key]; // not a Set: one per record of a 10k-peer sync
@@ -178,7 +180,7 @@ export class UsablePeers {
     const group = new Set<string>([key]);
     if (old) this.unclaim(key, old, group);
     this.touch(key);
-    this.records.set(key, lease);
+    this.byKey.set(key, lease);
     for (const r of this.resources(lease)) {
       const c = this.claims.get(r);
       if (c === undefined || c === key) this.claims.set(r, key);
@@ -200,7 +202,7 @@ export class UsablePeers {
     const group = new Set<string>([key]);
     this.unclaim(key, old, group);
     this.touch(key);
-    this.records.delete(key);
+    this.byKey.delete(key);
     this.unusable.delete(key);
     this.logged.delete(key);
     return this.settle(group);
@@ -338,8 +340,8 @@ export async function* usablePeerEvents(
   events: AsyncIterable<PeerEvent>,
   cfg: NetworkConfig,
   own: () => Lease | null,
+  sel: UsablePeers = new UsablePeers(cfg, own),
 ): AsyncGenerator<PeerEvent> {
-  const sel = new UsablePeers(cfg, own);
   let initial = true;
   const pending = new Set<string>();
   // What was passed on is the usable lease of each key, except for the keys changed since (before the next diff): for

@@ -12,7 +12,7 @@
 
 import type { NetworkConfig } from "./config.ts";
 import { type Lease, subnetKey } from "./lease.ts";
-import { usablePeerEvents } from "./lease-validity.ts";
+import { UsablePeers, usablePeerEvents } from "./lease-validity.ts";
 import { type LeaseSnapshot, leaseEquals, listLeases, parseLeaseRecord } from "./lease-protocol.ts";
 import { sleep } from "./sleep.ts";
 import { type Revision, type Store, SUBNETS_PREFIX, type WatchEvent } from "./store.ts";
@@ -44,6 +44,12 @@ export interface PeerWatchOptions {
   staleAfterMs?: number;
   /** A list already made (the lease acquisition's): the first sync uses it instead of listing again. */
   initial?: SnapshotBox;
+  /**
+   * The records passed on so far, kept by the consumer (UsablePeers, which holds every record anyway): read here,
+   * never written, instead of a second map of every lease (10k peers: ~0.7 MB). The consumer must apply each
+   * Added/Removed before asking for the next event.
+   */
+  known?: ReadonlyMap<string, Lease>;
 }
 
 /** Holds a snapshot until the first sync takes it out, so nothing keeps 10k decoded leases alive after that. */
@@ -59,9 +65,15 @@ export async function* watchPeers(
   usable?: { config: NetworkConfig; own: () => Lease | null },
   opts: PeerWatchOptions = {},
 ): AsyncGenerator<PeerEvent> {
-  if (usable) return yield* usablePeerEvents(watchPeers(store, ownKey, signal, undefined, opts), usable.config, usable.own);
+  if (usable) {
+    const sel = new UsablePeers(usable.config, usable.own);
+    const raw = watchPeers(store, ownKey, signal, undefined, { ...opts, known: sel.records });
+    return yield* usablePeerEvents(raw, usable.config, usable.own, sel);
+  }
   const health = opts.health ?? storeHealth;
-  const known = new Map<string, Lease>();
+  // Our own map only when nobody keeps the records for us.
+  const mine = opts.known ? null : new Map<string, Lease>();
+  const known: ReadonlyMap<string, Lease> = opts.known ?? mine!;
   /** Peers whose removal waits until removals are allowed (a re-list then decides). */
   const parked = new Set<string>();
 
@@ -81,9 +93,9 @@ export async function* watchPeers(
       parked.delete(key);
       const old = known.get(key);
       if (!old || !leaseEquals(old, lease)) {
-        known.set(key, lease);
+        mine?.set(key, lease);
         yield { type: "added", key, lease };
-      } else known.set(key, lease);
+      }
     }
     const mayRemove = health.removalsAllowed();
     for (const [key, lease] of known) {
@@ -93,7 +105,7 @@ export async function* watchPeers(
         continue;
       }
       parked.delete(key);
-      known.delete(key);
+      mine?.delete(key);
       yield { type: "removed", key, lease };
     }
     // The engine may keep this finished generator's frame (the caller's yield* slot) until the next re-list: emptied
@@ -151,7 +163,7 @@ export async function* watchPeers(
         parked.add(ev.key);
         return;
       }
-      known.delete(ev.key);
+      mine?.delete(ev.key);
       yield { type: "removed", key: ev.key, lease: old };
       return;
     }
@@ -163,8 +175,9 @@ export async function* watchPeers(
     if (!lease) return; // logged by parseLeaseRecord; the peer keeps its last good state
     parked.delete(ev.kv.key);
     const old = known.get(ev.kv.key);
-    known.set(ev.kv.key, lease);
-    if (!old || !leaseEquals(old, lease)) yield { type: "added", key: ev.kv.key, lease };
+    if (old && leaseEquals(old, lease)) return;
+    mine?.set(ev.kv.key, lease);
+    yield { type: "added", key: ev.kv.key, lease };
   }
 }
 

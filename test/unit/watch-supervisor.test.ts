@@ -4,6 +4,7 @@ import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { parseNetworkConfig } from "../../src/config.ts";
 import { encodeLeaseAttrs } from "../../src/lease.ts";
 import { type PeerEvent, watchPeers } from "../../src/peer-watch.ts";
 import { type Store, StoreUnavailableError, type WatchEvent } from "../../src/store.ts";
@@ -169,6 +170,75 @@ test("an outage never removes a peer: a delete seen while the store is unreachab
     const removed = evs.filter((e) => e.type === "removed").map((e) => (e as { key: string }).key);
     expect(removed).toEqual(["subnets/10.5.2.0-24"]); // the peer that is still there stays
     expect(health.errors).toBeGreaterThan(0);
+    ac.abort();
+    await done;
+  } finally {
+    ac.abort();
+    await s.close();
+  }
+});
+
+test("under the usable filter, the re-list after an outage diffs against the filter's records: each change passed on once", async () => {
+  const s = SqliteStore.open(join(dir, "outage-usable.db"), { pollMs: 20 });
+  const ac = new AbortController();
+  const health = new StoreHealth();
+  health.removalHoldMs = 400;
+  let down = false;
+  const refuse = () => {
+    if (down) throw new StoreUnavailableError("test: store unreachable");
+  };
+  // While down, the store neither answers nor delivers: everything written meanwhile reaches us only by the re-list.
+  const flaky: Store = {
+    ...delegate(s),
+    list: async (p) => (refuse(), s.list(p)),
+    get: async (k) => (refuse(), s.get(k)),
+    currentRevision: async (p) => (refuse(), s.currentRevision(p)),
+    watch: (p, a, sig) =>
+      (async function* () {
+        for await (const ev of s.watch(p, a, sig)) {
+          if (down) throw new StoreUnavailableError("test: watch lost");
+          yield ev;
+        }
+      })(),
+  };
+  const cfg = parseNetworkConfig('{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}');
+  const ttl = { ttlMs: 60_000 };
+  try {
+    await s.create(OWN, val("192.0.2.1"), ttl);
+    const r2 = (await s.create("subnets/10.5.2.0-24", val("192.0.2.2"), ttl))!;
+    const r3 = (await s.create("subnets/10.5.3.0-24", val("192.0.2.3"), ttl))!;
+    await s.create("subnets/10.5.4.0-24", val("192.0.2.4"), ttl);
+    await s.create("subnets/10.5.5.0-25", val("192.0.2.55"), ttl); // not this network's SubnetLen: never a peer
+    const evs: PeerEvent[] = [];
+    const it = watchPeers(
+      flaky,
+      () => OWN,
+      ac.signal,
+      { config: cfg, own: () => null },
+      { health, checkIntervalMs: 50, staleAfterMs: 5000 },
+    );
+    const done = pump(it, evs, ac.signal);
+    await until("the first sync with three peers", () => evs.some((e) => e.type === "synced" && e.peers === 3));
+    evs.length = 0;
+
+    down = true;
+    await until("the outage to be noticed", () => !health.up);
+    await s.delete("subnets/10.5.2.0-24", r2);
+    await s.update("subnets/10.5.3.0-24", val("192.0.2.33"), r3, ttl);
+    await s.create("subnets/10.5.6.0-24", val("192.0.2.6"), ttl);
+    await s.create("subnets/10.5.7.0-25", val("192.0.2.77"), ttl);
+    down = false;
+    await until("the removal after the hold", () => evs.some((e) => e.type === "removed"), 5000);
+    await Bun.sleep(300); // any later re-list passes nothing more on
+    const seen = evs.flatMap((e) =>
+      e.type === "added" ? [`added ${e.key} ${e.lease.attrs.publicIP}`] : e.type === "removed" ? [`removed ${e.key}`] : [],
+    );
+    expect(seen.sort()).toEqual([
+      "added subnets/10.5.3.0-24 192.0.2.33",
+      "added subnets/10.5.6.0-24 192.0.2.6",
+      "removed subnets/10.5.2.0-24",
+    ]);
+    expect(evs.filter((e) => e.type === "synced").at(-1)).toEqual({ type: "synced", peers: 3 });
     ac.abort();
     await done;
   } finally {
