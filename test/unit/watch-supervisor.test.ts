@@ -56,6 +56,30 @@ function freezingFirstWatch(s: Store, freezeAfter: number): Store & { watches: n
   return w;
 }
 
+/** The store, refusing list/get/currentRevision while `down` (with `watch`, its watch fails then too). */
+function unreachable(s: Store, opts: { watch?: boolean } = {}): Store & { down: boolean } {
+  const refuse = () => {
+    if (f.down) throw new StoreUnavailableError("test: store unreachable");
+  };
+  const f = {
+    ...delegate(s),
+    down: false,
+    list: async (p: string) => (refuse(), s.list(p)),
+    get: async (k: string) => (refuse(), s.get(k)),
+    currentRevision: async (p: string) => (refuse(), s.currentRevision(p)),
+    watch: (p: string, a: number, sig: AbortSignal): AsyncIterable<WatchEvent> =>
+      opts.watch
+        ? (async function* () {
+            for await (const ev of s.watch(p, a, sig)) {
+              if (f.down) throw new StoreUnavailableError("test: watch lost");
+              yield ev;
+            }
+          })()
+        : s.watch(p, a, sig),
+  };
+  return f;
+}
+
 function delegate(s: Store): Store {
   return {
     kind: s.kind,
@@ -129,16 +153,7 @@ test("an outage never removes a peer: a delete seen while the store is unreachab
   const ac = new AbortController();
   const health = new StoreHealth();
   health.removalHoldMs = 600;
-  let down = false;
-  const refuse = () => {
-    if (down) throw new StoreUnavailableError("test: store unreachable");
-  };
-  const flaky: Store = {
-    ...delegate(s),
-    list: async (p) => (refuse(), s.list(p)),
-    get: async (k) => (refuse(), s.get(k)),
-    currentRevision: async (p) => (refuse(), s.currentRevision(p)),
-  };
+  const flaky = unreachable(s);
   try {
     await s.create(OWN, val("192.0.2.1"), { ttlMs: 60_000 });
     const r2 = (await s.create("subnets/10.5.2.0-24", val("192.0.2.2"), { ttlMs: 60_000 }))!;
@@ -151,7 +166,7 @@ test("an outage never removes a peer: a delete seen while the store is unreachab
     );
     await until("the first sync with two peers", () => evs.some((e) => e.type === "synced" && e.peers === 2));
 
-    down = true;
+    flaky.down = true;
     await until("the outage to be noticed", () => !health.up);
     // A deletion reaches the watch during the outage (as a store synthesising an expiry by its own clock would).
     await s.delete("subnets/10.5.2.0-24", r2);
@@ -159,7 +174,7 @@ test("an outage never removes a peer: a delete seen while the store is unreachab
     expect(evs.filter((e) => e.type === "removed")).toEqual([]);
     expect(health.degraded()).toContain("store unreachable");
 
-    down = false;
+    flaky.down = false;
     const backAt = Date.now();
     await until("the store to be reachable again", () => health.up);
     // Right after the outage: re-listed (nothing added or removed yet), removals still held.
@@ -183,24 +198,8 @@ test("under the usable filter, the re-list after an outage diffs against the fil
   const ac = new AbortController();
   const health = new StoreHealth();
   health.removalHoldMs = 400;
-  let down = false;
-  const refuse = () => {
-    if (down) throw new StoreUnavailableError("test: store unreachable");
-  };
   // While down, the store neither answers nor delivers: everything written meanwhile reaches us only by the re-list.
-  const flaky: Store = {
-    ...delegate(s),
-    list: async (p) => (refuse(), s.list(p)),
-    get: async (k) => (refuse(), s.get(k)),
-    currentRevision: async (p) => (refuse(), s.currentRevision(p)),
-    watch: (p, a, sig) =>
-      (async function* () {
-        for await (const ev of s.watch(p, a, sig)) {
-          if (down) throw new StoreUnavailableError("test: watch lost");
-          yield ev;
-        }
-      })(),
-  };
+  const flaky = unreachable(s, { watch: true });
   const cfg = parseNetworkConfig('{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}');
   const ttl = { ttlMs: 60_000 };
   try {
@@ -221,13 +220,13 @@ test("under the usable filter, the re-list after an outage diffs against the fil
     await until("the first sync with three peers", () => evs.some((e) => e.type === "synced" && e.peers === 3));
     evs.length = 0;
 
-    down = true;
+    flaky.down = true;
     await until("the outage to be noticed", () => !health.up);
     await s.delete("subnets/10.5.2.0-24", r2);
     await s.update("subnets/10.5.3.0-24", val("192.0.2.33"), r3, ttl);
     await s.create("subnets/10.5.6.0-24", val("192.0.2.6"), ttl);
     await s.create("subnets/10.5.7.0-25", val("192.0.2.77"), ttl);
-    down = false;
+    flaky.down = false;
     await until("the removal after the hold", () => evs.some((e) => e.type === "removed"), 5000);
     await Bun.sleep(300); // any later re-list passes nothing more on
     const seen = evs.flatMap((e) =>
