@@ -334,14 +334,10 @@ export const keyOfLease = (l: Lease): string => subnetKey(l.subnet, l.ipv6Subnet
 /**
  * Passes a raw peer event stream through UsablePeers: Added/Removed only for usable records, Removed when a
  * record stops being usable, Added when one becomes usable (its older rival left). The initial snapshot is decided
- * as a whole, so the order records are listed in never makes a newer record flash into the kernel.
+ * as a whole, so the order records are listed in never makes a newer record flash into the kernel. `sel` starts
+ * empty and is written only here; the raw stream may read its records (PeerWatchOptions.known).
  */
-export async function* usablePeerEvents(
-  events: AsyncIterable<PeerEvent>,
-  cfg: NetworkConfig,
-  own: () => Lease | null,
-  sel: UsablePeers = new UsablePeers(cfg, own),
-): AsyncGenerator<PeerEvent> {
+export async function* usablePeerEvents(events: AsyncIterable<PeerEvent>, sel: UsablePeers): AsyncGenerator<PeerEvent> {
   let initial = true;
   const pending = new Set<string>();
   // What was passed on is the usable lease of each key, except for the keys changed since (before the next diff): for

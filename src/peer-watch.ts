@@ -68,7 +68,7 @@ export async function* watchPeers(
   if (usable) {
     const sel = new UsablePeers(usable.config, usable.own);
     const raw = watchPeers(store, ownKey, signal, undefined, { ...opts, known: sel.records });
-    return yield* usablePeerEvents(raw, usable.config, usable.own, sel);
+    return yield* usablePeerEvents(raw, sel);
   }
   const health = opts.health ?? storeHealth;
   // Our own map only when nobody keeps the records for us.

@@ -132,7 +132,7 @@ describe("conflicts: the record created first wins", () => {
       yield* [add(b), add(a), { type: "synced", peers: 2 }, del(a), add(b2), add(c), del(c), add(b2)];
     }
     const out: string[] = [];
-    for await (const ev of usablePeerEvents(raw(), CFG, () => own))
+    for await (const ev of usablePeerEvents(raw(), new UsablePeers(CFG, () => own)))
       out.push(ev.type === "synced" ? `synced ${ev.peers}` : ev.type === "own" ? "own" : `${ev.type} ${ev.key} ${ev.lease.attrs.publicIP}`);
     expect(out).toEqual([
       "added subnets/10.0.2.0-24 192.0.2.2", // the initial sync as a whole: b never shows
