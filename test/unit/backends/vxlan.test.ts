@@ -225,5 +225,13 @@ describe("vxlan backend", () => {
     expect(checkUnicastMac("AB:BB:CC:DD:EE:FF")).toEqual({ error: "VtepMAC is a multicast address: ab:bb:cc:dd:ee:ff" });
     expect(checkUnicastMac("AA:BB:CC:DD:EE:FF")).toEqual({ mac: "aa:bb:cc:dd:ee:ff" });
     expect(checkUnicastMac("02:BB:CC:DD:EE:FF")).toEqual({ mac: "02:bb:cc:dd:ee:ff" });
+    expect(checkUnicastMac("02-bb-cc-dd-ee-ff")).toEqual({ mac: "02:bb:cc:dd:ee:ff" });
+    // The multicast bit for every second digit, in each spelling (canonical strings take a path of their own).
+    for (const [i, digit] of [..."0123456789abcdef"].entries()) {
+      for (const mac of [`0${digit}:bb:cc:dd:ee:ff`, `0${digit.toUpperCase()}:BB:CC:DD:EE:FF`, `0${digit}-bb-cc-dd-ee-ff`]) {
+        const want = `0${digit}:bb:cc:dd:ee:ff`;
+        expect(checkUnicastMac(mac)).toEqual(i % 2 ? { error: `VtepMAC is a multicast address: ${want}` } : { mac: want });
+      }
+    }
   });
 });
