@@ -4,7 +4,7 @@ import { formatCIDR } from "../src/ipmath.ts";
 import type { Lease, LeaseAttrs } from "../src/lease.ts";
 import type { StateFragment } from "../src/kernel/types.ts";
 import { type Backend, type BackendContext, BackendError, type PeerState } from "./backend.ts";
-import { checkPeerSubnet, checkUnderlayIPv4, sameIPv4, subnetLabel } from "./peer.ts";
+import { checkPeerSubnet, checkUnderlayIPv4, ignored, sameIPv4 } from "./peer.ts";
 import { logText } from "../src/log-text.ts";
 
 export const HOST_GW_NAT_ERROR =
@@ -28,15 +28,13 @@ export function createHostGwBackend(ctx: BackendContext): Backend {
       return {};
     },
     peerState(peer: Lease): PeerState {
-      const label = subnetLabel(peer);
       // Case-sensitive, as flannel compares BackendType with ==.
-      if (peer.attrs.backendType !== "host-gw")
-        return { ignored: `${label}: BackendType ${logText(peer.attrs.backendType)} is not host-gw` };
+      if (peer.attrs.backendType !== "host-gw") return ignored(peer, `BackendType ${logText(peer.attrs.backendType)} is not host-gw`);
       const bad = checkPeerSubnet(peer, config);
-      if (bad) return { ignored: `${label}: ${bad}` };
+      if (bad) return ignored(peer, bad);
       const ip = checkUnderlayIPv4(peer.attrs.publicIP);
-      if ("error" in ip) return { ignored: `${label}: ${ip.error}` };
-      if (sameIPv4(ip.ip, publicIP)) return { ignored: `${label}: PublicIP ${ip.ip} is this host's own address` };
+      if ("error" in ip) return ignored(peer, ip.error);
+      if (sameIPv4(ip.ip, publicIP)) return ignored(peer, `PublicIP ${ip.ip} is this host's own address`);
       return { state: { routes: [{ dst: formatCIDR(peer.subnet), via: ip.ip, dev: extIface.name, onlink: false }] } };
     },
   };
