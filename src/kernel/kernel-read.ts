@@ -5,6 +5,7 @@ import type { KLink } from "./device-compat.ts";
 import { bridgeJson, ipJson, nsArgs, processesSpawned } from "./queue.ts";
 import type { Fdb, Neigh } from "./types.ts";
 import { validAddress, validDevName, validFdb, validIP, validNeigh, validNet, validNexthopId } from "./validate.ts";
+import { endChild, writeChild } from "../child-stdin.ts";
 
 /** A route as read back from the kernel: gateway and device may be absent on routes someone else tagged with our proto. */
 export interface KRoute {
@@ -211,8 +212,8 @@ async function runIpBatch(flags: string[], cmds: string[][], netns?: string): Pr
     stderr: "pipe",
     env: process.env,
   });
-  proc.stdin.write(`${cmds.map((c) => c.join(" ")).join("\n")}\n`);
-  await proc.stdin.end();
+  await writeChild(proc.stdin, `${cmds.map((c) => c.join(" ")).join("\n")}\n`, false); // a broken pipe shows in the exit status
+  await endChild(proc.stdin);
   const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
   const lines = out.split("\n").filter((l) => l.trim() !== "");
   if (code !== 0 || lines.length !== cmds.length) throw new Error(`ip -batch: ${err.trim() || `exit status ${code}`}`);

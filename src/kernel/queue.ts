@@ -20,6 +20,7 @@
 //   and when a device is deleted (linksChanged()), so a recreated device is never addressed by its old index.
 import type { Command, Tool } from "./commands.ts";
 import { logger, RepeatFilter } from "../log.ts";
+import { endChild, writeChild } from "../child-stdin.ts";
 
 export type { Command } from "./commands.ts";
 
@@ -461,13 +462,8 @@ class BatchProcess {
   /** Writes lines (each counted) and flushes them to the process. */
   async write(chunk: string[]): Promise<void> {
     this.lines += chunk.length;
-    try {
-      this.proc.stdin.write(`${chunk.join("\n")}\n`);
-      const f = this.proc.stdin.flush();
-      if (typeof f !== "number") await f; // backpressure: ip is behind, let it read
-    } catch {
-      this.broken = true;
-    }
+    // Waits while ip is behind (backpressure), so it reads before more is made.
+    if (!(await writeChild(this.proc.stdin, `${chunk.join("\n")}\n`))) this.broken = true;
   }
 
   /** Ends the run with a marker: true once its report came, false if the process ended first. */
@@ -519,11 +515,7 @@ class BatchProcess {
     this.busy();
     if (this.retired) return;
     this.retired = true;
-    try {
-      void this.proc.stdin.end();
-    } catch {
-      // already gone
-    }
+    void endChild(this.proc.stdin);
   }
 
   private async readStderr(): Promise<void> {

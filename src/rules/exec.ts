@@ -1,6 +1,8 @@
 // Running iptables-restore / iptables-save / nft / ip: bounded in time, optionally inside a network namespace
 // (tests), input on stdin so a whole table is one process.
 
+import { endChild, writeChild } from "../child-stdin.ts";
+
 export interface ExecResult {
   code: number;
   stdout: string;
@@ -28,8 +30,8 @@ export function makeExec(netns?: string): Exec {
     const timer = setTimeout(() => p.kill("SIGKILL"), TIMEOUT_MS);
     try {
       if (stdin !== undefined && p.stdin && typeof p.stdin !== "number") {
-        p.stdin.write(stdin);
-        await p.stdin.end();
+        await writeChild(p.stdin, stdin, false); // a broken pipe shows in the exit status and stderr
+        await endChild(p.stdin);
       }
       const [stdout, stderr, code] = await Promise.all([
         new Response(p.stdout as ReadableStream).text(),

@@ -5,6 +5,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type TailedProcess, freePort, retryIfAddressInUse, spawnWithTail, stopGracefully } from "./server-process.ts";
+import { endChild } from "../../src/child-stdin.ts";
 
 export interface EtcdServerOptions {
   /** Address to listen on (default 127.0.0.1). Inside a netns, an address of that namespace. */
@@ -191,11 +192,7 @@ export async function startEtcdServer(opts: EtcdServerOptions = {}): Promise<Etc
     let exited = false;
     void started.p.exited.then(() => {
       exited = true;
-      try {
-        void started.p.stdin.end();
-      } catch {
-        /* already closed */
-      }
+      void endChild(started.p.stdin);
     });
     const deadline = Date.now() + startTimeoutMs;
     while (Date.now() < deadline) {
